@@ -1,0 +1,1688 @@
+"""queue.py: background jobs for Python applications, in one file.
+
+Copy this file next to your code, write job classes in ``jobs/`` and push them::
+
+    import queue                                  # this file; the stdlib API stays intact
+    from jobs.CreateInvoice import CreateInvoice
+    queue.push(CreateInvoice(42), delay="10 minutes")
+
+then run ``python queue.py work``. Drivers: ``database`` (SQLite built in, MySQL/MariaDB
+through pymysql), ``amqp`` (RabbitMQ through pika) and ``async`` (threads or processes of
+the pushing program). Payloads are pickles signed with HMAC-SHA256.
+
+The file is named like the standard library's ``queue`` on purpose: it re-exports that
+module's whole API as the very same objects, so ``import queue`` keeps working everywhere
+in the process (``concurrent.futures``, ``multiprocessing``, ``logging.handlers``, asyncio).
+
+Sections, in order: the standard library's queue, basics and errors, configuration,
+time, payloads, jobs, drivers (interface, database, async, amqp), worker, command line.
+"""
+
+# The standard library's queue #################################################################
+# ``python queue.py``: this file runs as ``__main__``; make it the one ``queue`` module of the
+# process (``from queue import Queueable`` in a job must find this module, not a second copy),
+# and give everything defined below the module name ``queue`` so that it pickles by that name.
+import sys
+
+if __name__ == "__main__":
+    sys.modules["queue"] = sys.modules["__main__"]
+    __name__ = "queue"
+    _SCRIPT = True
+else:
+    _SCRIPT = False
+
+
+def _load_stdlib_queue():
+    """Load the standard library's queue.py from the standard library's own folder."""
+    import importlib.machinery
+    import importlib.util
+    import os
+
+    spec = importlib.machinery.PathFinder.find_spec("queue", [os.path.dirname(os.__file__)])
+    if spec is None:  # pragma: no cover - an unusual layout: search sys.path without our folder
+        here = os.path.dirname(os.path.abspath(__file__))
+        path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+        spec = importlib.machinery.PathFinder.find_spec("queue", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_stdlib_queue = _load_stdlib_queue()
+for _name in _stdlib_queue.__all__:  # Empty, Full, Queue, SimpleQueue, LifoQueue, PriorityQueue, ShutDown
+    globals()[_name] = getattr(_stdlib_queue, _name)
+del _name
+
+# Basics and errors ############################################################################
+import ast
+import atexit
+import datetime as _dt
+import hashlib
+import hmac
+import importlib.util
+import logging
+import os
+import pickle
+import re
+import secrets
+import signal
+import threading
+import time
+import traceback
+
+__version__ = "1.0.0"
+__all__ = list(_stdlib_queue.__all__) + [
+    "Queueable", "push", "chain", "before", "after", "failing", "looping", "configure",
+    "driver", "Worker", "Message", "Driver", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
+    "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload", "JobTimeout",
+    "main",
+]
+
+log = logging.getLogger("queue")
+log.addHandler(logging.NullHandler())
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class QueueError(Exception):
+    """An expected error of queue.py: its message is one line for the user."""
+
+
+class ConfigError(QueueError):
+    """A configuration value is wrong; the message names the key."""
+
+
+class ConnectionFailed(QueueError):
+    """A server (database or broker) cannot be reached."""
+
+
+class MissingTable(QueueError):
+    """A table the driver needs does not exist; the message names the command to create it."""
+
+
+class BadPayload(QueueError):
+    """A payload cannot be turned back into a job (bad signature, malformed, unknown class)."""
+
+
+class JobTimeout(BaseException):
+    """Raised inside a job that ran past its timeout (a BaseException, so `except Exception` in a
+    job does not swallow it)."""
+
+
+class MaxAttemptsExceeded(QueueError):
+    """A job was reserved more often than it may be tried (a previous attempt died with its worker)."""
+
+
+class _ColdShutdown(BaseException):
+    """Raised inside a job by a second SIGTERM/SIGINT: the job is put back and the worker exits."""
+
+
+def _import_optional(module, extra):
+    """Import an optional package, or fail with one line naming the pip install to run."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        if getattr(exc, "name", module) != module:
+            raise
+        raise QueueError(f"the {extra} driver needs {module}: pip install {module}  "
+                         f"(or: pip install '.[{extra}]')") from None
+
+
+# Configuration ################################################################################
+DEFAULTS = {
+    "DRIVERS": {
+        "default": "database",
+        "database": {"connection": "sqlite", "table": "jobs", "failed_table": "failed_jobs",
+                     "attempts": 3, "poll": 1, "tz": "UTC", "retry_after": 90,
+                     "queue": "default", "callback": "handle"},
+        "amqp": {"username": "guest", "password": "guest", "host": "localhost", "port": 5672,
+                 "vhost": "", "channel": "default", "queue": "default", "exchange": "",
+                 "connection_options": {}, "heartbeat": 60, "prefetch": 20, "attempts": 3,
+                 "poll": 1, "callback": "handle", "tz": "UTC"},
+        "async": {"blocking": False, "callback": "handle", "mode": "threading", "workers": 1,
+                  "attempts": 3, "queue": "default", "tz": "UTC"},
+    },
+    "DATABASES": {
+        "sqlite": {"driver": "sqlite", "database": "queue.sqlite3", "synchronous": "normal"},
+        "mysql": {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root",
+                  "password": "", "database": "test"},
+    },
+}
+
+_NUMBER = (int, float)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _check(where, key, value, kind):
+    """Raise ConfigError unless value is of kind (a type, a tuple of types or a set of choices)."""
+    if isinstance(kind, set):
+        if value not in kind:
+            raise ConfigError(f"{where}[{key!r}] must be one of {sorted(kind)}, not {value!r}")
+        return value
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise ConfigError(f"{where}[{key!r}] must be {_kind_name(kind)}, not {value!r}")
+    return value
+
+
+def _kind_name(kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "a number", float: "a number", str: "a string", bool: "True or False",
+                        dict: "a dict", type(None): "None"}.get(k, k.__name__) for k in dict.fromkeys(kinds))
+
+
+_DRIVER_KEYS = {  # key -> kind; keys of the Masonite seeds keep their meaning
+    "connection": str, "table": str, "failed_table": (str, type(None)), "attempts": int,
+    "poll": _NUMBER, "tz": str, "retry_after": _NUMBER, "queue": str, "callback": str,
+    "username": str, "password": str, "host": str, "port": (int, str), "vhost": str,
+    "channel": str, "exchange": str, "connection_options": dict, "heartbeat": _NUMBER,
+    "prefetch": int, "blocking": bool, "mode": {"threading", "multiprocess"}, "workers": int,
+}
+_DATABASE_KEYS = {
+    "driver": {"sqlite", "mysql"}, "database": str, "synchronous": {"off", "normal", "full", "extra"},
+    "host": str, "port": (int, str), "user": str, "password": str, "charset": str,
+    "unix_socket": str, "ssl": dict, "connect_timeout": _NUMBER,
+}
+
+
+class Config:
+    """Validated configuration: the Masonite 4 shape (DRIVERS, DATABASES) over built-in defaults."""
+
+    def __init__(self, drivers=None, databases=None, key=None, path=None):
+        self.path = path
+        self.folder = os.path.dirname(path) if path else HERE
+        self.key = key
+        self.drivers = {name: dict(opts) for name, opts in DEFAULTS["DRIVERS"].items() if name != "default"}
+        self.default = DEFAULTS["DRIVERS"]["default"]
+        for name, opts in (drivers or {}).items():
+            if name == "default":
+                self.default = opts
+                continue
+            if not isinstance(opts, dict):
+                raise ConfigError(f"DRIVERS[{name!r}] must be a dict, not {opts!r}")
+            self.drivers.setdefault(name, {}).update(opts)
+        self.databases = {name: dict(opts) for name, opts in DEFAULTS["DATABASES"].items()}
+        for name, opts in (databases or {}).items():
+            if not isinstance(opts, dict):
+                raise ConfigError(f"DATABASES[{name!r}] must be a dict, not {opts!r}")
+            self.databases[name] = dict(self.databases.get(name, {}), **opts)
+        self._validate()
+
+    def _validate(self):
+        if self.default not in DRIVER_CLASSES:
+            raise ConfigError(f"DRIVERS['default'] must be one of {sorted(DRIVER_CLASSES)}, not {self.default!r}")
+        for name, opts in self.drivers.items():
+            if name not in DRIVER_CLASSES:
+                raise ConfigError(f"DRIVERS[{name!r}]: unknown driver (known: {', '.join(sorted(DRIVER_CLASSES))})")
+            for key, value in opts.items():
+                if key in _DRIVER_KEYS:
+                    _check(f"DRIVERS[{name!r}]", key, value, _DRIVER_KEYS[key])
+            where = f"DRIVERS[{name!r}]"
+            for key in ("table", "failed_table"):
+                if opts.get(key) is not None and not _IDENT.match(opts[key]):
+                    raise ConfigError(f"{where}[{key!r}] must be a plain table name, not {opts[key]!r}")
+            for key in ("attempts", "workers", "prefetch"):
+                if key in opts and opts[key] < 1:
+                    raise ConfigError(f"{where}[{key!r}] must be at least 1, not {opts[key]!r}")
+            for key in ("poll", "retry_after", "heartbeat"):
+                if key in opts and opts[key] < 0:
+                    raise ConfigError(f"{where}[{key!r}] must not be negative, not {opts[key]!r}")
+            if "tz" in opts:
+                _timezone(opts["tz"], f"{where}['tz']")
+        self.database(self.drivers["database"]["connection"], "DRIVERS['database']['connection']")
+        for name, opts in self.databases.items():
+            for key, value in opts.items():
+                if key in _DATABASE_KEYS:
+                    _check(f"DATABASES[{name!r}]", key, value, _DATABASE_KEYS[key])
+            if "driver" not in opts:
+                raise ConfigError(f"DATABASES[{name!r}]['driver'] is missing (sqlite or mysql)")
+
+    def driver(self, name=None):
+        """Return (name, options) of a driver; name None means DRIVERS['default']."""
+        name = name or self.default
+        if name not in self.drivers:
+            raise ConfigError(f"unknown driver {name!r} (known: {', '.join(sorted(self.drivers))})")
+        return name, self.drivers[name]
+
+    def database(self, name, where="--connection"):
+        """Return the options of DATABASES[name]."""
+        if name not in self.databases:
+            raise ConfigError(f"{where}: no connection {name!r} in DATABASES "
+                              f"(known: {', '.join(sorted(self.databases))})")
+        return self.databases[name]
+
+
+_config = None
+_config_lock = threading.RLock()
+
+
+def _find_config_file(path=None):
+    """The config file in use: --config, else $QUEUE_CONFIG, else config.py beside queue.py."""
+    path = path or os.environ.get("QUEUE_CONFIG")
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file {path!r} does not exist")
+        return os.path.abspath(path)
+    path = os.path.join(HERE, "config.py")
+    return path if os.path.isfile(path) else None
+
+
+def configure(path=None, **settings):
+    """Load configuration: from a file (path, $QUEUE_CONFIG or config.py beside queue.py) or from
+    keyword arguments DRIVERS=..., DATABASES=..., KEY=... (used as given, no file is read).
+    Closes the drivers built from the previous configuration."""
+    global _config
+    with _config_lock:
+        if settings:
+            config = Config(settings.get("DRIVERS"), settings.get("DATABASES"), settings.get("KEY"), path)
+        else:
+            path = _find_config_file(path)
+            values = _read_config_file(path) if path else {}
+            config = Config(values.get("DRIVERS"), values.get("DATABASES"), values.get("KEY"), path)
+        _close_drivers()
+        _config = config
+        if config.folder not in sys.path:
+            sys.path.insert(0, config.folder)
+        return config
+
+
+def _read_config_file(path):
+    """Execute a config file and return its upper-case names."""
+    folder = os.path.dirname(path)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # config.py may import the app's modules
+    spec = importlib.util.spec_from_file_location("_queue_config", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except QueueError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    return {k: v for k, v in vars(module).items() if k.isupper()}
+
+
+def _get_config():
+    """The configuration in use, loaded on first use."""
+    if _config is None:
+        configure()
+    return _config
+
+
+# Time #########################################################################################
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+_HUMAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(second|minute|hour|day|week)s?\s*$", re.I)
+
+
+def _timezone(name, where="tz"):
+    """Return a tzinfo for a configured zone name."""
+    if name.upper() == "UTC":
+        return _dt.timezone.utc
+    try:
+        import zoneinfo
+        return zoneinfo.ZoneInfo(name)
+    except Exception:
+        raise ConfigError(f"{where}: unknown time zone {name!r}") from None
+
+
+def seconds(delay, tz=_dt.timezone.utc):
+    """Turn a delay (seconds, timedelta, datetime, or a string like "10 minutes") into seconds >= 0."""
+    if delay is None:
+        return 0.0
+    if isinstance(delay, bool):
+        raise QueueError(f"delay must be seconds, a timedelta, a datetime or a string like '10 minutes', not {delay!r}")
+    if isinstance(delay, (int, float)):
+        value = float(delay)
+    elif isinstance(delay, _dt.timedelta):
+        value = delay.total_seconds()
+    elif isinstance(delay, _dt.datetime):
+        when = delay if delay.tzinfo else delay.replace(tzinfo=tz)
+        value = (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds()
+    elif isinstance(delay, str):
+        match = _HUMAN.match(delay)
+        if not match:
+            if delay.strip().lower() == "now":
+                return 0.0
+            raise QueueError(f"delay {delay!r}: write it like '30 seconds', '10 minutes', '2 hours' or '1 day'")
+        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    else:
+        raise QueueError(f"delay must be seconds, a timedelta, a datetime or a string like '10 minutes', not {delay!r}")
+    if value != value:  # NaN
+        raise QueueError("delay must be a number of seconds, not NaN")
+    return max(0.0, value)
+
+
+class _Clock:
+    """Timestamps of one time zone, as 'YYYY-MM-DD HH:MM:SS.ffffff' strings (they sort like times)."""
+
+    def __init__(self, tz="UTC"):
+        self.tz = _timezone(tz)
+
+    def now(self, plus=0.0):
+        when = _dt.datetime.now(self.tz)
+        if plus:
+            when += _dt.timedelta(seconds=plus)
+        return when.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+# Payloads #####################################################################################
+# A payload is b"Q1" + HMAC-SHA256(key, body) + body, where body is the pickle of a small
+# versioned envelope: {"v": 1, "job": <job>, "chain": [<job>, ...], "until": <epoch or None>}.
+# A payload whose signature fails is never unpickled.
+_MAGIC = b"Q1"
+_MAC_SIZE = 32
+_PICKLE_PROTOCOL = 4  # readable by every supported Python
+_key_cache = {}
+
+
+def _signing_key():
+    """The signing key: $QUEUE_KEY, else KEY in config, else a random key kept in .queue.key beside
+    config.py (or queue.py), created on first use with mode 0600. Hosts that share jobs must share
+    the key: set QUEUE_KEY (or KEY) to the same secret on every host."""
+    config = _get_config()
+    key = os.environ.get("QUEUE_KEY") or config.key
+    if key:
+        return key.encode() if isinstance(key, str) else bytes(key)
+    path = os.path.join(config.folder, ".queue.key")
+    if path in _key_cache:
+        return _key_cache[path]
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except FileNotFoundError:
+        key = secrets.token_hex(32).encode()
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key)
+            try:
+                os.link(tmp, path)  # atomic: the first process to create the key wins
+            except FileExistsError:
+                with open(path, "rb") as f:
+                    key = f.read().strip()
+            finally:
+                os.unlink(tmp)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the signing key file {path}: {exc}; set QUEUE_KEY") from None
+    if len(key) < 16:
+        raise ConfigError(f"signing key file {path} is too short; delete it or set QUEUE_KEY")
+    _key_cache[path] = key
+    return key
+
+
+def _sign(body):
+    return _MAGIC + hmac.digest(_signing_key(), body, "sha256") + body
+
+
+def pack(job, chain=None, until=None):
+    """Sign and serialize a job (and the rest of its chain) into a payload."""
+    envelope = {"v": 1, "job": job, "chain": list(chain or ()), "until": until}
+    try:
+        body = pickle.dumps(envelope, _PICKLE_PROTOCOL)
+    except Exception as exc:
+        raise QueueError(f"cannot push {_job_name(job)}: it cannot be pickled ({type(exc).__name__}: {exc}); "
+                         "keep only plain data on the job") from None
+    if b"__main__" in body:
+        _refuse_main(job, body)
+    return _sign(body)
+
+
+def _refuse_main(job, body):
+    """Refuse a payload that names a class of __main__: a worker could never import it."""
+    import pickletools
+    strings = [arg for op, arg, _ in pickletools.genops(body) if isinstance(arg, str)]
+    for i, value in enumerate(strings):
+        if value == "__main__" and i + 1 < len(strings):
+            raise QueueError(f"cannot push {_job_name(job)}: it refers to {strings[i + 1]!r} defined in __main__, "
+                             "which a worker cannot import; move it into a module of jobs/")
+
+
+def unpack(payload):
+    """Verify and load a payload; raise BadPayload, saying why, for anything else."""
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise BadPayload(f"malformed payload: {type(payload).__name__}, not bytes")
+    payload = bytes(payload)
+    if len(payload) < len(_MAGIC) + _MAC_SIZE or not payload.startswith(_MAGIC):
+        raise BadPayload("malformed payload: not a queue.py payload (no Q1 header)")
+    mac, body = payload[2:2 + _MAC_SIZE], payload[2 + _MAC_SIZE:]
+    if not hmac.compare_digest(mac, hmac.digest(_signing_key(), body, "sha256")):
+        raise BadPayload("signature mismatch: the payload was tampered with or signed with another key "
+                         "(hosts sharing jobs must share QUEUE_KEY); it was not unpickled")
+    try:
+        envelope = pickle.loads(body)
+    except Exception as exc:
+        raise BadPayload(f"cannot load the job: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(envelope, dict) or envelope.get("v") != 1 or "job" not in envelope:
+        raise BadPayload("malformed payload: unknown envelope version")
+    return envelope
+
+
+def _job_name(job):
+    return type(job).__qualname__
+
+
+# Jobs #########################################################################################
+class Queueable:
+    """Base class of jobs: override handle(); set the class attributes to change the defaults."""
+
+    tries = None     # attempts before the job is failed (None: the driver's `attempts`)
+    timeout = None   # seconds one attempt may run (None: the worker's --timeout, else no limit)
+    backoff = 0      # seconds before attempt 2, 3, ... (a number, or a list; its last value repeats)
+    queue = None     # default queue of this class (None: the driver's `queue`)
+
+    def handle(self):
+        """Do the job's work."""
+        raise NotImplementedError(f"{type(self).__qualname__}.handle() is not written yet")
+
+    def failed(self, exc):
+        """Called once, with the last exception, when the job is failed for good."""
+
+    def retry_until(self):
+        """Return a deadline (datetime, timedelta or seconds from now) to retry until, instead of `tries`."""
+        return None
+
+    def __repr__(self):
+        return f"<{type(self).__qualname__} job>"
+
+
+_hooks = {"before": [], "after": [], "failing": [], "looping": []}
+
+
+def before(fn):
+    """Register fn(job), called in the worker before each job runs."""
+    _hooks["before"].append(fn)
+    return fn
+
+
+def after(fn):
+    """Register fn(job), called in the worker after each job succeeded."""
+    _hooks["after"].append(fn)
+    return fn
+
+
+def failing(fn):
+    """Register fn(job, exc), called when a job is failed for good."""
+    _hooks["failing"].append(fn)
+    return fn
+
+
+def looping(fn):
+    """Register fn(), called before the worker looks for its next job; returning False pauses it."""
+    _hooks["looping"].append(fn)
+    return fn
+
+
+def _call_hooks(kind, *args):
+    """Run the hooks of one kind; a failing hook is logged, never fatal. Returns their results."""
+    results = []
+    for fn in _hooks[kind]:
+        try:
+            results.append(fn(*args))
+        except Exception:
+            log.exception("%s hook %r failed", kind, fn)
+    return results
+
+
+def push(*jobs, driver=None, queue=None, delay=None, connection=None):
+    """Push jobs: onto `driver` (default: DRIVERS['default']) and `queue` (default: the job's class
+    `queue`, else the driver's), runnable after `delay` (seconds, timedelta, datetime or '10 minutes')."""
+    if not jobs:
+        raise QueueError("push() needs at least one job")
+    _driver(driver, connection).push(jobs, queue=queue, delay=delay)
+
+
+def chain(*jobs, driver=None, queue=None, delay=None, connection=None):
+    """Push jobs as a chain: each runs only after the previous one succeeded; a failure stops it."""
+    if not jobs:
+        raise QueueError("chain() needs at least one job")
+    _driver(driver, connection).push([jobs[0]], queue=queue, delay=delay, chain=jobs[1:])
+
+
+# Drivers ######################################################################################
+class Message:
+    """One job as a driver holds it: its id, queue, payload and how often it was reserved."""
+
+    __slots__ = ("id", "queue", "name", "payload", "attempts", "delay", "token")
+
+    def __init__(self, id=None, queue="default", name="", payload=b"", attempts=0, delay=0.0, token=None):
+        self.id, self.queue, self.name, self.payload = id, queue, name, payload
+        self.attempts, self.delay, self.token = attempts, delay, token
+
+    def __repr__(self):
+        return f"<Message {self.name} #{self.id} on {self.queue!r}, attempt {self.attempts}>"
+
+
+class Driver:
+    """What every driver does. A driver stores messages (signed payloads) and hands them to workers.
+
+    Subclasses implement the methods below and keep these promises:
+    - put(): the messages are stored durably before it returns (or it raises).
+    - pop(): reserves the next ready message of `queues`, taking the first queue that has one
+      (a strict priority order), and counts an attempt; no other pop() returns it while reserved.
+      Returns None if nothing is ready (it may wait up to `wait` seconds first).
+    - ack(): the message is done and is removed; may be completed by the next pop() or close().
+    - release(): the message becomes ready again after `delay` seconds, keeping its attempts.
+    - keep(): the reservation of a running message is renewed (no-op where it cannot lapse).
+    - stats(): {queue: {"ready": n, "delayed": n, "reserved": n}}.
+    """
+
+    name = None
+
+    def __init__(self, options, config):
+        self.options = options
+        self.config = config
+        self.clock = _Clock(options.get("tz", "UTC"))
+        self.default_queue = options.get("queue", "default")
+
+    # pushing, shared by every driver
+    def push(self, jobs, queue=None, delay=None, chain=()):
+        """Pack jobs into messages and put() them."""
+        messages = []
+        base_delay = seconds(delay, self.clock.tz)
+        for job in jobs:
+            callback = self.options.get("callback", "handle")
+            if not callable(getattr(job, callback, None)):
+                raise QueueError(f"cannot push {job!r}: it has no {callback}() method (subclass queue.Queueable)")
+            until = getattr(job, "retry_until", None)
+            until = until() if callable(until) else None
+            if until is not None:
+                until = time.time() + seconds(until, self.clock.tz)
+            name = queue or getattr(job, "queue", None) or self.default_queue
+            messages.append(Message(None, name, _job_name(job), pack(job, chain, until), 0, base_delay))
+        self.put(messages)
+
+    # the interface
+    def put(self, messages):
+        raise NotImplementedError
+
+    def pop(self, queues, wait=0.0):
+        raise NotImplementedError
+
+    def ack(self, message):
+        raise NotImplementedError
+
+    def release(self, message, delay=0.0):
+        raise NotImplementedError
+
+    def keep(self, message):
+        """Renew the reservation of a running message."""
+
+    def stats(self, queues=None):
+        raise NotImplementedError
+
+    def close(self):
+        """Finish pending work and close this thread's connections."""
+
+    # where this driver's failed jobs go
+    def failed_store(self):
+        """The database driver whose failed_table keeps this driver's failed jobs (or None)."""
+        store = _driver("database")
+        return store if store.failed_table else None
+
+    @property
+    def connection_name(self):
+        return ""
+
+
+_drivers = {}
+_drivers_lock = threading.Lock()
+
+
+def _driver(name=None, connection=None):
+    """The driver instance for a name (default DRIVERS['default']), one per process."""
+    config = _get_config()
+    name, options = config.driver(name)
+    if connection:
+        if name != "database":
+            raise ConfigError(f"--connection only applies to the database driver, not {name!r}")
+        config.database(connection)
+        options = dict(options, connection=connection)
+    key = (name, options.get("connection"), os.getpid())
+    instance = _drivers.get(key)
+    if instance is None:
+        with _drivers_lock:
+            instance = _drivers.get(key)
+            if instance is None:
+                instance = _drivers[key] = DRIVER_CLASSES[name](options, config)
+    return instance
+
+
+def driver(name=None, connection=None):
+    """Return the driver instance for `name` (and, for the database driver, `connection`)."""
+    return _driver(name, connection)
+
+
+def _close_drivers():
+    with _drivers_lock:
+        for instance in list(_drivers.values()):
+            try:
+                instance.close()
+            except Exception:
+                log.debug("closing %r failed", instance, exc_info=True)
+        _drivers.clear()
+
+
+def _forget_drivers_after_fork():
+    _drivers.clear()  # a child process must never use its parent's connections
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_drivers_after_fork)
+
+
+# The database driver: SQLite and MySQL/MariaDB dialects ######################################
+class _SQLite:
+    """SQLite: the embedded default. WAL journal; `synchronous` chooses durability (see README)."""
+
+    name = "sqlite"
+    param = "?"
+    lock = ""                        # appended to the claim's SELECT
+    begin = "BEGIN IMMEDIATE"        # takes the write lock, so two workers never claim one job
+    blob, text, stamp, key = "BLOB", "TEXT", "TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT"
+    auto_create = True               # an embedded database: tables are created on first use
+
+    def __init__(self, options, folder):
+        self.options = options
+        path = options.get("database") or "queue.sqlite3"
+        self.path = path if path == ":memory:" or os.path.isabs(path) else os.path.join(folder, path)
+        self.where = self.path
+
+    def connect(self):
+        import sqlite3
+        try:
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.options.get('synchronous', 'normal')}")
+        except sqlite3.Error as exc:
+            raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
+        return conn
+
+    def error_kind(self, exc):
+        """'missing' (no such table), 'lost' (the connection dropped) or None."""
+        import sqlite3
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
+            return "missing"
+        return None
+
+    def index_ddl(self, table):
+        return f"CREATE INDEX IF NOT EXISTS {table}_queue_available_at ON {table} (queue, available_at)"
+
+    def check_server(self, conn):
+        """Refuse a server that cannot claim safely (SQLite always can)."""
+
+
+class _MySQL(_SQLite):
+    """MySQL 8.0+ / MariaDB 10.6+ through pymysql: claims with SELECT ... FOR UPDATE SKIP LOCKED."""
+
+    name = "mysql"
+    param = "%s"
+    lock = " FOR UPDATE SKIP LOCKED"
+    begin = "BEGIN"
+    blob, text, stamp, key = "LONGBLOB", "LONGTEXT", "DATETIME(6)", "BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"
+    auto_create = False
+    _pass = ("host", "port", "user", "password", "database", "charset", "unix_socket", "ssl", "connect_timeout")
+
+    def __init__(self, options, folder):
+        self.options = options
+        self.where = f"{options.get('host', '127.0.0.1')}:{options.get('port', 3306)}/{options.get('database')}"
+
+    def connect(self):
+        pymysql = _import_optional("pymysql", "mysql")
+        kwargs = {k: self.options[k] for k in self._pass if self.options.get(k) is not None}
+        kwargs["port"] = int(kwargs.get("port", 3306))
+        kwargs.setdefault("connect_timeout", 10)
+        kwargs.setdefault("charset", "utf8mb4")
+        try:
+            conn = pymysql.connect(autocommit=True, **kwargs)
+        except pymysql.err.MySQLError as exc:
+            raise ConnectionFailed(f"cannot connect to MySQL at {self.where}: {exc.args[-1]}") from None
+        return conn
+
+    _codes = {1146: "missing", 1054: "column", 1213: "busy", 1205: "busy", 2003: "lost", 2006: "lost",
+              2013: "lost", 2014: "lost", 2055: "lost", 1053: "lost", 1927: "lost", 4031: "lost"}
+
+    def error_kind(self, exc):
+        import pymysql
+        if isinstance(exc, (pymysql.err.InterfaceError, OSError)):
+            return "lost"
+        if isinstance(exc, pymysql.err.MySQLError) and exc.args:
+            return self._codes.get(exc.args[0])
+        return None
+
+    def index_ddl(self, table):
+        return None  # inside CREATE TABLE: MySQL 8 has no CREATE INDEX IF NOT EXISTS
+
+    def check_server(self, conn):
+        with conn.cursor() as cur:
+            cur.execute("SELECT VERSION()")
+            version = cur.fetchone()[0]
+        numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+        needed = (10, 6) if "MariaDB" in version else (8, 0)
+        if numbers < needed:
+            raise QueueError(f"MySQL server {version} at {self.where} has no SKIP LOCKED; "
+                             f"queue.py needs MariaDB 10.6+ or MySQL 8.0+")
+
+
+_DIALECTS = {"sqlite": _SQLite, "mysql": _MySQL}
+
+
+class DatabaseDriver(Driver):
+    """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
+    worker finished since its last claim, selects the next ready job in queue priority order and
+    reserves it by moving `available_at` to now + retry_after. A job whose worker died becomes
+    ready again when that moment passes; a running job's reservation is renewed by keep()."""
+
+    name = "database"
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.connection = options["connection"]
+        db = config.database(self.connection, "DRIVERS['database']['connection']")
+        self.dialect = _DIALECTS[db["driver"]](db, config.folder)
+        self.table = options.get("table", "jobs")
+        self.failed_table = options.get("failed_table", "failed_jobs")
+        self.retry_after = float(options.get("retry_after", 90))
+        self._local = threading.local()
+        self._reconnecting = False
+        t, p, lock = self.table, self.dialect.param, self.dialect.lock
+        self._sql = {
+            "insert": f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) "
+                      f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+            "next": f"SELECT id, name, payload, attempts FROM {t} WHERE queue = {p} AND available_at <= {p} "
+                    f"ORDER BY available_at, id LIMIT 1{lock}",
+            "reserve": f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, "
+                       f"attempts = attempts + 1 WHERE id = {p}",
+            "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p} WHERE id = {p}",
+            "keep": f"UPDATE {t} SET available_at = {p} WHERE id = {p} AND reserved_at = {p}",
+            "stats": f"SELECT queue, SUM(CASE WHEN available_at <= {p} THEN 1 ELSE 0 END), "
+                     f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NULL THEN 1 ELSE 0 END), "
+                     f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NOT NULL THEN 1 ELSE 0 END) "
+                     f"FROM {t} GROUP BY queue",
+        }
+
+    @property
+    def connection_name(self):
+        return self.connection
+
+    # connections and errors
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self.dialect.connect()
+            if not getattr(self, "_checked", False):
+                self.dialect.check_server(conn)
+                self._checked = True
+            self._local.conn = conn
+            self._connected_once = True
+            if self.dialect.auto_create and not getattr(self, "_created", False):
+                self._create_tables(conn)
+                self._created = True
+        return conn
+
+    def _execute(self, work, retry=True):
+        """Run work(cursor) on this thread's connection, translating driver errors. A lost
+        connection is reopened with backoff: for a few seconds (retry=True) or until it works
+        (retry='forever', the worker); a statement is repeated only when that is safe."""
+        delay, deadline = 0.1, time.monotonic() + 30
+        if retry is True and not getattr(self, "_connected_once", False):
+            retry = False  # never reached this server: say so at once
+        while True:
+            try:
+                conn = self._conn()
+                cur = conn.cursor()
+                try:
+                    return work(cur)
+                finally:
+                    cur.close()
+            except QueueError as exc:
+                if isinstance(exc, ConnectionFailed) and retry and (retry == "forever" or time.monotonic() < deadline):
+                    self._lost(exc, delay)
+                    delay = min(delay * 2, 5)
+                    continue
+                raise
+            except Exception as exc:
+                kind = self.dialect.error_kind(exc)
+                if kind == "missing":
+                    raise MissingTable(f"table {self.table} or {self.failed_table} does not exist in "
+                                       f"{self.dialect.where}: run `python queue.py table --connection "
+                                       f"{self.connection}`") from None
+                if kind == "column":
+                    raise MissingTable(f"{self.dialect.where}: {exc.args[-1]}; the jobs table needs the columns "
+                                       "id, name, queue, payload, attempts, ran_at, available_at, reserved_at, "
+                                       "created_at (see `python queue.py table --sql`)") from None
+                if kind == "busy":  # deadlock or lock wait: the transaction was rolled back; run it again
+                    continue
+                if kind != "lost":
+                    self._drop()
+                    raise
+                if not retry or (retry is True and time.monotonic() > deadline):
+                    self._drop()
+                    raise ConnectionFailed(f"lost the connection to {self.dialect.where}: {exc}") from None
+                self._lost(exc, delay)
+                delay = min(delay * 2, 5)
+
+    def _lost(self, exc, delay):
+        self._drop()
+        if not self._reconnecting:
+            log.warning("database %s: %s; reconnecting", self.dialect.where, str(exc).splitlines()[0])
+            self._reconnecting = True
+        time.sleep(delay)
+
+    def _drop(self):
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _transaction(self, cur, statements):
+        cur.execute(self.dialect.begin)
+        try:
+            result = statements(cur)
+            cur.execute("COMMIT")
+            if self._reconnecting:
+                log.warning("database %s: reconnected", self.dialect.where)
+                self._reconnecting = False
+            return result
+        except BaseException:
+            try:
+                cur.execute("ROLLBACK")
+            except Exception:
+                pass
+            raise
+
+    # tables
+    def ddl(self):
+        """The statements that create this driver's tables (idempotent)."""
+        d, t, f = self.dialect, self.table, self.failed_table
+        statements = [
+            f"CREATE TABLE IF NOT EXISTS {t} (id {d.key}, name VARCHAR(255) NOT NULL, "
+            f"queue VARCHAR(255) NOT NULL, payload {d.blob} NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
+            f"ran_at {d.stamp} NULL, available_at {d.stamp} NOT NULL, reserved_at {d.stamp} NULL, "
+            f"created_at {d.stamp} NOT NULL{'' if d.index_ddl(t) else f', INDEX {t}_queue_available_at (queue, available_at)'})",
+            d.index_ddl(t),
+        ]
+        if f:
+            statements.append(
+                f"CREATE TABLE IF NOT EXISTS {f} (id {d.key}, driver VARCHAR(255) NOT NULL, "
+                f"connection VARCHAR(255) NOT NULL, queue VARCHAR(255) NOT NULL, name VARCHAR(255) NOT NULL, "
+                f"payload {d.blob} NOT NULL, exception {d.text} NOT NULL, failed_at {d.stamp} NOT NULL, "
+                f"created_at {d.stamp} NOT NULL)")
+        statements = [s for s in statements if s]
+        if d.name == "mysql":
+            statements = [s + " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if s.startswith("CREATE TABLE") else s
+                          for s in statements]
+        return statements
+
+    def create_tables(self):
+        """Create the jobs and failed-jobs tables and the claim's index, if missing."""
+        self._create_tables(self._conn())
+
+    def _create_tables(self, conn):
+        cur = conn.cursor()
+        try:
+            for statement in self.ddl():
+                cur.execute(statement)
+        finally:
+            cur.close()
+
+    # the interface
+    def put(self, messages):
+        now = self.clock.now()
+        rows = [(m.name, m.queue, m.payload, 0, self.clock.now(m.delay) if m.delay else now, now)
+                for m in messages]
+        sql = self._sql["insert"]
+        if len(rows) == 1:
+            self._execute(lambda cur: cur.execute(sql, rows[0]))
+        elif self.dialect.name == "mysql":
+            self._execute(lambda cur: cur.executemany(sql, rows))  # one multi-row INSERT
+        else:
+            self._execute(lambda cur: self._transaction(cur, lambda c: c.executemany(sql, rows)))
+
+    def pop(self, queues, wait=0.0):
+        """Claim the next job: one transaction (2 round trips on MySQL when one queue is named)."""
+        sql, done = self._sql, self._acked()
+
+        def claim(cur):
+            now = self.clock.now()
+            if done:
+                marks = ", ".join([self.dialect.param] * len(done))
+                cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks})", done)
+            for queue_name in queues:
+                cur.execute(sql["next"], (queue_name, now))
+                row = cur.fetchone()
+                if row:
+                    cur.execute(sql["reserve"], (now, now, self.clock.now(self.retry_after), row[0]))
+                    return Message(row[0], queue_name, row[1], bytes(row[2]), row[3] + 1, token=now)
+            return None
+
+        message = self._execute(lambda cur: self._transaction(cur, claim), retry="forever")
+        del done[:]
+        return message
+
+    def _acked(self):
+        """Ids this thread acked since its last claim (deleted by that claim's transaction)."""
+        done = getattr(self._local, "done", None)
+        if done is None:
+            done = self._local.done = []
+        return done
+
+    def ack(self, message):
+        self._acked().append(message.id)  # deleted by the next pop() or close() of this thread
+
+    def release(self, message, delay=0.0):
+        values = (self.clock.now(delay), message.id)
+        self._execute(lambda cur: cur.execute(self._sql["release"], values), retry="forever")
+
+    def keep(self, message):
+        values = (self.clock.now(self.retry_after), message.id, message.token)
+        self._execute(lambda cur: cur.execute(self._sql["keep"], values))
+
+    def stats(self, queues=None):
+        now = self.clock.now()
+        rows = self._execute(lambda cur: (cur.execute(self._sql["stats"], (now, now, now)), cur.fetchall())[1])
+        result = {q: {"ready": 0, "delayed": 0, "reserved": 0} for q in queues or ()}
+        for queue_name, ready, delayed, reserved in rows:
+            if not queues or queue_name in queues:
+                result[queue_name] = {"ready": int(ready or 0), "delayed": int(delayed or 0),
+                                      "reserved": int(reserved or 0)}
+        return result
+
+    def close(self):
+        done = self._acked()
+        if done:
+            marks = ", ".join([self.dialect.param] * len(done))
+            self._execute(lambda cur: cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks})", done),
+                          retry="forever")
+            del done[:]
+        self._drop()
+
+    def failed_store(self):
+        return self if self.failed_table else None
+
+    # the failed store
+    def add_failed(self, driver_name, connection, message, exception):
+        """Keep a failed job: its payload, and its exception with the full traceback."""
+        now = self.clock.now()
+        p = self.dialect.param
+        values = (driver_name, connection, message.queue, message.name, message.payload, exception, now, now)
+        self._execute(lambda cur: cur.execute(
+            f"INSERT INTO {self.failed_table} (driver, connection, queue, name, payload, exception, "
+            f"failed_at, created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", values))
+
+    def failed_jobs(self, ids=None):
+        """The failed jobs (all, or those of `ids`), oldest first, as dicts."""
+        p = self.dialect.param
+        where = f" WHERE id IN ({', '.join([p] * len(ids))})" if ids else ""
+        columns = ("id", "driver", "connection", "queue", "name", "payload", "exception", "failed_at")
+
+        def select(cur):
+            cur.execute(f"SELECT {', '.join(columns)} FROM {self.failed_table}{where} ORDER BY id", list(ids or ()))
+            return [dict(zip(columns, row)) for row in cur.fetchall()]
+        return self._execute(select)
+
+    def forget(self, ids=None):
+        """Delete failed jobs (all when ids is None); return how many."""
+        p = self.dialect.param
+        where = f" WHERE id IN ({', '.join([p] * len(ids))})" if ids is not None else ""
+
+        def delete(cur):
+            cur.execute(f"DELETE FROM {self.failed_table}{where}", list(ids or ()))
+            return cur.rowcount
+        return self._execute(delete) if ids is None or ids else 0
+
+    def failed_counts(self):
+        """{queue: number of failed jobs}."""
+        return dict(self._execute(lambda cur: (cur.execute(
+            f"SELECT queue, COUNT(*) FROM {self.failed_table} GROUP BY queue"), cur.fetchall())[1]))
+
+
+# The async driver #############################################################################
+class AsyncDriver(Driver):
+    """Runs jobs in the pushing process: on a thread pool (`mode: threading`) or a process pool
+    (`mode: multiprocess`) of `workers`; `blocking: True` runs each job inside push(). Retries
+    and failures follow the same rules as every driver; at a normal interpreter exit, push()ed
+    jobs (and their pending retries) are finished first."""
+
+    name = "async"
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.blocking = options.get("blocking", False)
+        self.mode = options.get("mode", "threading")
+        self.workers = options.get("workers", 1)
+        self.worker = Worker(self, attempts=options.get("attempts", 3), callback=options.get("callback", "handle"))
+        self._pool = None
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._timers = set()
+        if not self.blocking:
+            atexit.register(self.join)
+
+    def _executor(self):
+        if self._pool is None:
+            import concurrent.futures as cf
+            if self.mode == "multiprocess":
+                self._pool = cf.ProcessPoolExecutor(self.workers)
+            else:
+                self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="queue-async")
+        return self._pool
+
+    def put(self, messages):
+        for message in messages:
+            message.id = message.id or secrets.token_hex(6)
+            if self.blocking:
+                message.attempts += 1
+                self.worker.process(message)
+            else:
+                self._schedule(message, message.delay)
+
+    def _schedule(self, message, delay):
+        with self._idle:
+            self._pending += 1
+        if delay > 0:
+            timer = threading.Timer(delay, self._submit, (message,))
+            timer.daemon = True
+            self._timers.add(timer)
+            timer.start()
+        else:
+            self._submit(message)
+
+    def _submit(self, message):
+        self._timers.discard(threading.current_thread())
+        message.attempts += 1
+        try:
+            if self.mode == "multiprocess":
+                future = self._executor().submit(_attempt_in_child, message.payload, self.worker.callback)
+                future.add_done_callback(lambda f: self._settle_child(message, f))
+            else:
+                self._executor().submit(self._run, message)
+        except RuntimeError:  # the interpreter is shutting down: run it here rather than drop it
+            self._run(message)
+
+    def _run(self, message):
+        try:
+            self.worker.process(message)
+        finally:
+            self._finished()
+
+    def _settle_child(self, message, future):
+        try:
+            self.worker.process(message, outcome=future.result())
+        except BaseException as exc:  # the child process died
+            self.worker.process(message, outcome=(exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+        finally:
+            self._finished()
+
+    def _finished(self):
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
+
+    def pop(self, queues, wait=0.0):
+        raise QueueError("the async driver runs jobs inside the program that pushes them: there is "
+                         "nothing for `python queue.py work` to do (use the database or amqp driver)")
+
+    def ack(self, message):
+        pass
+
+    def release(self, message, delay=0.0):
+        if self.blocking:  # debugging mode: every attempt runs inside push(), without the backoff
+            self.put([message])
+        else:
+            self._schedule(message, delay)
+
+    def stats(self, queues=None):
+        return {self.default_queue: {"ready": self._pending, "delayed": len(self._timers), "reserved": 0}}
+
+    def join(self, timeout=None):
+        """Wait until every pushed job (and retry) has finished; True if none is left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            if self._pending:
+                log.info("async: waiting for %d job(s) to finish", self._pending)
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self):
+        self.join()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _attempt_in_child(payload, callback):
+    """Run one attempt in a process-pool child; return (None, None) or (exception, traceback text)."""
+    envelope = unpack(payload)
+    try:
+        getattr(envelope["job"], callback)()
+        return None, None
+    except BaseException as exc:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            pickle.dumps(exc)
+        except Exception:
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+        return exc, text
+
+
+# The amqp driver (RabbitMQ) ###################################################################
+class AMQPDriver(Driver):
+    """RabbitMQ over pika (see below)."""
+
+    name = "amqp"
+
+
+DRIVER_CLASSES = {"database": DatabaseDriver, "async": AsyncDriver, "amqp": AMQPDriver}
+
+
+# Worker #######################################################################################
+class Worker:
+    """Takes jobs from a driver and runs them; handles tries, backoff, timeouts, failures, chains.
+
+    run() is the loop of `python queue.py work`; process() handles one message and is also used
+    by the async driver. Signals only set flags: the first SIGTERM/SIGINT lets the current job
+    finish, a second one puts it back on its queue at once; either way the worker exits 0."""
+
+    def __init__(self, driver, queues=None, *, attempts=None, timeout=None, poll=None, callback=None,
+                 once=False, stop_when_empty=False, max_jobs=None, max_time=None):
+        self.driver = driver
+        options = driver.options
+        self.queues = list(queues or [options.get("queue", "default")])
+        self.attempts = attempts or options.get("attempts", 3)
+        self.timeout = timeout
+        self.poll = options.get("poll", 1) if poll is None else poll
+        self.callback = callback or options.get("callback", "handle")
+        self.once, self.stop_when_empty = once, stop_when_empty
+        self.max_jobs, self.max_time = max_jobs, max_time
+        self.stopping = threading.Event()
+        self.processed = 0
+        self.current = None          # (message, started, timeout) of the running job
+        self._in_job = False
+        self._signals = 0
+
+    # the loop
+    def run(self):
+        """Work until told to stop; return the exit status (0)."""
+        started = time.monotonic()
+        restart_mark = _restart_mark(self.driver.config)
+        self._install_signals()
+        keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
+        keeper.start()
+        log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
+        try:
+            while not self.stopping.is_set():
+                if _restart_mark(self.driver.config) != restart_mark:
+                    log.info("worker %d: restart requested; exiting", os.getpid())
+                    break
+                if self.max_time is not None and time.monotonic() - started >= self.max_time:
+                    break
+                if False in _call_hooks("looping"):
+                    self.driver.close()
+                    self.stopping.wait(self.poll)
+                    continue
+                asked = time.monotonic()
+                message = self.driver.pop(self.queues, self.poll)
+                if message is None:
+                    if self.once or self.stop_when_empty:
+                        break
+                    self.stopping.wait(self.poll - (time.monotonic() - asked))  # drivers that do not wait
+                    continue
+                self.process(message)
+                self.processed += 1
+                if self.once or (self.max_jobs and self.processed >= self.max_jobs):
+                    break
+        except _ColdShutdown:
+            pass
+        finally:
+            self.stopping.set()
+            self.driver.close()
+            self._restore_signals()
+        log.info("worker %d: stopped after %d job(s)", os.getpid(), self.processed)
+        return 0
+
+    def _install_signals(self):
+        self._old_handlers = {}
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        if hasattr(signal, "SIGALRM"):
+            self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+
+    def _restore_signals(self):
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        if hasattr(signal, "setitimer") and self._old_handlers:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _on_signal(self, signum, frame):
+        self._signals += 1
+        self.stopping.set()
+        if self._signals == 1:
+            log.info("worker %d: %s: finishing the current job, then exiting (again to stop now)",
+                     os.getpid(), signal.Signals(signum).name)
+        elif self._in_job:
+            raise _ColdShutdown()
+
+    def _on_alarm(self, signum, frame):
+        if self._in_job:
+            raise JobTimeout(f"the job ran past its timeout of {self.current[2]:g} s")
+
+    def _keep(self):
+        """Keeper thread: renews the reservation of a long job, so that it does not lapse while
+        the job is alive (every retry_after / 3 seconds, on its own connection)."""
+        period = max(0.05, getattr(self.driver, "retry_after", 30) / 3.0)
+        while not self.stopping.wait(period):
+            current = self.current
+            if current and time.monotonic() - current[1] >= period:
+                try:
+                    self.driver.keep(current[0])
+                except Exception as exc:
+                    log.warning("could not renew the reservation of %r: %s", current[0], exc)
+        try:
+            self.driver.close()
+        except Exception:
+            pass
+
+    # one job
+    def process(self, message, outcome=None):
+        """Run one message (or settle the outcome of an attempt run elsewhere); return
+        'done', 'released' or 'failed'."""
+        started = time.monotonic()
+        try:
+            envelope = unpack(message.payload)
+        except BadPayload as exc:
+            return self._finish(message, None, started, self._fail(message, None, exc, f"{type(exc).__name__}: {exc}\n"))
+        job = envelope["job"]
+        until = envelope.get("until")
+        tries = getattr(job, "tries", None) or self.attempts
+        if outcome is None and ((until is None and message.attempts > tries) or (until is not None and time.time() > until)):
+            exc = MaxAttemptsExceeded(f"{message.name} was attempted too many times or too late "
+                                      f"(attempt {message.attempts}, tries {tries}); an earlier attempt may have died with its worker")
+            return self._finish(message, job, started, self._fail(message, job, exc, f"{type(exc).__name__}: {exc}\n"))
+        if outcome is None:
+            outcome = self._attempt(message, job)
+        exc, text = outcome
+        if exc is None:
+            links = envelope.get("chain")
+            if links:  # the next job of a chain, pushed before this one is acked (at least once)
+                self.driver.push([links[0]], queue=getattr(links[0], "queue", None) or message.queue, chain=links[1:])
+            self.driver.ack(message)
+            _call_hooks("after", job)
+            return self._finish(message, job, started, "done")
+        exhausted = (time.time() >= until) if until is not None else message.attempts >= tries
+        if exhausted or isinstance(exc, BadPayload):
+            return self._finish(message, job, started, self._fail(message, job, exc, text), exc)
+        self.driver.release(message, _backoff(job, message.attempts))
+        return self._finish(message, job, started, "released", exc)
+
+    def _attempt(self, message, job):
+        """Run the job once in this thread, with its timeout; return (exception, traceback) or (None, None)."""
+        timeout = getattr(job, "timeout", None) or self.timeout
+        alarm = bool(timeout) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        self.current = (message, time.monotonic(), timeout)
+        try:
+            if _hooks["before"]:
+                _call_hooks("before", job)
+            if alarm:
+                signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)  # repeats until the job gives up
+            self._in_job = True
+            try:
+                getattr(job, self.callback)()
+            finally:
+                self._in_job = False
+                if alarm:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            return None, None
+        except _ColdShutdown:
+            self.driver.release(message, 0)
+            log.info("%s #%s put back on %r: the worker was stopped", message.name, message.id, message.queue)
+            raise
+        except BaseException as exc:
+            return exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        finally:
+            self.current = None
+
+    def _fail(self, message, job, exc, text):
+        """Fail a message for good: failed(exc), the failing hooks, the failed store, then ack."""
+        if job is not None:
+            try:
+                job.failed(exc) if hasattr(job, "failed") else None
+            except Exception:
+                log.exception("%s.failed() raised", message.name)
+            _call_hooks("failing", job, exc)
+        store = self.driver.failed_store()
+        summary = (text.strip().splitlines() or [repr(exc)])[-1]
+        if store is not None:
+            store.add_failed(self.driver.name, self.driver.connection_name, message, f"{summary}\n\n{text}")
+        else:
+            log.error("%s #%s failed and is dropped (failed_table is None): %s", message.name, message.id, summary)
+        self.driver.ack(message)
+        return "failed"
+
+    def _finish(self, message, job, started, status, exc=None):
+        ms = (time.monotonic() - started) * 1000
+        if status == "done":
+            log.info("%s #%s done in %.1f ms", message.name, message.id, ms)
+        else:
+            reason = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+            log.warning("%s #%s %s after %.1f ms (attempt %d)%s", message.name, message.id, status, ms,
+                        message.attempts, reason)
+        return status
+
+
+def _backoff(job, attempts):
+    """Seconds to wait before attempt `attempts + 1`."""
+    backoff = getattr(job, "backoff", 0) or 0
+    if isinstance(backoff, (list, tuple)):
+        return float(backoff[min(attempts, len(backoff)) - 1]) if backoff else 0.0
+    return float(backoff)
+
+
+def _restart_mark(config):
+    """The time of the last `python queue.py restart`, read from a file beside the config."""
+    try:
+        return os.stat(os.path.join(config.folder, ".queue.restart")).st_mtime_ns
+    except OSError:
+        return None
+
+
+# Command line #################################################################################
+JOB_TEMPLATE = '''"""{name}: a job. Push it with queue.push({name}(...)) or `python queue.py push {name}`."""
+from queue import Queueable
+
+
+class {name}(Queueable):
+    tries = 3            # attempts before the job is failed
+    timeout = None       # seconds one attempt may run (None: no limit)
+    backoff = 0          # seconds before attempt 2, 3, ... (a number or a list)
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def handle(self):
+        """Do the work."""
+        print("{name} ran with", self.args, self.kwargs)
+
+    def failed(self, exc):
+        """Called once when the job has failed for good."""
+'''
+
+
+def _jobs_folder(config):
+    return os.path.join(config.folder, "jobs")
+
+
+def _find_job_class(name, config):
+    """The Queueable subclass called `name` in jobs/ (jobs/Name.py first, then every module)."""
+    folder = _jobs_folder(config)
+    if not os.path.isdir(folder):
+        raise QueueError(f"no jobs/ folder in {config.folder}: write one with `python queue.py job {name}`")
+    modules = [name] if os.path.isfile(os.path.join(folder, f"{name}.py")) else []
+    modules += sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f[:-3] not in (name, "__init__"))
+    for module_name in modules:
+        try:
+            module = importlib.import_module(f"jobs.{module_name}")
+        except Exception as exc:
+            raise QueueError(f"jobs/{module_name}.py cannot be imported: {type(exc).__name__}: {exc}") from None
+        cls = getattr(module, name, None)
+        if isinstance(cls, type):
+            return cls
+    raise QueueError(f"no job class {name!r} in {folder}")
+
+
+def _literal(text):
+    """A command-line argument as a Python literal (a bare word stays a string)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _cmd_work(args, config):
+    queues = [q.strip() for q in args.queue.split(",") if q.strip()] if args.queue else None
+    name, _ = config.driver(args.driver)
+    if name == "async":
+        raise QueueError("the async driver runs jobs inside the program that pushes them: "
+                         "`work` needs the database or amqp driver")
+    _import_jobs(config)
+    worker = Worker(_driver(args.driver, args.connection), queues, attempts=args.attempts, timeout=args.timeout,
+                    poll=args.poll, once=args.once, stop_when_empty=args.stop_when_empty,
+                    max_jobs=args.max_jobs, max_time=args.max_time)
+    return worker.run()
+
+
+def _import_jobs(config):
+    """Import jobs/__init__.py (where hooks may be registered), if there is one."""
+    if os.path.isfile(os.path.join(_jobs_folder(config), "__init__.py")):
+        try:
+            importlib.import_module("jobs")
+        except Exception as exc:
+            raise QueueError(f"jobs/__init__.py cannot be imported: {type(exc).__name__}: {exc}") from None
+
+
+def _cmd_job(args, config):
+    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", args.name):
+        raise QueueError(f"{args.name!r} is not a valid class name")
+    folder = _jobs_folder(config)
+    os.makedirs(folder, exist_ok=True)
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.exists(init):
+        open(init, "w").close()
+    path = os.path.join(folder, f"{args.name}.py")
+    try:
+        with open(path, "x") as f:
+            f.write(JOB_TEMPLATE.format(name=args.name))
+    except FileExistsError:
+        raise QueueError(f"{path} exists already; not overwritten") from None
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_push(args, config):
+    cls = _find_job_class(args.name, config)
+    positional = [_literal(a) for a in args.args if "=" not in a or not re.match(r"^\w+=", a)]
+    keywords = dict((a.split("=", 1)[0], _literal(a.split("=", 1)[1])) for a in args.args if re.match(r"^\w+=", a))
+    try:
+        job = cls(*positional, **keywords)
+    except Exception as exc:
+        raise QueueError(f"{args.name}{tuple(positional)}: {type(exc).__name__}: {exc}") from None
+    delay = float(args.delay) if args.delay and re.match(r"^\d+(\.\d+)?$", args.delay) else args.delay
+    push(job, driver=args.driver, queue=args.queue, delay=delay, connection=args.connection)
+    print(f"pushed {args.name}")
+    return 0
+
+
+def _cmd_table(args, config):
+    store = _driver("database", args.connection)
+    if args.sql:
+        print(";\n".join(store.ddl()) + ";")
+        return 0
+    store.create_tables()
+    print(f"tables {store.table} and {store.failed_table or '(no failed table)'} are ready in {store.dialect.where}")
+    return 0
+
+
+def _failed_store(args):
+    store = _driver("database", args.connection)
+    if not store.failed_table:
+        raise QueueError("failed jobs are not kept: DRIVERS['database']['failed_table'] is None")
+    return store
+
+
+def _cmd_failed(args, config):
+    rows = _failed_store(args).failed_jobs()
+    if not rows:
+        print("no failed jobs")
+        return 0
+    print(f"{'id':>6}  {'driver/connection':<20} {'queue':<12} {'job':<24} {'failed at':<26} error")
+    for r in rows:
+        first = (str(r["exception"]).strip().splitlines() or [""])[0][:80]
+        where = f"{r['driver']}/{r['connection']}" if r["connection"] else r["driver"]
+        print(f"{r['id']:>6}  {where:<20} {r['queue']:<12} {r['name']:<24} {str(r['failed_at'])[:26]:<26} {first}")
+    return 0
+
+
+def _ids(values):
+    try:
+        return [int(v) for v in values]
+    except ValueError:
+        raise QueueError(f"failed job ids are numbers (or 'all'), not {' '.join(values)!r}") from None
+
+
+def _cmd_retry(args, config):
+    store = _failed_store(args)
+    ids = None if not args.ids or args.ids == ["all"] else _ids(args.ids)
+    rows = store.failed_jobs(ids)
+    if ids:
+        missing = sorted(set(ids) - {r["id"] for r in rows})
+        if missing:
+            raise QueueError(f"no failed job with id {', '.join(map(str, missing))}")
+    for r in rows:
+        name = args.driver or r["driver"]
+        target = _driver(name, (args.connection or r["connection"]) if name == "database" else None)
+        target.put([Message(None, args.queue or r["queue"], r["name"], bytes(r["payload"]), 0, 0.0)])
+        store.forget([r["id"]])
+        print(f"retrying {r['name']} (failed job {r['id']}) on {target.name}/{args.queue or r['queue']}")
+    if not rows:
+        print("no failed jobs")
+    return 0
+
+
+def _cmd_forget(args, config):
+    count = _failed_store(args).forget(_ids([args.id]))
+    if not count:
+        raise QueueError(f"no failed job with id {args.id}")
+    print(f"forgot failed job {args.id}")
+    return 0
+
+
+def _cmd_flush(args, config):
+    print(f"deleted {_failed_store(args).forget(None)} failed job(s)")
+    return 0
+
+
+def _cmd_restart(args, config):
+    path = os.path.join(config.folder, ".queue.restart")
+    with open(path, "w") as f:
+        f.write(f"{time.time()}\n")
+    os.utime(path, None)
+    print("workers will exit after their current job")
+    return 0
+
+
+def _cmd_status(args, config):
+    target = _driver(args.driver, args.connection)
+    queues = [q.strip() for q in args.queue.split(",")] if args.queue else None
+    stats = target.stats(queues)
+    store = target.failed_store()
+    failed = store.failed_counts() if store else {}
+    names = sorted(set(stats) | (set(failed) if not queues else set()))
+    print(f"{'queue':<20} {'ready':>8} {'delayed':>8} {'reserved':>8} {'failed':>8}")
+    for q in names:
+        s = stats.get(q, {"ready": 0, "delayed": 0, "reserved": 0})
+        print(f"{q:<20} {s['ready']:>8} {s['delayed']:>8} {s['reserved']:>8} {failed.get(q, 0):>8}")
+    return 0
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise __import__("argparse").ArgumentTypeError(f"{text!r} is not a number") from None
+        if value < 0:
+            raise __import__("argparse").ArgumentTypeError(f"{text!r} must not be negative")
+        return value
+    return parse
+
+
+def _parser():
+    import argparse
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="config file (default: $QUEUE_CONFIG, else config.py beside queue.py)")
+    parser = argparse.ArgumentParser(prog="python queue.py", parents=[common],
+                                     description="queue.py: background jobs. Push jobs from your code; run workers here.")
+    parser.add_argument("--version", action="version", version=f"queue.py {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name, fn, text):
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(fn=fn)
+        return sub
+
+    work = command("work", _cmd_work, "run a worker")
+    work.add_argument("--driver", help="driver (default: DRIVERS['default'])")
+    work.add_argument("--connection", help="database connection (a name in DATABASES)")
+    work.add_argument("--queue", help="queues in priority order, comma separated (e.g. high,low)")
+    work.add_argument("--poll", type=_positive(float), help="seconds to wait when no job is ready")
+    work.add_argument("--attempts", type=_positive(int), help="tries of jobs that do not set `tries`")
+    work.add_argument("--timeout", type=_positive(float), help="seconds a job may run if it sets no timeout")
+    work.add_argument("--once", action="store_true", help="run at most one job, then exit")
+    work.add_argument("--stop-when-empty", action="store_true", help="exit when no job is ready")
+    work.add_argument("--max-jobs", type=_positive(int), help="exit after this many jobs")
+    work.add_argument("--max-time", type=_positive(float), help="exit after this many seconds (after the current job)")
+
+    job = command("job", _cmd_job, "write jobs/Name.py with a job skeleton")
+    job.add_argument("name", help="class name of the job")
+
+    push_ = command("push", _cmd_push, "push a job class from jobs/ (arguments are Python literals, or key=value)")
+    push_.add_argument("name", help="job class name")
+    push_.add_argument("args", nargs="*", help="arguments of the job's constructor")
+    push_.add_argument("--driver")
+    push_.add_argument("--connection")
+    push_.add_argument("--queue")
+    push_.add_argument("--delay", help="seconds, or a time like '10 minutes'")
+
+    table = command("table", _cmd_table, "create the jobs and failed-jobs tables (idempotent)")
+    table.add_argument("--connection")
+    table.add_argument("--sql", action="store_true", help="print the DDL instead of running it")
+
+    for name, fn, text in (("failed", _cmd_failed, "list failed jobs"), ("flush", _cmd_flush, "delete every failed job")):
+        command(name, fn, text).add_argument("--connection")
+
+    retry = command("retry", _cmd_retry, "put failed jobs back on a queue (no id: all)")
+    retry.add_argument("ids", nargs="*", metavar="ID", help="failed job ids, or 'all'")
+    retry.add_argument("--driver", help="push onto this driver (default: the one it failed on)")
+    retry.add_argument("--queue", help="push onto this queue (default: the one it failed on)")
+    retry.add_argument("--connection")
+
+    forget = command("forget", _cmd_forget, "delete one failed job")
+    forget.add_argument("id")
+    forget.add_argument("--connection")
+
+    command("restart", _cmd_restart, "make every running worker exit after its current job")
+
+    status = command("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed")
+    status.add_argument("--driver")
+    status.add_argument("--connection")
+    status.add_argument("--queue", help="only these queues, comma separated")
+    return parser
+
+
+def main(argv=None):
+    """The command line: `python queue.py COMMAND ...`; returns the exit status."""
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = configure(args.config)
+        return args.fn(args, config)
+    except QueueError as exc:
+        print(f"queue.py: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if _SCRIPT:
+    sys.exit(main())
