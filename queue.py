@@ -56,6 +56,7 @@ del _name
 # Basics and errors ############################################################################
 import ast
 import atexit
+import collections
 import datetime as _dt
 import hashlib
 import hmac
@@ -825,7 +826,7 @@ class DatabaseDriver(Driver):
         connection is reopened with backoff: for a few seconds (retry=True) or until it works
         (retry='forever', the worker); a statement is repeated only when that is safe."""
         delay, deadline = 0.1, time.monotonic() + 30
-        if retry is True and not getattr(self, "_connected_once", False):
+        if not getattr(self, "_connected_once", False):
             retry = False  # never reached this server: say so at once
         while True:
             try:
@@ -1174,10 +1175,332 @@ def _attempt_in_child(payload, callback):
 
 
 # The amqp driver (RabbitMQ) ###################################################################
+# Durable queues, persistent messages, publisher confirms. A worker's connection lives on an I/O
+# thread (pika connections are not thread-safe) that consumes into a local buffer and keeps
+# heartbeats going while the job runs on the worker's thread; acks cross over through
+# add_callback_threadsafe(). Delays need no plugin: a message waits in a durable queue
+# "<queue>.delay.<ms>" whose per-queue TTL dead-letters it into <queue> when due (a queue per
+# delay, so messages of different delays come due in due order). The attempt count travels in
+# the header x-attempts; a message redelivered after its worker died is published again with the
+# dead attempt counted, so a job that kills its worker cannot loop forever.
 class AMQPDriver(Driver):
-    """RabbitMQ over pika (see below)."""
+    """RabbitMQ through pika: queues are durable, messages persistent, push() confirmed."""
 
     name = "amqp"
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.exchange = options.get("exchange", "")
+        self.prefetch = int(options.get("prefetch", 20))
+        self.where = f"{options.get('host', 'localhost')}:{options.get('port', 5672)}"
+        self._local = threading.local()
+        self._consumer = None
+        self._connected_once = False
+
+    @property
+    def connection_name(self):
+        return self.where
+
+    def parameters(self):
+        """pika connection parameters from the Masonite keys (connection_options are URL options)."""
+        pika = _import_optional("pika", "amqp")
+        from urllib.parse import quote, urlencode
+        o = self.options
+        query = dict(o.get("connection_options") or {})
+        query.setdefault("heartbeat", int(o.get("heartbeat", 60)))
+        query.setdefault("connection_attempts", 1)
+        query.setdefault("socket_timeout", 10)
+        url = (f"amqp://{quote(str(o.get('username', 'guest')), safe='')}:{quote(str(o.get('password', 'guest')), safe='')}"
+               f"@{o.get('host', 'localhost')}:{int(o.get('port', 5672))}/{quote(o.get('vhost') or '/', safe='')}"
+               f"?{urlencode(query)}")
+        return pika.URLParameters(url)
+
+    def connect(self):
+        """A new BlockingConnection, or ConnectionFailed with one line."""
+        pika = _import_optional("pika", "amqp")
+        try:
+            connection = pika.BlockingConnection(self.parameters())
+        except pika.exceptions.ProbableAuthenticationError:
+            raise ConnectionFailed(f"RabbitMQ at {self.where} refused the username or password") from None
+        except pika.exceptions.ProbableAccessDeniedError:
+            raise ConnectionFailed(f"RabbitMQ at {self.where} denied access to vhost {self.options.get('vhost') or '/'!r}") from None
+        except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
+            raise ConnectionFailed(f"cannot connect to RabbitMQ at {self.where}: {exc!r}") from None
+        self._connected_once = True
+        return connection
+
+    # queues
+    def declare(self, channel, queue_name, declared):
+        """Declare a durable queue (once per connection); bind it when an exchange is configured."""
+        if queue_name in declared:
+            return
+        channel.queue_declare(queue_name, durable=True)
+        if self.exchange:
+            channel.exchange_declare(self.exchange, "direct", durable=True)
+            channel.queue_bind(queue_name, self.exchange, routing_key=queue_name)
+        declared.add(queue_name)
+
+    def _delay_queue(self, channel, queue_name, delay, declared):
+        ms = _round_up(int(delay * 1000))
+        name = f"{queue_name}.delay.{ms}"
+        if name not in declared:
+            channel.queue_declare(name, durable=True, arguments={
+                "x-message-ttl": ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue_name,
+                "x-expires": ms + 3_600_000})
+            declared.add(name)
+        return name
+
+    # publishing: one connection per thread, in confirm mode
+    def _publisher(self):
+        publisher = getattr(self._local, "publisher", None)
+        if publisher is None:
+            connection = self.connect()
+            channel = connection.channel()
+            channel.confirm_delivery()
+            publisher = self._local.publisher = (connection, channel, set())
+        return publisher
+
+    def _drop_publisher(self):
+        publisher = getattr(self._local, "publisher", None)
+        self._local.publisher = None
+        if publisher is not None:
+            try:
+                publisher[0].close()
+            except Exception:
+                pass
+
+    def put(self, messages, forever=False):
+        """Publish persistent messages and return once the broker confirmed them all."""
+        pika = _import_optional("pika", "amqp")
+        delay, deadline = 0.1, time.monotonic() + 30
+        while True:
+            try:
+                connection, channel, declared = self._publisher()
+                for m in messages:
+                    self.declare(channel, m.queue, declared)
+                    if m.delay > 0:
+                        exchange, key = "", self._delay_queue(channel, m.queue, m.delay, declared)
+                    else:
+                        exchange, key = self.exchange, m.queue
+                    properties = pika.BasicProperties(
+                        delivery_mode=2, message_id=m.token or secrets.token_hex(8), type=m.name,
+                        headers={"x-attempts": m.attempts})
+                    m.token = properties.message_id
+                    channel.basic_publish(exchange, key, m.payload, properties, mandatory=True)
+                return
+            except ConnectionFailed:
+                if not (forever or (self._connected_once and time.monotonic() < deadline)):
+                    raise
+            except pika.exceptions.UnroutableError:
+                raise QueueError(f"RabbitMQ could not route a message to {messages[0].queue!r}") from None
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                self._drop_publisher()
+                raise QueueError(f"RabbitMQ at {self.where} refused: {exc.reply_text}") from None
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                if not (forever or time.monotonic() < deadline):
+                    self._drop_publisher()
+                    raise ConnectionFailed(f"lost the connection to RabbitMQ at {self.where}: {exc!r}") from None
+                log.warning("amqp %s: %r; reconnecting", self.where, exc)
+            self._drop_publisher()
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+    # consuming
+    def pop(self, queues, wait=0.0):
+        consumer = self._consumer
+        if consumer is None or consumer.queues != list(queues):
+            if consumer is not None:
+                consumer.stop()
+            consumer = self._consumer = _Consumer(self, list(queues))
+            consumer.start()
+            consumer.consuming.wait(30)
+            consumer.raise_failure()
+        while True:
+            message = consumer.take(wait)
+            if message is None or not message.token[2]:
+                return message
+            # redelivered: its worker died (or its connection dropped) before the ack. Count that
+            # attempt for good by publishing it again, then ack this delivery.
+            again = Message(None, message.queue, message.name, message.payload, message.attempts, 0.0, message.token[3])
+            self.put([again], forever=True)
+            consumer.settle(message, done=False)
+
+    def ack(self, message):
+        self._consumer.settle(message)
+
+    def release(self, message, delay=0.0):
+        again = Message(None, message.queue, message.name, message.payload, message.attempts, delay, message.token[3])
+        self.put([again], forever=True)
+        self._consumer.settle(message, done=False)
+
+    def stats(self, queues=None):
+        pika = _import_optional("pika", "amqp")
+        result = {}
+        connection = self.connect()
+        try:
+            for queue_name in queues or [self.default_queue]:
+                channel = connection.channel()
+                try:
+                    ok = channel.queue_declare(queue_name, passive=True)
+                    result[queue_name] = {"ready": ok.method.message_count, "delayed": 0, "reserved": 0,
+                                          "consumers": ok.method.consumer_count}
+                except pika.exceptions.ChannelClosedByBroker:
+                    result[queue_name] = {"ready": 0, "delayed": 0, "reserved": 0, "consumers": 0}
+        finally:
+            connection.close()
+        return result
+
+    def delete_queues(self, *names):
+        """Delete queues (and the delay queues this process declared for them)."""
+        connection = self.connect()
+        try:
+            channel = connection.channel()
+            declared = getattr(self._local, "publisher", None)
+            known = declared[2] if declared else set()
+            for name in names:
+                for q in [name] + sorted(k for k in known if k.startswith(f"{name}.delay.")):
+                    channel.queue_delete(q)
+        finally:
+            connection.close()
+
+    def close(self):
+        if self._consumer is not None:
+            self._consumer.stop()
+            self._consumer = None
+        self._drop_publisher()
+
+
+def _round_up(ms):
+    """Round a delay up to 3 significant digits (at most 1% late), so few delay queues exist."""
+    if ms < 1000:
+        return max(ms, 1)
+    scale = 10 ** (len(str(ms)) - 3)
+    return -(-ms // scale) * scale
+
+
+class _Consumer(threading.Thread):
+    """The I/O thread of an amqp worker: owns the connection, consumes `queues` into a local buffer
+    (at most `prefetch` unacked messages) and acks what the worker thread settles. Reconnects
+    with backoff when the connection drops; the broker requeues what was unacked."""
+
+    def __init__(self, driver, queues):
+        super().__init__(name="queue-amqp", daemon=True)
+        self.driver, self.queues = driver, queues
+        self.buffer = {q: [] for q in queues}
+        self.ready = threading.Condition()
+        self.consuming = threading.Event()
+        self.stopping = threading.Event()
+        self.connection = None
+        self.generation = 0
+        self.failure = None
+        self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
+
+    def raise_failure(self):
+        if self.failure is not None:
+            raise self.failure
+        if not self.consuming.is_set():
+            raise ConnectionFailed(f"RabbitMQ at {self.driver.where} did not start consuming")
+
+    def run(self):
+        pika = _import_optional("pika", "amqp")
+        delay, lost = 0.1, False
+        while not self.stopping.is_set():
+            try:
+                connection = self.driver.connect()
+                channel = connection.channel()
+                channel.basic_qos(prefetch_count=self.driver.prefetch, global_qos=True)
+                declared = set()
+                for queue_name in self.queues:
+                    self.driver.declare(channel, queue_name, declared)
+                    channel.basic_consume(queue_name, self._on_message(queue_name))
+                with self.ready:
+                    self.connection, self.channel = connection, channel
+                    self.generation += 1
+                if lost:
+                    log.warning("amqp %s: reconnected", self.driver.where)
+                    lost, delay = False, 0.1
+                self.consuming.set()
+                while not self.stopping.is_set():
+                    connection.process_data_events(time_limit=1)
+                connection.process_data_events(time_limit=0)  # send the acks settled last
+                connection.close()
+            except ConnectionFailed as exc:
+                if not self.consuming.is_set():  # never connected: say so at once
+                    self.failure = exc
+                    self.consuming.set()
+                    return
+                self._lost(exc, lost)
+                lost = True
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and not self.consuming.is_set():
+                    self.failure = QueueError(f"RabbitMQ at {self.driver.where} refused: {exc.reply_text}")
+                    self.consuming.set()
+                    return
+                self._lost(exc, lost)
+                lost = True
+            if not self.stopping.is_set():
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5)
+
+    def _lost(self, exc, already):
+        with self.ready:
+            self.connection = None
+            for items in self.buffer.values():
+                del items[:]  # void: the broker requeues every unacked delivery of that connection
+        if not already:
+            log.warning("amqp %s: %r; reconnecting", self.driver.where, exc)
+
+    def _on_message(self, queue_name):
+        def deliver(channel, method, properties, body):
+            attempts = int((properties.headers or {}).get("x-attempts", 0)) + 1
+            token = (self.generation, method.delivery_tag, method.redelivered, properties.message_id)
+            message = Message(properties.message_id, queue_name, properties.type or "", body, attempts, token=token)
+            if method.redelivered and properties.message_id in self.done:
+                channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
+                return
+            with self.ready:
+                self.buffer[queue_name].append(message)
+                self.ready.notify()
+        return deliver
+
+    def take(self, wait):
+        """The first buffered message in queue priority order, waiting up to `wait` seconds."""
+        deadline = time.monotonic() + wait
+        with self.ready:
+            while True:
+                for queue_name in self.queues:
+                    if self.buffer[queue_name]:
+                        return self.buffer[queue_name].pop(0)
+                left = deadline - time.monotonic()
+                if left <= 0 or self.stopping.is_set():
+                    return None
+                self.ready.wait(left)
+
+    def settle(self, message, done=True):
+        """Ack a delivery (from any thread); a delivery of a dropped connection needs none.
+        done: the job completed here (remembered, in case the ack is lost with the connection)."""
+        if done:
+            self.done.append(message.token[3])
+        with self.ready:
+            connection, generation = self.connection, self.generation
+        if connection is None or message.token[0] != generation:
+            return
+        try:
+            connection.add_callback_threadsafe(lambda: self.channel.basic_ack(message.token[1]))
+        except Exception:
+            pass  # the connection is closing: the broker requeues the message
+
+    def stop(self):
+        self.stopping.set()
+        with self.ready:
+            self.ready.notify_all()
+            connection = self.connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop
+            except Exception:
+                pass
+        self.join(10)
 
 
 DRIVER_CLASSES = {"database": DatabaseDriver, "async": AsyncDriver, "amqp": AMQPDriver}
@@ -1674,6 +1997,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        logging.getLogger("pika").setLevel(logging.WARNING)
     try:
         config = configure(args.config)
         return args.fn(args, config)
