@@ -1238,70 +1238,54 @@ class AMQPDriver(Driver):
         if self.exchange:
             channel.exchange_declare(self.exchange, "direct", durable=True)
             channel.queue_bind(queue_name, self.exchange, routing_key=queue_name)
-        declared.add(queue_name)
+        declared[queue_name] = float("inf")
 
     def _delay_queue(self, channel, queue_name, delay, declared):
+        """The delay queue of `delay` seconds for queue_name. It deletes itself an hour after its
+        last declare (publishing does not count as use), so it is declared again at least every
+        half hour: a message published in it always comes due before the queue can expire."""
         ms = _round_up(int(delay * 1000))
         name = f"{queue_name}.delay.{ms}"
-        if name not in declared:
+        now = time.monotonic()
+        if declared.get(name, 0) < now:
             channel.queue_declare(name, durable=True, arguments={
                 "x-message-ttl": ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue_name,
                 "x-expires": ms + 3_600_000})
-            declared.add(name)
+            declared[name] = now + 1800
         return name
 
-    # publishing: one connection per thread, in confirm mode
+    # publishing: one connection per thread, publisher confirms for whole batches
     def _publisher(self):
         publisher = getattr(self._local, "publisher", None)
         if publisher is None:
-            connection = self.connect()
-            channel = connection.channel()
-            channel.confirm_delivery()
-            publisher = self._local.publisher = (connection, channel, set())
+            publisher = self._local.publisher = _Publisher(self)
         return publisher
 
     def _drop_publisher(self):
         publisher = getattr(self._local, "publisher", None)
         self._local.publisher = None
         if publisher is not None:
-            try:
-                publisher[0].close()
-            except Exception:
-                pass
+            publisher.close()
 
     def put(self, messages, forever=False):
-        """Publish persistent messages and return once the broker confirmed them all."""
+        """Publish persistent messages; return once the broker confirmed them all."""
         pika = _import_optional("pika", "amqp")
         delay, deadline = 0.1, time.monotonic() + 30
         while True:
             try:
-                connection, channel, declared = self._publisher()
-                for m in messages:
-                    self.declare(channel, m.queue, declared)
-                    if m.delay > 0:
-                        exchange, key = "", self._delay_queue(channel, m.queue, m.delay, declared)
-                    else:
-                        exchange, key = self.exchange, m.queue
-                    properties = pika.BasicProperties(
-                        delivery_mode=2, message_id=m.token or secrets.token_hex(8), type=m.name,
-                        headers={"x-attempts": m.attempts})
-                    m.token = properties.message_id
-                    channel.basic_publish(exchange, key, m.payload, properties, mandatory=True)
-                return
+                return self._publisher().publish(messages)
             except ConnectionFailed:
+                self._drop_publisher()
                 if not (forever or (self._connected_once and time.monotonic() < deadline)):
                     raise
-            except pika.exceptions.UnroutableError:
-                raise QueueError(f"RabbitMQ could not route a message to {messages[0].queue!r}") from None
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._drop_publisher()
                 raise QueueError(f"RabbitMQ at {self.where} refused: {exc.reply_text}") from None
             except (pika.exceptions.AMQPError, OSError) as exc:
+                self._drop_publisher()
                 if not (forever or time.monotonic() < deadline):
-                    self._drop_publisher()
                     raise ConnectionFailed(f"lost the connection to RabbitMQ at {self.where}: {exc!r}") from None
-                log.warning("amqp %s: %r; reconnecting", self.where, exc)
-            self._drop_publisher()
+                log.warning("amqp %s: %r; publishing again", self.where, exc)
             time.sleep(delay)
             delay = min(delay * 2, 5)
 
@@ -1355,8 +1339,8 @@ class AMQPDriver(Driver):
         connection = self.connect()
         try:
             channel = connection.channel()
-            declared = getattr(self._local, "publisher", None)
-            known = declared[2] if declared else set()
+            publisher = getattr(self._local, "publisher", None)
+            known = publisher.declared if publisher else {}
             for name in names:
                 for q in [name] + sorted(k for k in known if k.startswith(f"{name}.delay.")):
                     channel.queue_delete(q)
@@ -1368,6 +1352,62 @@ class AMQPDriver(Driver):
             self._consumer.stop()
             self._consumer = None
         self._drop_publisher()
+
+
+class _Publisher:
+    """A connection that publishes with publisher confirms. pika's BlockingChannel waits for the
+    confirm of each message in turn; this publishes a whole batch on the underlying channel
+    (`BlockingChannel._impl`, stable across pika 1.x) and waits once for all the confirms."""
+
+    def __init__(self, driver):
+        self.driver = driver
+        self.connection = driver.connect()
+        self.channel = self.connection.channel()
+        self.declared = {}
+        self.sent = self.confirmed = 0
+        self.nacked, self.returned, self.opened = [], [], []
+        self.channel._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=self.opened.append)
+        self.channel.add_on_return_callback(lambda ch, method, props, body: self.returned.append(method.routing_key))
+        while not self.opened:
+            self.connection.process_data_events(time_limit=0.05)
+
+    def _on_confirm(self, frame):
+        method = frame.method
+        first = self.confirmed + 1 if method.multiple else method.delivery_tag
+        if type(method).__name__ == "Nack":
+            self.nacked.extend(range(first, method.delivery_tag + 1))
+        self.confirmed = max(self.confirmed, method.delivery_tag)
+        if self.confirmed >= self.sent:
+            self.connection.call_later(0, lambda: None)  # wake process_data_events at once
+
+    def publish(self, messages):
+        pika = _import_optional("pika", "amqp")
+        driver, channel = self.driver, self.channel
+        for m in messages:
+            driver.declare(channel, m.queue, self.declared)
+            if m.delay > 0:
+                exchange, key = "", driver._delay_queue(channel, m.queue, m.delay, self.declared)
+            else:
+                exchange, key = driver.exchange, m.queue
+            m.token = m.token or secrets.token_hex(8)
+            properties = pika.BasicProperties(delivery_mode=2, message_id=m.token, type=m.name,
+                                              headers={"x-attempts": m.attempts})
+            channel._impl.basic_publish(exchange, key, m.payload, properties, mandatory=True)
+            self.sent += 1
+        while self.confirmed < self.sent:
+            if channel.is_closed or self.connection.is_closed:
+                raise pika.exceptions.StreamLostError("the channel closed before the broker confirmed")
+            self.connection.process_data_events(time_limit=0.05)
+        if self.returned or self.nacked:
+            what = f"could not route to {self.returned[0]!r}" if self.returned else "refused (nack) a message"
+            self.returned, self.nacked = [], []
+            raise QueueError(f"RabbitMQ at {driver.where} {what}; nothing of this push was confirmed")
+
+    def close(self):
+        try:
+            self.connection.close()
+        except Exception:
+            pass
 
 
 def _round_up(ms):
@@ -1394,6 +1434,7 @@ class _Consumer(threading.Thread):
         self.generation = 0
         self.failure = None
         self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
+        self.acks = []
 
     def raise_failure(self):
         if self.failure is not None:
@@ -1409,7 +1450,7 @@ class _Consumer(threading.Thread):
                 connection = self.driver.connect()
                 channel = connection.channel()
                 channel.basic_qos(prefetch_count=self.driver.prefetch, global_qos=True)
-                declared = set()
+                declared = {}
                 for queue_name in self.queues:
                     self.driver.declare(channel, queue_name, declared)
                     channel.basic_consume(queue_name, self._on_message(queue_name))
@@ -1447,6 +1488,7 @@ class _Consumer(threading.Thread):
             self.connection = None
             for items in self.buffer.values():
                 del items[:]  # void: the broker requeues every unacked delivery of that connection
+            self.acks = []
         if not already:
             log.warning("amqp %s: %r; reconnecting", self.driver.where, exc)
 
@@ -1485,22 +1527,36 @@ class _Consumer(threading.Thread):
             connection, generation = self.connection, self.generation
         if connection is None or message.token[0] != generation:
             return
+        with self.ready:
+            self.acks.append(message.token[1])
+            if len(self.acks) > 1:
+                return  # a flush is already on its way
         try:
-            connection.add_callback_threadsafe(lambda: self.channel.basic_ack(message.token[1]))
+            connection.add_callback_threadsafe(self._flush_acks)
         except Exception:
             pass  # the connection is closing: the broker requeues the message
 
+    def _flush_acks(self):
+        """On the I/O thread: send every ack settled so far (buffered, one write for all)."""
+        with self.ready:
+            tags, self.acks = self.acks, []
+        for tag in tags:
+            self.channel._impl.basic_ack(tag)
+
     def stop(self):
-        self.stopping.set()
+        """Stop after the acks settled so far were sent (callbacks run in order on the I/O thread)."""
+        with self.ready:
+            connection = self.connection
+        try:
+            if connection is None:
+                raise ValueError
+            connection.add_callback_threadsafe(self.stopping.set)
+        except Exception:
+            self.stopping.set()
         with self.ready:
             self.ready.notify_all()
-            connection = self.connection
-        if connection is not None:
-            try:
-                connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop
-            except Exception:
-                pass
         self.join(10)
+        self.stopping.set()
 
 
 DRIVER_CLASSES = {"database": DatabaseDriver, "async": AsyncDriver, "amqp": AMQPDriver}

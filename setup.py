@@ -1,0 +1,28 @@
+"""setup.py for queue.py.
+
+queue.py is meant to be copied into your project, not installed: a module called `queue` in
+site-packages would never be imported, because the standard library's `queue` comes first on
+sys.path. So this file installs no module. It declares what the optional drivers and the tests
+need, so that one command installs it:
+
+    pip install ".[mysql]"     # the MySQL/MariaDB dialect (pymysql)
+    pip install ".[amqp]"      # the RabbitMQ driver (pika)
+    pip install ".[test]"      # everything the test suite needs
+"""
+from setuptools import setup
+
+setup(
+    name="queue.py",
+    version="1.0.0",
+    description="Background jobs for Python applications, in one file (copy queue.py into your project).",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    py_modules=[],
+    extras_require={
+        "mysql": ["pymysql>=1.0"],
+        "amqp": ["pika>=1.2"],
+        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "hypothesis>=6"],
+    },
+    classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],
+)
