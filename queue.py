@@ -144,7 +144,7 @@ DEFAULTS = {
                   "attempts": 3, "queue": "default", "tz": "UTC"},
     },
     "DATABASES": {
-        "sqlite": {"driver": "sqlite", "database": "queue.sqlite3", "synchronous": "normal"},
+        "sqlite": {"driver": "sqlite", "database": "queue.sqlite3", "synchronous": "full"},
         "mysql": {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root",
                   "password": "", "database": "test"},
     },
@@ -193,6 +193,7 @@ class Config:
         self.path = path
         self.folder = os.path.dirname(path) if path else HERE
         self.key = key
+        self.signing_key = None  # resolved on first use (see _signing_key)
         self.drivers = {name: dict(opts) for name, opts in DEFAULTS["DRIVERS"].items() if name != "default"}
         self.default = DEFAULTS["DRIVERS"]["default"]
         for name, opts in (drivers or {}).items():
@@ -373,7 +374,6 @@ class _Clock:
 _MAGIC = b"Q1"
 _MAC_SIZE = 32
 _PICKLE_PROTOCOL = 4  # readable by every supported Python
-_key_cache = {}
 
 
 def _signing_key():
@@ -381,12 +381,16 @@ def _signing_key():
     config.py (or queue.py), created on first use with mode 0600. Hosts that share jobs must share
     the key: set QUEUE_KEY (or KEY) to the same secret on every host."""
     config = _get_config()
+    if config.signing_key is None:
+        config.signing_key = _read_signing_key(config)
+    return config.signing_key
+
+
+def _read_signing_key(config):
     key = os.environ.get("QUEUE_KEY") or config.key
     if key:
         return key.encode() if isinstance(key, str) else bytes(key)
     path = os.path.join(config.folder, ".queue.key")
-    if path in _key_cache:
-        return _key_cache[path]
     try:
         with open(path, "rb") as f:
             key = f.read().strip()
@@ -408,7 +412,6 @@ def _signing_key():
             raise ConfigError(f"cannot create the signing key file {path}: {exc}; set QUEUE_KEY") from None
     if len(key) < 16:
         raise ConfigError(f"signing key file {path} is too short; delete it or set QUEUE_KEY")
-    _key_cache[path] = key
     return key
 
 
@@ -581,8 +584,8 @@ class Driver:
         """Pack jobs into messages and put() them."""
         messages = []
         base_delay = seconds(delay, self.clock.tz)
+        callback = self.options.get("callback", "handle")
         for job in jobs:
-            callback = self.options.get("callback", "handle")
             if not callable(getattr(job, callback, None)):
                 raise QueueError(f"cannot push {job!r}: it has no {callback}() method (subclass queue.Queueable)")
             until = getattr(job, "retry_until", None)
@@ -674,7 +677,10 @@ if hasattr(os, "register_at_fork"):
 
 # The database driver: SQLite and MySQL/MariaDB dialects ######################################
 class _SQLite:
-    """SQLite: the embedded default. WAL journal; `synchronous` chooses durability (see README)."""
+    """SQLite: the embedded default, in WAL mode. `synchronous` (default full) applies to the
+    commits that create jobs, so a pushed job survives a power loss; a worker's own commits
+    (claims, acks, releases) run at normal, since losing one of those can only make a job run
+    again: a WAL recovers a prefix of its commits, never a later one without an earlier one."""
 
     name = "sqlite"
     param = "?"
@@ -694,7 +700,7 @@ class _SQLite:
         try:
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.options.get('synchronous', 'normal')}")
+            conn.execute(f"PRAGMA synchronous={self.options.get('synchronous', 'full')}")
         except sqlite3.Error as exc:
             raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
         return conn
@@ -711,6 +717,11 @@ class _SQLite:
 
     def check_server(self, conn):
         """Refuse a server that cannot claim safely (SQLite always can)."""
+
+    def worker_session(self, cur):
+        """Tune the connection of a worker thread (once, before its first claim)."""
+        if self.options.get("synchronous", "full") in ("full", "extra"):
+            cur.execute("PRAGMA synchronous=normal")
 
 
 class _MySQL(_SQLite):
@@ -753,6 +764,9 @@ class _MySQL(_SQLite):
 
     def index_ddl(self, table):
         return None  # inside CREATE TABLE: MySQL 8 has no CREATE INDEX IF NOT EXISTS
+
+    def worker_session(self, cur):
+        pass
 
     def check_server(self, conn):
         with conn.cursor() as cur:
@@ -960,7 +974,13 @@ class DatabaseDriver(Driver):
                     return Message(row[0], queue_name, row[1], bytes(row[2]), row[3] + 1, token=now)
             return None
 
-        message = self._execute(lambda cur: self._transaction(cur, claim), retry="forever")
+        def session(cur):
+            if getattr(self._local, "worker_conn", None) is not self._local.conn:
+                self.dialect.worker_session(cur)
+                self._local.worker_conn = self._local.conn
+            return self._transaction(cur, claim)
+
+        message = self._execute(session, retry="forever")
         del done[:]
         return message
 
