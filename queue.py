@@ -177,6 +177,7 @@ _DRIVER_KEYS = {  # key -> kind; keys of the Masonite seeds keep their meaning
     "poll": _NUMBER, "tz": str, "retry_after": _NUMBER, "queue": str, "callback": str,
     "username": str, "password": str, "host": str, "port": (int, str), "vhost": str,
     "channel": str, "exchange": str, "connection_options": dict, "heartbeat": _NUMBER,
+    "management_port": (int, str),
     "prefetch": int, "blocking": bool, "mode": {"threading", "multiprocess"}, "workers": int,
 }
 _DATABASE_KEYS = {
@@ -1338,21 +1339,49 @@ class AMQPDriver(Driver):
         self._consumer.settle(message, done=False)
 
     def stats(self, queues=None):
+        """Ready counts come from the broker over AMQP (exact). AMQP cannot tell unacked or delayed
+        messages: those come from the management plugin's HTTP API when it answers (its figures
+        lag by up to its collect_statistics_interval, 5 s by default), else they are None."""
         pika = _import_optional("pika", "amqp")
+        names = list(queues or [self.default_queue])
+        listed = self._management_queues()
         result = {}
         connection = self.connect()
         try:
-            for queue_name in queues or [self.default_queue]:
+            for name in names:
                 channel = connection.channel()
                 try:
-                    ok = channel.queue_declare(queue_name, passive=True)
-                    result[queue_name] = {"ready": ok.method.message_count, "delayed": 0, "reserved": 0,
-                                          "consumers": ok.method.consumer_count}
+                    ready = channel.queue_declare(name, passive=True).method.message_count
                 except pika.exceptions.ChannelClosedByBroker:
-                    result[queue_name] = {"ready": 0, "delayed": 0, "reserved": 0, "consumers": 0}
+                    ready = 0  # no such queue (yet)
+                if listed is None:
+                    result[name] = {"ready": ready, "delayed": None, "reserved": None}
+                else:
+                    prefix = f"{name}.delay."
+                    result[name] = {"ready": ready,
+                                    "delayed": sum(q.get("messages") or 0 for q in listed if q["name"].startswith(prefix)),
+                                    "reserved": sum(q.get("messages_unacknowledged") or 0 for q in listed if q["name"] == name)}
         finally:
             connection.close()
         return result
+
+    def _management_queues(self):
+        """The queues of our vhost from the management HTTP API, or None when it does not answer."""
+        import base64
+        import json
+        import urllib.parse
+        import urllib.request
+        o = self.options
+        vhost = urllib.parse.quote(o.get("vhost") or "/", safe="")
+        url = (f"http://{o.get('host', 'localhost')}:{int(o.get('management_port', 15672))}/api/queues/{vhost}"
+               "?columns=name,messages,messages_ready,messages_unacknowledged")
+        auth = base64.b64encode(f"{o.get('username', 'guest')}:{o.get('password', 'guest')}".encode()).decode()
+        request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
+        try:
+            with urllib.request.urlopen(request, timeout=3) as response:
+                return json.load(response)
+        except Exception:
+            return None
 
     def delete_queues(self, *names):
         """Delete queues (and the delay queues this process declared for them)."""
@@ -1717,10 +1746,14 @@ class Worker:
             self.driver.ack(message)
             _call_hooks("after", job)
             return self._finish(message, job, started, "done")
-        exhausted = (time.time() >= until) if until is not None else message.attempts >= tries
+        backoff = _backoff(job, message.attempts)
+        if until is not None:  # retry_until: fail now if the next attempt would start too late
+            exhausted = time.time() + backoff > until
+        else:
+            exhausted = message.attempts >= tries
         if exhausted or isinstance(exc, BadPayload):
             return self._finish(message, job, started, self._fail(message, job, exc, text), exc)
-        self.driver.release(message, _backoff(job, message.attempts))
+        self.driver.release(message, backoff)
         return self._finish(message, job, started, "released", exc)
 
     def _attempt(self, message, job):
@@ -1988,7 +2021,8 @@ def _cmd_status(args, config):
     print(f"{'queue':<20} {'ready':>8} {'delayed':>8} {'reserved':>8} {'failed':>8}")
     for q in names:
         s = stats.get(q, {"ready": 0, "delayed": 0, "reserved": 0})
-        print(f"{q:<20} {s['ready']:>8} {s['delayed']:>8} {s['reserved']:>8} {failed.get(q, 0):>8}")
+        counts = ["-" if s[k] is None else s[k] for k in ("ready", "delayed", "reserved")]
+        print(f"{q:<20} {counts[0]:>8} {counts[1]:>8} {counts[2]:>8} {failed.get(q, 0):>8}")
     return 0
 
 
@@ -2007,7 +2041,8 @@ def _positive(kind):
 def _parser():
     import argparse
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", help="config file (default: $QUEUE_CONFIG, else config.py beside queue.py)")
+    common.add_argument("--config", default=argparse.SUPPRESS,  # so that a subcommand does not reset it
+                        help="config file (default: $QUEUE_CONFIG, else config.py beside queue.py)")
     parser = argparse.ArgumentParser(prog="python queue.py", parents=[common],
                                      description="queue.py: background jobs. Push jobs from your code; run workers here.")
     parser.add_argument("--version", action="version", version=f"queue.py {__version__}")
@@ -2075,7 +2110,7 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         logging.getLogger("pika").setLevel(logging.WARNING)
     try:
-        config = configure(args.config)
+        config = configure(getattr(args, "config", None))
         return args.fn(args, config)
     except QueueError as exc:
         print(f"queue.py: error: {exc}", file=sys.stderr)

@@ -1,0 +1,144 @@
+"""Shared fixtures: a temporary project per test, and the real servers (MariaDB, RabbitMQ).
+
+Server tests skip when a server is unreachable, except under CI=true, where that is a failure.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.join(ROOT, "tests")
+for path in (TESTS, ROOT):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+import queue  # noqa: E402  (our file, shadowing the standard library's)
+
+assert hasattr(queue, "Queueable"), f"tests imported {queue.__file__}, not queue.py of {ROOT}"
+
+CI = os.environ.get("CI") == "true"
+MYSQL = {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
+AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
+
+
+def server_up(host, port, timeout=2.0):
+    """True if something accepts TCP connections on host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require(name, host, port):
+    """Skip (or, under CI=true, fail) a test whose server is unreachable."""
+    if not server_up(host, port):
+        message = f"{name} is not reachable on {host}:{port}"
+        if CI:
+            pytest.fail(message + " (CI=true: an unreachable server is a failure)")
+        pytest.skip(message)
+
+
+class Project:
+    """A temporary project: queue.py copied in, config.py written from dicts, jobs/ ready."""
+
+    def __init__(self, folder, drivers, databases, key="test-key-0123456789abcdef"):
+        self.folder = str(folder)
+        self.drivers, self.databases, self.key = drivers, databases, key
+        shutil.copy(os.path.join(ROOT, "queue.py"), self.folder)
+        os.makedirs(os.path.join(self.folder, "jobs"), exist_ok=True)
+        open(os.path.join(self.folder, "jobs", "__init__.py"), "a").close()
+        self.write_config()
+
+    @property
+    def config_path(self):
+        return os.path.join(self.folder, "config.py")
+
+    def write_config(self, extra=""):
+        with open(self.config_path, "w") as f:
+            f.write(f"DRIVERS = {self.drivers!r}\nDATABASES = {self.databases!r}\nKEY = {self.key!r}\n{extra}")
+
+    def configure(self):
+        """Point this process's queue module at the project."""
+        return queue.configure(self.config_path)
+
+    def env(self, **extra):
+        env = dict(os.environ)
+        env.pop("QUEUE_CONFIG", None)
+        env.pop("QUEUE_KEY", None)
+        env["PYTHONPATH"] = TESTS  # tests/testjobs.py is importable by workers
+        env.update(extra)
+        return env
+
+    def cli(self, *args, python=sys.executable, timeout=60, **env):
+        """Run `python queue.py ARGS` in the project; return the CompletedProcess."""
+        return subprocess.run([python, "queue.py", *map(str, args)], cwd=self.folder, env=self.env(**env),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def spawn(self, *args, python=sys.executable, **env):
+        """Start `python queue.py ARGS` in the project; return the Popen."""
+        return subprocess.Popen([python, "queue.py", *map(str, args)], cwd=self.folder, env=self.env(**env),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def unique(prefix="t"):
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def sqlite_project(tmp_path):
+    """A project on the database driver with SQLite (short retry_after and poll for fast tests)."""
+    drivers = {"default": "database",
+               "database": {"connection": "sqlite", "table": "jobs", "failed_table": "failed_jobs",
+                            "attempts": 3, "poll": 0.05, "retry_after": 2}}
+    databases = {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}}
+    project = Project(tmp_path, drivers, databases)
+    project.configure()
+    yield project
+    queue._close_drivers()
+
+
+@pytest.fixture
+def mysql_project(tmp_path):
+    """A project on the database driver with MariaDB, on tables of its own, dropped afterwards."""
+    require("MariaDB", MYSQL["host"], MYSQL["port"])
+    table = unique("jobs")
+    drivers = {"default": "database",
+               "database": {"connection": "mysql", "table": table, "failed_table": table + "_failed",
+                            "attempts": 3, "poll": 0.05, "retry_after": 2}}
+    project = Project(tmp_path, drivers, {"mysql": dict(MYSQL)})
+    project.configure()
+    queue.driver().create_tables()
+    yield project
+    queue._close_drivers()
+    import pymysql
+    conn = pymysql.connect(**{k: v for k, v in MYSQL.items() if k != "driver"})
+    with conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {table}, {table}_failed")
+    conn.close()
+
+
+@pytest.fixture
+def amqp_project(tmp_path):
+    """A project on the amqp driver with RabbitMQ, on queue names of its own, deleted afterwards;
+    failed jobs go to SQLite."""
+    require("RabbitMQ", AMQP["host"], AMQP["port"])
+    name = unique("q")
+    drivers = {"default": "amqp",
+               "amqp": dict(AMQP, queue=name, prefetch=10, poll=0.05, heartbeat=10),
+               "database": {"connection": "sqlite", "table": "jobs", "failed_table": "failed_jobs",
+                            "poll": 0.05, "retry_after": 2}}
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}})
+    project.queue = name
+    project.configure()
+    yield project
+    driver = queue.driver("amqp")
+    queue._close_drivers()
+    delete = getattr(driver, "delete_queues", None)
+    if delete:
+        delete(name)

@@ -1,0 +1,156 @@
+"""At-least-once with real processes: a worker killed with SIGKILL mid-job loses nothing (its job
+runs again once retry_after has passed), and a long job that is alive keeps its reservation, so a
+second worker never runs it at the same time. Run against SQLite and MariaDB (the fixtures set
+retry_after to 2 s).
+"""
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+
+import queue
+import testjobs
+from testjobs import lines, runs, values, wait_for
+
+BACKENDS = ["sqlite_project", "mysql_project"]
+
+BLOCK = '''
+import os
+import time
+from queue import Queueable
+
+
+class Block(Queueable):
+    """Records "start VALUE PID TIME", waits until the file `gate` exists, records "end ..."."""
+
+    def __init__(self, path, value, gate):
+        self.path, self.value, self.gate = path, value, gate
+
+    def record(self, what):
+        with open(self.path, "a") as f:
+            f.write(f"{what} {self.value} {os.getpid()} {time.time():.6f}\\n")
+
+    def handle(self):
+        self.record("start")
+        deadline = time.monotonic() + 60
+        while not os.path.exists(self.gate):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the gate {self.gate} never opened")
+            time.sleep(0.01)
+        self.record("end")
+'''
+
+
+class Spawned:
+    """A running `python queue.py ...`; its output is read by a thread (so the pipe never fills)."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.lines = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.reader.start()
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def wait(self, timeout=30):
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the worker did not exit within {timeout} s; its output:\n{self.output}")
+        self.reader.join(5)
+        return code
+
+
+@pytest.fixture
+def spawn():
+    started = []
+
+    def start(project, *args, **env):
+        spawned = Spawned(project.spawn(*args, **env))
+        started.append(spawned)
+        return spawned
+
+    yield start
+    for spawned in started:
+        if spawned.proc.poll() is None:
+            spawned.proc.kill()
+            spawned.proc.wait()
+
+
+def block_events(path):
+    """[(what, pid, time)] recorded by Block jobs in path."""
+    return [(what, int(pid), float(at)) for what, _, pid, at in (line.split() for line in lines(path))]
+
+
+def empty(project):
+    """Nothing left in the jobs table of the project, nothing failed."""
+    driver = queue.driver()
+    counts = driver.stats()
+    assert all(c == {"ready": 0, "delayed": 0, "reserved": 0} for c in counts.values()), counts
+    assert driver.failed_jobs() == []
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_worker_killed_mid_job_loses_nothing(request, backend, tmp_path, spawn):
+    project = request.getfixturevalue(backend)
+    retry_after = project.drivers["database"]["retry_after"]
+    with open(os.path.join(project.folder, "jobs", "Block.py"), "w") as f:
+        f.write(BLOCK)
+    long, gate, quick = str(tmp_path / "long"), str(tmp_path / "gate"), str(tmp_path / "quick")
+
+    queue.push(*(testjobs.Record(quick, f"q{i}") for i in range(10)))
+    pushed = project.cli("push", "Block", long, "long", gate)
+    assert pushed.returncode == 0, pushed.stderr
+    queue.push(*(testjobs.Record(quick, f"q{i}") for i in range(10, 20)))
+
+    first = spawn(project, "work")
+    wait_for(lambda: block_events(long), 30, message="the long job did not start")
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.proc.wait(10) == -signal.SIGKILL
+    assert sorted(values(quick)) == sorted(f"q{i}" for i in range(10)), "jobs before the long one"
+
+    open(gate, "w").close()
+    second = spawn(project, "work", "--max-jobs", "11")  # the 10 quick jobs left, and the long one
+    assert second.wait(60) == 0, second.output
+
+    events = block_events(long)
+    assert [what for what, _, _ in events] == ["start", "start", "end"], events
+    assert events[0][1] == first.proc.pid and events[1][1] == second.proc.pid
+    waited = events[1][2] - events[0][2]
+    assert waited >= retry_after - 0.25, f"the killed job ran again after {waited:.2f} s, before retry_after"
+    counted = sorted(values(quick))
+    assert counted == sorted(f"q{i}" for i in range(20)), "every quick job ran exactly once"
+    empty(project)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_live_long_job_is_not_run_by_a_second_worker(request, backend, tmp_path, spawn):
+    project = request.getfixturevalue(backend)
+    retry_after = project.drivers["database"]["retry_after"]
+    long, probe = str(tmp_path / "long"), str(tmp_path / "probe")
+    queue.push(testjobs.Sleep(long, 3 * retry_after, "long"))
+
+    first = spawn(project, "work", "--max-jobs", "1")
+    wait_for(lambda: values(long), 30, message="the long job did not start")
+    began = runs(long)[0].at
+    second = spawn(project, "work")
+    queue.push(testjobs.Record(probe, "probe"))  # the second worker is alive and taking jobs
+    wait_for(lambda: runs(probe), 30, message="the second worker did not take the probe job")
+    assert runs(probe)[0].pid == second.proc.pid
+
+    # well past retry_after, the long job is still reserved, not ready again
+    wait_for(lambda: time.time() > began + 1.5 * retry_after, 3 * retry_after)
+    assert queue.driver().stats()["default"] == {"ready": 0, "delayed": 0, "reserved": 1}
+
+    assert first.wait(6 * retry_after + 30) == 0, first.output
+    second.proc.send_signal(signal.SIGTERM)
+    assert second.wait(30) == 0, second.output
+    assert [(r.value, r.pid) for r in runs(long)] == [("long", first.proc.pid), ("long-done", first.proc.pid)]
+    empty(project)
