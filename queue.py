@@ -719,6 +719,12 @@ class _SQLite:
     def check_server(self, conn):
         """Refuse a server that cannot claim safely (SQLite always can)."""
 
+    def script(self, cur, statements):
+        """Run [(sql, params), ...] in order; return the rows of the last statement."""
+        for sql, params in statements:
+            cur.execute(sql, params)
+        return cur.fetchall()
+
     def worker_session(self, cur):
         """Tune the connection of a worker thread (once, before its first claim)."""
         if self.options.get("synchronous", "full") in ("full", "extra"):
@@ -746,6 +752,7 @@ class _MySQL(_SQLite):
         kwargs["port"] = int(kwargs.get("port", 3306))
         kwargs.setdefault("connect_timeout", 10)
         kwargs.setdefault("charset", "utf8mb4")
+        kwargs["client_flag"] = pymysql.constants.CLIENT.MULTI_STATEMENTS  # see script()
         try:
             conn = pymysql.connect(autocommit=True, **kwargs)
         except pymysql.err.MySQLError as exc:
@@ -768,6 +775,14 @@ class _MySQL(_SQLite):
 
     def worker_session(self, cur):
         pass
+
+    def script(self, cur, statements):
+        """Send the statements as one multi-statement query: one round trip for all of them."""
+        cur.execute(";".join(cur.mogrify(sql, params) for sql, params in statements))
+        rows = cur.fetchall()
+        while cur.nextset():
+            rows = cur.fetchall()
+        return rows
 
     def check_server(self, conn):
         with conn.cursor() as cur:
@@ -848,9 +863,13 @@ class DatabaseDriver(Driver):
                 conn = self._conn()
                 cur = conn.cursor()
                 try:
-                    return work(cur)
+                    result = work(cur)
                 finally:
                     cur.close()
+                if self._reconnecting:
+                    log.warning("database %s: reconnected", self.dialect.where)
+                    self._reconnecting = False
+                return result
             except QueueError as exc:
                 if isinstance(exc, ConnectionFailed) and retry and (retry == "forever" or time.monotonic() < deadline):
                     self._lost(exc, delay)
@@ -899,9 +918,6 @@ class DatabaseDriver(Driver):
         try:
             result = statements(cur)
             cur.execute("COMMIT")
-            if self._reconnecting:
-                log.warning("database %s: reconnected", self.dialect.where)
-                self._reconnecting = False
             return result
         except BaseException:
             try:
@@ -959,27 +975,40 @@ class DatabaseDriver(Driver):
             self._execute(lambda cur: self._transaction(cur, lambda c: c.executemany(sql, rows)))
 
     def pop(self, queues, wait=0.0):
-        """Claim the next job: one transaction (2 round trips on MySQL when one queue is named)."""
-        sql, done = self._sql, self._acked()
+        """Claim the next job in one transaction that also deletes the jobs this thread acked.
+        On MySQL that is 2 round trips and 1 commit per job: `BEGIN; DELETE ...; SELECT ... FOR
+        UPDATE SKIP LOCKED`, then `UPDATE ...; COMMIT` (plus one SELECT per empty higher-priority
+        queue). The reservation must be committed before the job runs, so 2 is the least."""
+        sql, done, d = self._sql, self._acked(), self.dialect
 
         def claim(cur):
             now = self.clock.now()
+            script = [(d.begin, ())]
             if done:
-                marks = ", ".join([self.dialect.param] * len(done))
-                cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks})", done)
-            for queue_name in queues:
-                cur.execute(sql["next"], (queue_name, now))
-                row = cur.fetchone()
-                if row:
-                    cur.execute(sql["reserve"], (now, now, self.clock.now(self.retry_after), row[0]))
-                    return Message(row[0], queue_name, row[1], bytes(row[2]), row[3] + 1, token=now)
-            return None
+                script.append((f"DELETE FROM {self.table} WHERE id IN ({', '.join([d.param] * len(done))})", done))
+            try:
+                for queue_name in queues:
+                    rows = d.script(cur, script + [(sql["next"], (queue_name, now))])
+                    script = []
+                    if rows:
+                        id_, name, payload, attempts = rows[0]
+                        d.script(cur, [(sql["reserve"], (now, now, self.clock.now(self.retry_after), id_)),
+                                       ("COMMIT", ())])
+                        return Message(id_, queue_name, name, bytes(payload), attempts + 1, token=now)
+                d.script(cur, [("COMMIT", ())])
+                return None
+            except BaseException:
+                try:
+                    cur.execute("ROLLBACK")
+                except Exception:
+                    pass
+                raise
 
         def session(cur):
             if getattr(self._local, "worker_conn", None) is not self._local.conn:
-                self.dialect.worker_session(cur)
+                d.worker_session(cur)
                 self._local.worker_conn = self._local.conn
-            return self._transaction(cur, claim)
+            return claim(cur)
 
         message = self._execute(session, retry="forever")
         del done[:]
