@@ -187,10 +187,21 @@ _DATABASE_KEYS = {
 }
 
 
+def _check_port(where, opts):
+    port = opts.get("port")
+    if port is not None and not (str(port).isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"{where}['port'] must be a port number, not {port!r}")
+
+
 class Config:
     """Validated configuration: the Masonite 4 shape (DRIVERS, DATABASES) over built-in defaults."""
 
     def __init__(self, drivers=None, databases=None, key=None, path=None):
+        for name, value in (("DRIVERS", drivers), ("DATABASES", databases)):
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{name} must be a dict, not {value!r}")
+        if key is not None and not (isinstance(key, (str, bytes)) and len(key) >= 16):
+            raise ConfigError("KEY must be a string of at least 16 characters (or None for the key file)")
         self.path = path
         self.folder = os.path.dirname(path) if path else HERE
         self.key = key
@@ -232,6 +243,7 @@ class Config:
                     raise ConfigError(f"{where}[{key!r}] must not be negative, not {opts[key]!r}")
             if "tz" in opts:
                 _timezone(opts["tz"], f"{where}['tz']")
+            _check_port(where, opts)
         self.database(self.drivers["database"]["connection"], "DRIVERS['database']['connection']")
         for name, opts in self.databases.items():
             for key, value in opts.items():
@@ -239,6 +251,7 @@ class Config:
                     _check(f"DATABASES[{name!r}]", key, value, _DATABASE_KEYS[key])
             if "driver" not in opts:
                 raise ConfigError(f"DATABASES[{name!r}]['driver'] is missing (sqlite or mysql)")
+            _check_port(f"DATABASES[{name!r}]", opts)
 
     def driver(self, name=None):
         """Return (name, options) of a driver; name None means DRIVERS['default']."""
@@ -389,6 +402,8 @@ def _signing_key():
 
 def _read_signing_key(config):
     key = os.environ.get("QUEUE_KEY") or config.key
+    if key and len(key) < 16:
+        raise ConfigError("QUEUE_KEY must be at least 16 characters")
     if key:
         return key.encode() if isinstance(key, str) else bytes(key)
     path = os.path.join(config.folder, ".queue.key")
@@ -567,7 +582,8 @@ class Driver:
       (a strict priority order), and counts an attempt; no other pop() returns it while reserved.
       Returns None if nothing is ready (it may wait up to `wait` seconds first).
     - ack(): the message is done and is removed; may be completed by the next pop() or close().
-    - release(): the message becomes ready again after `delay` seconds, keeping its attempts.
+    - release(): the message becomes ready again after `delay` seconds, with message.attempts
+      as its count of attempts so far.
     - keep(): the reservation of a running message is renewed (no-op where it cannot lapse).
     - stats(): {queue: {"ready": n, "delayed": n, "reserved": n}}.
     """
@@ -824,7 +840,7 @@ class DatabaseDriver(Driver):
                     f"ORDER BY available_at, id LIMIT 1{lock}",
             "reserve": f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, "
                        f"attempts = attempts + 1 WHERE id = {p}",
-            "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p} WHERE id = {p}",
+            "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p}, attempts = {p} WHERE id = {p}",
             "keep": f"UPDATE {t} SET available_at = {p} WHERE id = {p} AND reserved_at = {p}",
             "stats": f"SELECT queue, SUM(CASE WHEN available_at <= {p} THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NULL THEN 1 ELSE 0 END), "
@@ -1025,7 +1041,7 @@ class DatabaseDriver(Driver):
         self._acked().append(message.id)  # deleted by the next pop() or close() of this thread
 
     def release(self, message, delay=0.0):
-        values = (self.clock.now(delay), message.id)
+        values = (self.clock.now(delay), message.attempts, message.id)
         self._execute(lambda cur: cur.execute(self._sql["release"], values), retry="forever")
 
     def keep(self, message):
@@ -1804,6 +1820,7 @@ class Worker:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             return None, None
         except _ColdShutdown:
+            message.attempts -= 1  # the interrupted attempt does not count
             self.driver.release(message, 0)
             log.info("%s #%s put back on %r: the worker was stopped", message.name, message.id, message.queue)
             raise
@@ -1821,7 +1838,8 @@ class Worker:
                 log.exception("%s.failed() raised", message.name)
             _call_hooks("failing", job, exc)
         store = self.driver.failed_store()
-        summary = (text.strip().splitlines() or [repr(exc)])[-1]
+        lines = str(exc).strip().splitlines()
+        summary = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
         if store is not None:
             store.add_failed(self.driver.name, self.driver.connection_name, message, f"{summary}\n\n{text}")
         else:
@@ -2137,7 +2155,7 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-        logging.getLogger("pika").setLevel(logging.WARNING)
+        logging.getLogger("pika").setLevel(logging.CRITICAL)  # queue.py logs its own line for each problem
     try:
         config = configure(getattr(args, "config", None))
         return args.fn(args, config)

@@ -10,7 +10,6 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 
@@ -65,6 +64,12 @@ class Block(Queueable):
                 raise TimeoutError(f"the gate {self.gate} never opened")
             time.sleep(0.01)
         self.record("end")
+
+
+class BlockOnce(Block):
+    """A Block that may be tried once."""
+
+    tries = 1
 ''',
 }
 
@@ -365,6 +370,41 @@ def test_failed_lists_id_driver_queue_job_time_and_first_error_line(project, tmp
     assert testjobs.failures(str(tmp_path / "out")) == ["ValueError: boom x"]  # failed(exc) ran once
 
 
+MULTI = '''
+from queue import Queueable
+
+
+class Multi(Queueable):
+    tries = 1
+
+    def handle(self):
+        raise ValueError("boom first\\nsecond line")
+
+
+class Noted(Queueable):
+    tries = 1
+
+    def handle(self):
+        exc = KeyError("missing")
+        if hasattr(exc, "add_note"):  # Python 3.11+
+            exc.add_note("a hint from the library")
+        raise exc
+'''
+
+
+def test_failed_shows_the_first_line_of_the_error_of_a_multi_line_message(project):
+    with open(os.path.join(project.folder, "jobs", "Multi.py"), "w") as f:
+        f.write(MULTI)
+    ok(project.cli("push", "Multi"))
+    ok(project.cli("push", "Noted"))
+    work(project, "--stop-when-empty")
+    errors = {job: error for _, _, _, job, _, error in failed_rows(project)}
+    assert errors == {"Multi": "ValueError: boom first", "Noted": "KeyError: 'missing'"}
+    stored = {r["name"]: r["exception"] for r in queue.driver().failed_jobs()}
+    assert stored["Multi"].startswith("ValueError: boom first\n")
+    assert "second line" in stored["Multi"]  # the whole message and traceback are kept
+
+
 def test_retry_one_id(project, tmp_path):
     ids = fail_jobs(project, tmp_path, ["a", "b"])
     out = ok(project.cli("retry", ids["a"]))
@@ -480,9 +520,11 @@ def test_a_signal_lets_the_current_job_finish_and_loses_nothing(project, tmp_pat
     assert [line.split()[0] for line in lines(out)] == ["start", "end"]  # finished once, never rerun
 
 
-def test_a_second_sigterm_puts_the_job_back(project, tmp_path, spawn):
+@pytest.mark.parametrize("job", ["Block", "BlockOnce"], ids=["tries-3", "tries-1"])
+def test_a_second_sigterm_puts_the_job_back(project, tmp_path, spawn, job):
+    """The interrupted attempt is given back: even a job with tries = 1 runs again."""
     out, gate = str(tmp_path / "out"), str(tmp_path / "gate")
-    ok(project.cli("push", "Block", out, "b1", gate))
+    ok(project.cli("push", job, out, "b1", gate))
     worker = spawn(project, "work")
     wait_for(started(out), 20, message="the job did not start")
     worker.proc.send_signal(signal.SIGTERM)

@@ -11,7 +11,6 @@ import glob
 import json
 import os
 import subprocess
-import sys
 import textwrap
 
 import pytest

@@ -13,7 +13,6 @@ import pickle
 import stat
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
