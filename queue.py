@@ -374,11 +374,12 @@ class _Clock:
     def __init__(self, tz="UTC"):
         self.tz = _timezone(tz)
 
-    def now(self, plus=0.0):
-        when = _dt.datetime.now(self.tz)
-        if plus:
-            when += _dt.timedelta(seconds=plus)
-        return when.replace(tzinfo=None).isoformat(" ", "microseconds")
+    def now(self, plus=0.0, *more):
+        """Now (+ plus seconds) as a timestamp; with more offsets, a tuple of timestamps."""
+        base = _dt.datetime.now(self.tz).replace(tzinfo=None)
+        stamps = tuple((base + _dt.timedelta(seconds=s) if s else base).isoformat(" ", "microseconds")
+                       for s in (plus,) + more)
+        return stamps if more else stamps[0]
 
 
 # Payloads #####################################################################################
@@ -929,17 +930,20 @@ class DatabaseDriver(Driver):
             except Exception:
                 pass
 
-    def _transaction(self, cur, statements):
-        cur.execute(self.dialect.begin)
+    def _transaction(self, cur, statements, begin=True):
+        """Run statements(cur) in a transaction (begin=False: statements sends BEGIN itself)."""
+        if begin:
+            cur.execute(self.dialect.begin)
         try:
             result = statements(cur)
-            cur.execute("COMMIT")
+            if begin:
+                cur.execute("COMMIT")
             return result
         except BaseException:
             try:
                 cur.execute("ROLLBACK")
             except Exception:
-                pass
+                pass  # the connection is gone: the server rolled back
             raise
 
     # tables
@@ -998,33 +1002,26 @@ class DatabaseDriver(Driver):
         sql, done, d = self._sql, self._acked(), self.dialect
 
         def claim(cur):
-            now = self.clock.now()
+            now, until = self.clock.now(0, self.retry_after)
             script = [(d.begin, ())]
             if done:
                 script.append((f"DELETE FROM {self.table} WHERE id IN ({', '.join([d.param] * len(done))})", done))
-            try:
-                for queue_name in queues:
-                    rows = d.script(cur, script + [(sql["next"], (queue_name, now))])
-                    script = []
-                    if rows:
-                        id_, name, payload, attempts = rows[0]
-                        d.script(cur, [(sql["reserve"], (now, now, self.clock.now(self.retry_after), id_)),
-                                       ("COMMIT", ())])
-                        return Message(id_, queue_name, name, bytes(payload), attempts + 1, token=now)
-                d.script(cur, [("COMMIT", ())])
-                return None
-            except BaseException:
-                try:
-                    cur.execute("ROLLBACK")
-                except Exception:
-                    pass
-                raise
+            for queue_name in queues:
+                rows = d.script(cur, script + [(sql["next"], (queue_name, now))])
+                script = []
+                if rows:
+                    id_, name, payload, attempts = rows[0]
+                    d.script(cur, [(sql["reserve"], (now, now, until, id_)),
+                                   ("COMMIT", ())])
+                    return Message(id_, queue_name, name, bytes(payload), attempts + 1, token=now)
+            d.script(cur, [("COMMIT", ())])
+            return None
 
         def session(cur):
             if getattr(self._local, "worker_conn", None) is not self._local.conn:
                 d.worker_session(cur)
                 self._local.worker_conn = self._local.conn
-            return claim(cur)
+            return self._transaction(cur, claim, begin=False)
 
         message = self._execute(session, retry="forever")
         del done[:]
@@ -1692,7 +1689,7 @@ class Worker:
         log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
         try:
             while not self.stopping.is_set():
-                if _restart_mark(self.driver.config) != restart_mark:
+                if _restart_mark(self.driver.config) != restart_mark:  # one stat() per job
                     log.info("worker %d: restart requested; exiting", os.getpid())
                     break
                 if self.max_time is not None and time.monotonic() - started >= self.max_time:
