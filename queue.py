@@ -58,7 +58,6 @@ import ast
 import atexit
 import collections
 import datetime as _dt
-import hashlib
 import hmac
 import importlib.util
 import logging
@@ -1672,7 +1671,8 @@ class Worker:
         self.callback = callback or options.get("callback", "handle")
         self.once, self.stop_when_empty = once, stop_when_empty
         self.max_jobs, self.max_time = max_jobs, max_time
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()   # set by a signal or a limit: no new job is taken
+        self._ended = threading.Event()     # set when the loop has ended: the keeper stops
         self.processed = 0
         self.current = None          # (message, started, timeout) of the running job
         self._in_job = False
@@ -1713,6 +1713,7 @@ class Worker:
             pass
         finally:
             self.stopping.set()
+            self._ended.set()
             self.driver.close()
             self._restore_signals()
         log.info("worker %d: stopped after %d job(s)", os.getpid(), self.processed)
@@ -1748,19 +1749,16 @@ class Worker:
 
     def _keep(self):
         """Keeper thread: renews the reservation of a long job, so that it does not lapse while
-        the job is alive (every retry_after / 3 seconds, on its own connection)."""
+        the job is alive (every retry_after / 3 seconds, on the thread's own connection, which
+        goes with the thread). It runs until the loop has ended, warm shutdown included."""
         period = max(0.05, getattr(self.driver, "retry_after", 30) / 3.0)
-        while not self.stopping.wait(period):
+        while not self._ended.wait(period):
             current = self.current
             if current and time.monotonic() - current[1] >= period:
                 try:
                     self.driver.keep(current[0])
                 except Exception as exc:
                     log.warning("could not renew the reservation of %r: %s", current[0], exc)
-        try:
-            self.driver.close()
-        except Exception:
-            pass
 
     # one job
     def process(self, message, outcome=None):

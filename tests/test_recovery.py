@@ -130,8 +130,10 @@ def test_a_worker_killed_mid_job_loses_nothing(request, backend, tmp_path, spawn
     empty(project)
 
 
+@pytest.mark.parametrize("warm_stop", [False, True], ids=["running", "after SIGTERM"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_live_long_job_is_not_run_by_a_second_worker(request, backend, tmp_path, spawn):
+def test_a_live_long_job_is_not_run_by_a_second_worker(request, backend, tmp_path, spawn, warm_stop):
+    """The reservation is renewed while the job runs, also after a SIGTERM asked its worker to stop."""
     project = request.getfixturevalue(backend)
     retry_after = project.drivers["database"]["retry_after"]
     long, probe = str(tmp_path / "long"), str(tmp_path / "probe")
@@ -139,6 +141,8 @@ def test_a_live_long_job_is_not_run_by_a_second_worker(request, backend, tmp_pat
 
     first = spawn(project, "work", "--max-jobs", "1")
     wait_for(lambda: values(long), 30, message="the long job did not start")
+    if warm_stop:
+        first.proc.send_signal(signal.SIGTERM)
     began = runs(long)[0].at
     second = spawn(project, "work")
     queue.push(testjobs.Record(probe, "probe"))  # the second worker is alive and taking jobs
