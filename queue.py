@@ -1725,14 +1725,10 @@ class Worker:
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-        if hasattr(signal, "SIGALRM"):
-            self._old_handlers[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
 
     def _restore_signals(self):
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
-        if hasattr(signal, "setitimer") and self._old_handlers:
-            signal.setitimer(signal.ITIMER_REAL, 0)
 
     def _on_signal(self, signum, frame):
         self._signals += 1
@@ -1772,9 +1768,15 @@ class Worker:
         job = envelope["job"]
         until = envelope.get("until")
         tries = getattr(job, "tries", None) or self.attempts
-        if outcome is None and ((until is None and message.attempts > tries) or (until is not None and time.time() > until)):
-            exc = MaxAttemptsExceeded(f"{message.name} was attempted too many times or too late "
-                                      f"(attempt {message.attempts}, tries {tries}); an earlier attempt may have died with its worker")
+        if outcome is None and until is None and message.attempts > tries:
+            exc = MaxAttemptsExceeded(f"{message.name} was taken {message.attempts} times but may be tried {tries}: "
+                                      "an earlier attempt ended with its worker (killed, or the connection lost)")
+        elif outcome is None and until is not None and time.time() > until:
+            exc = MaxAttemptsExceeded(f"{message.name} came up for attempt {message.attempts} after its "
+                                      "retry_until deadline had passed")
+        else:
+            exc = None
+        if exc is not None:
             return self._finish(message, job, started, self._fail(message, job, exc, f"{type(exc).__name__}: {exc}\n"))
         if outcome is None:
             outcome = self._attempt(message, job)
@@ -1805,6 +1807,7 @@ class Worker:
             if _hooks["before"]:
                 _call_hooks("before", job)
             if alarm:
+                previous = signal.signal(signal.SIGALRM, self._on_alarm)
                 signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)  # repeats until the job gives up
             self._in_job = True
             try:
@@ -1813,6 +1816,7 @@ class Worker:
                 self._in_job = False
                 if alarm:
                     signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, previous)
             return None, None
         except _ColdShutdown:
             message.attempts -= 1  # the interrupted attempt does not count
