@@ -61,6 +61,7 @@ import datetime as _dt
 import hmac
 import importlib.util
 import logging
+import math
 import os
 import pickle
 import re
@@ -156,12 +157,14 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 def _check(where, key, value, kind):
     """Raise ConfigError unless value is of kind (a type, a tuple of types or a set of choices)."""
     if isinstance(kind, set):
-        if value not in kind:
+        if not isinstance(value, str) or value not in kind:
             raise ConfigError(f"{where}[{key!r}] must be one of {sorted(kind)}, not {value!r}")
         return value
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
         raise ConfigError(f"{where}[{key!r}] must be {_kind_name(kind)}, not {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}[{key!r}] must be a finite number, not {value!r}")
     return value
 
 
@@ -222,7 +225,7 @@ class Config:
         self._validate()
 
     def _validate(self):
-        if self.default not in DRIVER_CLASSES:
+        if not isinstance(self.default, str) or self.default not in DRIVER_CLASSES:
             raise ConfigError(f"DRIVERS['default'] must be one of {sorted(DRIVER_CLASSES)}, not {self.default!r}")
         for name, opts in self.drivers.items():
             if name not in DRIVER_CLASSES:
@@ -238,8 +241,8 @@ class Config:
                 if key in opts and opts[key] < 1:
                     raise ConfigError(f"{where}[{key!r}] must be at least 1, not {opts[key]!r}")
             for key in ("poll", "retry_after", "heartbeat"):
-                if key in opts and opts[key] < 0:
-                    raise ConfigError(f"{where}[{key!r}] must not be negative, not {opts[key]!r}")
+                if key in opts and not 0 <= opts[key] <= _MAX_DELAY:
+                    raise ConfigError(f"{where}[{key!r}] must be between 0 and 100 years of seconds, not {opts[key]!r}")
             if "tz" in opts:
                 _timezone(opts["tz"], f"{where}['tz']")
             _check_port(where, opts)
@@ -325,6 +328,7 @@ def _get_config():
 
 
 # Time #########################################################################################
+_MAX_DELAY = 100 * 365 * 86400
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
 _HUMAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(second|minute|hour|day|week)s?\s*$", re.I)
 
@@ -362,8 +366,8 @@ def seconds(delay, tz=_dt.timezone.utc):
         value = float(match.group(1)) * _UNITS[match.group(2).lower()]
     else:
         raise QueueError(f"delay must be seconds, a timedelta, a datetime or a string like '10 minutes', not {delay!r}")
-    if value != value:  # NaN
-        raise QueueError("delay must be a number of seconds, not NaN")
+    if not math.isfinite(value) or value > _MAX_DELAY:
+        raise QueueError(f"delay must be a finite number of seconds up to 100 years, not {delay!r}")
     return max(0.0, value)
 
 
@@ -478,6 +482,13 @@ def unpack(payload):
     return envelope
 
 
+def _as_bytes(value):
+    """A payload column's value as bytes, whatever was stored in it (unpack() judges the bytes)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    return b"" if value is None else str(value).encode("utf-8", "replace")
+
+
 def _job_name(job):
     return type(job).__qualname__
 
@@ -589,6 +600,7 @@ class Driver:
     """
 
     name = None
+    keep_every = 30.0  # seconds between keep() calls while a job runs
 
     def __init__(self, options, config):
         self.options = options
@@ -830,6 +842,7 @@ class DatabaseDriver(Driver):
         self.table = options.get("table", "jobs")
         self.failed_table = options.get("failed_table", "failed_jobs")
         self.retry_after = float(options.get("retry_after", 90))
+        self.keep_every = max(0.05, self.retry_after / 3)
         self._local = threading.local()
         self._reconnecting = False
         t, p, lock = self.table, self.dialect.param, self.dialect.lock
@@ -1012,7 +1025,7 @@ class DatabaseDriver(Driver):
                     id_, name, payload, attempts = rows[0]
                     d.script(cur, [(sql["reserve"], (now, now, until, id_)),
                                    ("COMMIT", ())])
-                    return Message(id_, queue_name, name, bytes(payload), attempts + 1, token=now)
+                    return Message(id_, queue_name, name, _as_bytes(payload), attempts + 1, token=now)
             d.script(cur, [("COMMIT", ())])
             return None
 
@@ -1237,10 +1250,10 @@ def _attempt_in_child(payload, callback):
 
 
 # The amqp driver (RabbitMQ) ###################################################################
-# Durable queues, persistent messages, publisher confirms. A worker's connection lives on an I/O
-# thread (pika connections are not thread-safe) that consumes into a local buffer and keeps
-# heartbeats going while the job runs on the worker's thread; acks cross over through
-# add_callback_threadsafe(). Delays need no plugin: a message waits in a durable queue
+# Durable queues, persistent messages, publisher confirms. A worker's thread consumes into a local
+# buffer and acks on its own connection between jobs; while a job runs, the worker's keeper
+# thread services that connection through keep() (heartbeats, deliveries). A lock makes the two
+# take turns: a pika connection is not thread-safe, but it may serve one thread at a time. Delays need no plugin: a message waits in a durable queue
 # "<queue>.delay.<ms>" whose per-queue TTL dead-letters it into <queue> when due (a queue per
 # delay, so messages of different delays come due in due order). The attempt count travels in
 # the header x-attempts; a message redelivered after its worker died is published again with the
@@ -1255,6 +1268,7 @@ class AMQPDriver(Driver):
         self.exchange = options.get("exchange", "")
         self.prefetch = int(options.get("prefetch", 20))
         self.where = f"{options.get('host', 'localhost')}:{options.get('port', 5672)}"
+        self.keep_every = min(5.0, max(0.1, float(options.get("heartbeat", 60)) / 4))
         self._local = threading.local()
         self._consumer = None
         self._connected_once = False
@@ -1358,9 +1372,6 @@ class AMQPDriver(Driver):
             if consumer is not None:
                 consumer.stop()
             consumer = self._consumer = _Consumer(self, list(queues))
-            consumer.start()
-            consumer.consuming.wait(30)
-            consumer.raise_failure()
         while True:
             message = consumer.take(wait)
             if message is None or not message.token[2]:
@@ -1373,6 +1384,12 @@ class AMQPDriver(Driver):
 
     def ack(self, message):
         self._consumer.settle(message)
+
+    def keep(self, message):
+        """Service the consuming connection while a job runs (heartbeats, deliveries)."""
+        consumer = self._consumer
+        if consumer is not None:
+            consumer.service()
 
     def release(self, message, delay=0.0):
         again = Message(None, message.queue, message.name, message.payload, message.attempts, delay, message.token[3])
@@ -1508,145 +1525,126 @@ def _round_up(ms):
     return -(-ms // scale) * scale
 
 
-class _Consumer(threading.Thread):
-    """The I/O thread of an amqp worker: owns the connection, consumes `queues` into a local buffer
-    (at most `prefetch` unacked messages) and acks what the worker thread settles. Reconnects
-    with backoff when the connection drops; the broker requeues what was unacked."""
+class _Consumer:
+    """The consuming connection of an amqp worker: deliveries go to a local buffer (at most
+    `prefetch` unacked messages), taken in queue priority order. Whoever holds `lock` may touch
+    the connection: the worker's thread between jobs, its keeper thread during one. A dropped
+    connection is reopened with backoff; the broker requeues what it had not seen acked."""
 
     def __init__(self, driver, queues):
-        super().__init__(name="queue-amqp", daemon=True)
         self.driver, self.queues = driver, queues
-        self.buffer = {q: [] for q in queues}
-        self.ready = threading.Condition()
-        self.consuming = threading.Event()
-        self.stopping = threading.Event()
-        self.connection = None
-        self.generation = 0
-        self.failure = None
+        self.lock = threading.Lock()
+        self.buffer = {q: collections.deque() for q in queues}
+        self.connection = self.channel = None
+        self.generation = 0            # which connection a delivery tag belongs to
+        self.lost, self.retry_at, self.backoff = False, 0.0, 0.1
         self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
-        self.acks = []
-
-    def raise_failure(self):
-        if self.failure is not None:
-            raise self.failure
-        if not self.consuming.is_set():
-            raise ConnectionFailed(f"RabbitMQ at {self.driver.where} did not start consuming")
-
-    def run(self):
-        pika = _import_optional("pika", "amqp")
-        delay, lost = 0.1, False
-        while not self.stopping.is_set():
-            try:
-                connection = self.driver.connect()
-                channel = connection.channel()
-                channel.basic_qos(prefetch_count=self.driver.prefetch, global_qos=True)
-                declared = {}
-                for queue_name in self.queues:
-                    self.driver.declare(channel, queue_name, declared)
-                    channel.basic_consume(queue_name, self._on_message(queue_name))
-                with self.ready:
-                    self.connection, self.channel = connection, channel
-                    self.generation += 1
-                if lost:
-                    log.warning("amqp %s: reconnected", self.driver.where)
-                    lost, delay = False, 0.1
-                self.consuming.set()
-                while not self.stopping.is_set():
-                    connection.process_data_events(time_limit=1)
-                connection.process_data_events(time_limit=0)  # send the acks settled last
-                connection.close()
-            except ConnectionFailed as exc:
-                if not self.consuming.is_set():  # never connected: say so at once
-                    self.failure = exc
-                    self.consuming.set()
-                    return
-                self._lost(exc, lost)
-                lost = True
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and not self.consuming.is_set():
-                    self.failure = QueueError(f"RabbitMQ at {self.driver.where} refused: {exc.reply_text}")
-                    self.consuming.set()
-                    return
-                self._lost(exc, lost)
-                lost = True
-            if not self.stopping.is_set():
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 5)
-
-    def _lost(self, exc, already):
-        with self.ready:
-            self.connection = None
-            for items in self.buffer.values():
-                del items[:]  # void: the broker requeues every unacked delivery of that connection
-            self.acks = []
-        if not already:
-            log.warning("amqp %s: %r; reconnecting", self.driver.where, exc)
-
-    def _on_message(self, queue_name):
-        def deliver(channel, method, properties, body):
-            attempts = int((properties.headers or {}).get("x-attempts", 0)) + 1
-            token = (self.generation, method.delivery_tag, method.redelivered, properties.message_id)
-            message = Message(properties.message_id, queue_name, properties.type or "", body, attempts, token=token)
-            if method.redelivered and properties.message_id in self.done:
-                channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
-                return
-            with self.ready:
-                self.buffer[queue_name].append(message)
-                self.ready.notify()
-        return deliver
 
     def take(self, wait):
         """The first buffered message in queue priority order, waiting up to `wait` seconds."""
         deadline = time.monotonic() + wait
-        with self.ready:
+        serviced = False
+        with self.lock:
             while True:
                 for queue_name in self.queues:
                     if self.buffer[queue_name]:
-                        return self.buffer[queue_name].pop(0)
+                        return self.buffer[queue_name].popleft()
                 left = deadline - time.monotonic()
-                if left <= 0 or self.stopping.is_set():
+                if left <= 0 and serviced:
                     return None
-                self.ready.wait(left)
+                self._service(max(left, 0.01))  # wait=0 still asks the broker once
+                serviced = True
+
+    def service(self):
+        """Let the connection do its work for a moment (from the keeper thread, during a job)."""
+        with self.lock:
+            if self.connection is not None:
+                self._service(0.01)
+
+    def _service(self, time_limit):
+        """Process the connection's events for up to time_limit seconds (reconnecting if need be)."""
+        pika = _import_optional("pika", "amqp")
+        try:
+            if self.connection is None:
+                if time.monotonic() < self.retry_at:
+                    time.sleep(min(time_limit, self.retry_at - time.monotonic()))
+                    return
+                self._connect()
+            self.connection.process_data_events(time_limit=time_limit)
+        except ConnectionFailed as exc:
+            if not self.generation:  # never connected: say so at once
+                raise
+            self._lost(exc)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            if isinstance(exc, pika.exceptions.ChannelClosedByBroker) and not self.generation:
+                raise QueueError(f"RabbitMQ at {self.driver.where} refused: {exc.reply_text}") from None
+            self._lost(exc)
+
+    def _connect(self):
+        connection = self.driver.connect()
+        try:
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=self.driver.prefetch, global_qos=True)
+            declared = {}
+            for queue_name in self.queues:
+                self.driver.declare(channel, queue_name, declared)
+                channel.basic_consume(queue_name, self._on_message(queue_name))
+        except BaseException:
+            connection.close() if connection.is_open else None
+            raise
+        self.connection, self.channel = connection, channel
+        self.generation += 1
+        if self.lost:
+            log.warning("amqp %s: reconnected", self.driver.where)
+            self.lost, self.backoff = False, 0.1
+
+    def _lost(self, exc):
+        self.connection = self.channel = None
+        for items in self.buffer.values():
+            items.clear()  # void: the broker requeues every unacked delivery of that connection
+        if not self.lost:
+            log.warning("amqp %s: %r; reconnecting", self.driver.where, exc)
+            self.lost = True
+        self.retry_at = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, 5)
+
+    def _on_message(self, queue_name):
+        def deliver(channel, method, properties, body):
+            try:  # the header is not signed: anything unreadable counts as no earlier attempt
+                attempts = int((properties.headers or {}).get("x-attempts", 0)) + 1
+            except (TypeError, ValueError, AttributeError):
+                attempts = 1
+            token = (self.generation, method.delivery_tag, method.redelivered, properties.message_id)
+            if method.redelivered and properties.message_id and properties.message_id in self.done:
+                channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
+                return
+            self.buffer[queue_name].append(
+                Message(properties.message_id, queue_name, properties.type or "", body, attempts, token=token))
+        return deliver
 
     def settle(self, message, done=True):
-        """Ack a delivery (from any thread); a delivery of a dropped connection needs none.
+        """Ack a delivery; one of a dropped connection needs none (the broker requeued it).
         done: the job completed here (remembered, in case the ack is lost with the connection)."""
-        if done:
+        if done and message.token[3]:
             self.done.append(message.token[3])
-        with self.ready:
-            connection, generation = self.connection, self.generation
-        if connection is None or message.token[0] != generation:
-            return
-        with self.ready:
-            self.acks.append(message.token[1])
-            if len(self.acks) > 1:
-                return  # a flush is already on its way
-        try:
-            connection.add_callback_threadsafe(self._flush_acks)
-        except Exception:
-            pass  # the connection is closing: the broker requeues the message
-
-    def _flush_acks(self):
-        """On the I/O thread: send every ack settled so far (buffered, one write for all)."""
-        with self.ready:
-            tags, self.acks = self.acks, []
-        for tag in tags:
-            self.channel._impl.basic_ack(tag)
+        pika = _import_optional("pika", "amqp")
+        with self.lock:
+            if self.channel is None or message.token[0] != self.generation:
+                return
+            try:
+                self.channel.basic_ack(message.token[1])
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self._lost(exc)
 
     def stop(self):
-        """Stop after the acks settled so far were sent (callbacks run in order on the I/O thread)."""
-        with self.ready:
-            connection = self.connection
-        try:
-            if connection is None:
-                raise ValueError
-            connection.add_callback_threadsafe(self.stopping.set)
-        except Exception:
-            self.stopping.set()
-        with self.ready:
-            self.ready.notify_all()
-        self.join(10)
-        self.stopping.set()
+        """Close the connection; the broker requeues the deliveries that were not acked."""
+        with self.lock:
+            connection, self.connection, self.channel = self.connection, None, None
+            if connection is not None and connection.is_open:
+                try:
+                    connection.close()
+                except Exception:
+                    pass
 
 
 DRIVER_CLASSES = {"database": DatabaseDriver, "async": AsyncDriver, "amqp": AMQPDriver}
@@ -1744,10 +1742,10 @@ class Worker:
             raise JobTimeout(f"the job ran past its timeout of {self.current[2]:g} s")
 
     def _keep(self):
-        """Keeper thread: renews the reservation of a long job, so that it does not lapse while
-        the job is alive (every retry_after / 3 seconds, on the thread's own connection, which
-        goes with the thread). It runs until the loop has ended, warm shutdown included."""
-        period = max(0.05, getattr(self.driver, "retry_after", 30) / 3.0)
+        """Keeper thread: every driver.keep_every seconds of a running job, driver.keep() renews its
+        reservation (database: on the thread's own connection) or keeps the connection alive
+        (amqp). It runs until the loop has ended, warm shutdown included."""
+        period = self.driver.keep_every
         while not self._ended.wait(period):
             current = self.current
             if current and time.monotonic() - current[1] >= period:
@@ -1921,7 +1919,7 @@ def _literal(text):
     """A command-line argument as a Python literal (a bare word stays a string)."""
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
         return text
 
 
@@ -1951,16 +1949,21 @@ def _cmd_job(args, config):
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", args.name):
         raise QueueError(f"{args.name!r} is not a valid class name")
     folder = _jobs_folder(config)
-    os.makedirs(folder, exist_ok=True)
-    init = os.path.join(folder, "__init__.py")
-    if not os.path.exists(init):
-        open(init, "w").close()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        init = os.path.join(folder, "__init__.py")
+        if not os.path.exists(init):
+            open(init, "w").close()
+    except OSError as exc:
+        raise QueueError(f"cannot write in {folder}: {exc.strerror}") from None
     path = os.path.join(folder, f"{args.name}.py")
     try:
         with open(path, "x") as f:
             f.write(JOB_TEMPLATE.format(name=args.name))
     except FileExistsError:
         raise QueueError(f"{path} exists already; not overwritten") from None
+    except OSError as exc:
+        raise QueueError(f"cannot write {path}: {exc.strerror}") from None
     print(f"wrote {path}")
     return 0
 
@@ -2027,7 +2030,7 @@ def _cmd_retry(args, config):
     for r in rows:
         name = args.driver or r["driver"]
         target = _driver(name, (args.connection or r["connection"]) if name == "database" else None)
-        target.put([Message(None, args.queue or r["queue"], r["name"], bytes(r["payload"]), 0, 0.0)])
+        target.put([Message(None, args.queue or r["queue"], r["name"], _as_bytes(r["payload"]), 0, 0.0)])
         store.forget([r["id"]])
         print(f"retrying {r['name']} (failed job {r['id']}) on {target.name}/{args.queue or r['queue']}")
     if not rows:
@@ -2078,6 +2081,8 @@ def _positive(kind):
             value = kind(text)
         except ValueError:
             raise __import__("argparse").ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or value > _MAX_DELAY:
+            raise __import__("argparse").ArgumentTypeError(f"{text!r} is not a finite number")
         if value < 0:
             raise __import__("argparse").ArgumentTypeError(f"{text!r} must not be negative")
         return value
