@@ -739,6 +739,8 @@ class _SQLite:
         import sqlite3
         if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
             return "missing"
+        if isinstance(exc, sqlite3.OperationalError) and "no such column" in str(exc):
+            return "column"
         return None
 
     def index_ddl(self, table):
@@ -912,9 +914,8 @@ class DatabaseDriver(Driver):
                                        f"{self.dialect.where}: run `python queue.py table --connection "
                                        f"{self.connection}`") from None
                 if kind == "column":
-                    raise MissingTable(f"{self.dialect.where}: {exc.args[-1]}; the jobs table needs the columns "
-                                       "id, name, queue, payload, attempts, ran_at, available_at, reserved_at, "
-                                       "created_at (see `python queue.py table --sql`)") from None
+                    raise MissingTable(f"{self.dialect.where}: {exc.args[-1]}: add the missing column "
+                                       "(`python queue.py table --sql` prints the columns queue.py needs)") from None
                 if kind == "busy":  # deadlock or lock wait: the transaction was rolled back; run it again
                     continue
                 if kind != "lost":
@@ -982,8 +983,14 @@ class DatabaseDriver(Driver):
         return statements
 
     def create_tables(self):
-        """Create the jobs and failed-jobs tables and the claim's index, if missing."""
+        """Create the jobs and failed-jobs tables and the claim's index, if missing; then check
+        that existing tables (Masonite's, say) have every column queue.py needs."""
         self._create_tables(self._conn())
+        checks = [(self.table, "id, name, queue, payload, attempts, ran_at, available_at, reserved_at, created_at")]
+        if self.failed_table:
+            checks.append((self.failed_table, "id, driver, connection, queue, name, payload, exception, failed_at"))
+        for table, columns in checks:
+            self._execute(lambda cur: (cur.execute(f"SELECT {columns} FROM {table} WHERE 1 = 0"), cur.fetchall()))
 
     def _create_tables(self, conn):
         cur = conn.cursor()
@@ -1442,12 +1449,13 @@ class AMQPDriver(Driver):
             return None
 
     def delete_queues(self, *names):
-        """Delete queues (and the delay queues this process declared for them)."""
+        """Delete queues and their delay queues (those this process declared, and those the
+        management API lists)."""
+        publisher = getattr(self._local, "publisher", None)
+        known = set(publisher.declared if publisher else ()) | {q["name"] for q in self._management_queues() or ()}
         connection = self.connect()
         try:
             channel = connection.channel()
-            publisher = getattr(self._local, "publisher", None)
-            known = publisher.declared if publisher else {}
             for name in names:
                 for q in [name] + sorted(k for k in known if k.startswith(f"{name}.delay.")):
                     channel.queue_delete(q)
@@ -1559,10 +1567,12 @@ class _Consumer:
         """Let the connection do its work for a moment (from the keeper thread, during a job)."""
         with self.lock:
             if self.connection is not None:
-                self._service(0.01)
+                self._service(0.01, fetch=False)
 
-    def _service(self, time_limit):
-        """Process the connection's events for up to time_limit seconds (reconnecting if need be)."""
+    def _service(self, time_limit, fetch=True):
+        """Process the connection's events for up to time_limit seconds (reconnecting if need be).
+        A worker of several queues asks them in priority order (basic.get) instead of consuming,
+        so that no lower job is delivered ahead of a higher one; between rounds it waits 50 ms."""
         pika = _import_optional("pika", "amqp")
         try:
             if self.connection is None:
@@ -1570,6 +1580,12 @@ class _Consumer:
                     time.sleep(min(time_limit, self.retry_at - time.monotonic()))
                     return
                 self._connect()
+            if len(self.queues) > 1:
+                for queue_name in self.queues if fetch else ():
+                    method, properties, body = self.channel.basic_get(queue_name)
+                    if method is not None:
+                        return self._on_message(queue_name)(self.channel, method, properties, body)
+                time_limit = min(time_limit, 0.05)
             self.connection.process_data_events(time_limit=time_limit)
         except ConnectionFailed as exc:
             if not self.generation:  # never connected: say so at once
@@ -1588,7 +1604,8 @@ class _Consumer:
             declared = {}
             for queue_name in self.queues:
                 self.driver.declare(channel, queue_name, declared)
-                channel.basic_consume(queue_name, self._on_message(queue_name))
+                if len(self.queues) == 1:
+                    channel.basic_consume(queue_name, self._on_message(queue_name))
         except BaseException:
             connection.close() if connection.is_open else None
             raise
@@ -1684,7 +1701,7 @@ class Worker:
         self._install_signals()
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
-        log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
+        announced = False
         try:
             while not self.stopping.is_set():
                 if _restart_mark(self.driver.config) != restart_mark:  # one stat() per job
@@ -1698,6 +1715,9 @@ class Worker:
                     continue
                 asked = time.monotonic()
                 message = self.driver.pop(self.queues, self.poll)
+                if not announced:  # after the first pop: a worker that cannot start says only why
+                    log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
+                    announced = True
                 if message is None:
                     if self.once or self.stop_when_empty:
                         break

@@ -1,0 +1,955 @@
+#!/usr/bin/env python3
+"""Benchmark of queue.py: our jobs/s beside the raw floor of the same backend, measured in the same run.
+
+    python benchmarks/bench.py                       # every available driver, N=5000
+    python benchmarks/bench.py --driver sqlite --synchronous normal,full
+    python benchmarks/bench.py --driver mysql --jobs 20000 --json
+    python benchmarks/bench.py --driver sqlite --rss   # also a 100,000-job worker for peak RSS
+
+Everything runs in a temporary project (queue.py copied in, config.py written, jobs/__init__.py with
+two benchmark hooks); jobs are benchjobs.Noop, importable by subprocess workers through PYTHONPATH.
+MySQL tables and RabbitMQ queues get unique names and are dropped afterwards. See README.md.
+"""
+import argparse
+import cProfile
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import platform
+import pstats
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _path in (HERE, ROOT):  # ROOT first: `import queue` must find our queue.py, not the stdlib's
+    if _path in sys.path:
+        sys.path.remove(_path)
+    sys.path.insert(0, _path)
+
+import queue  # noqa: E402
+
+assert hasattr(queue, "Queueable"), f"imported {queue.__file__}, not {ROOT}/queue.py"
+from benchjobs import Noop, noop  # noqa: E402
+
+MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
+AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
+DRIVERS = ("sqlite", "async", "mysql", "amqp")
+BATCH = 1000
+QUEUE = "bench"
+KEY = "bench-signing-key-0123456789abcdef"  # a fixed test key, so subprocess workers verify payloads
+
+
+def say(*parts):
+    """Progress on stderr (stdout is the table or the JSON)."""
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def stamp(plus=0.0):
+    """A timestamp as the database driver stores it ('YYYY-MM-DD HH:MM:SS.ffffff', UTC)."""
+    when = _dt.datetime.now(_dt.timezone.utc)
+    if plus:
+        when += _dt.timedelta(seconds=plus)
+    return when.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def server_up(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def batches(n, size=BATCH):
+    """Sizes of the batches that make n jobs."""
+    return [min(size, n - i) for i in range(0, n, size)]
+
+
+class Bench:
+    """One run: the temporary project, the rows measured so far, and the clean-up to do."""
+
+    def __init__(self, args):
+        self.args = args
+        self.n = args.jobs
+        self.rows = []
+        self.cleanups = []
+        self.uid = uuid.uuid4().hex[:8]
+        self.table = f"bench_{self.uid}"
+        self.amqp_queue = f"bench_{self.uid}"
+        self.folder = tempfile.mkdtemp(prefix="queue-bench-")
+        self.syncs = args.synchronous
+        self._make_project()
+        self.config = queue.configure(os.path.join(self.folder, "config.py"))
+        logging.getLogger("queue").setLevel(logging.WARNING)
+        logging.getLogger("pika").setLevel(logging.WARNING)
+
+    # the project
+    def sqlite_connection(self, sync):
+        return "sqlite" if sync == self.syncs[0] else f"sqlite_{sync}"
+
+    def _make_project(self):
+        shutil.copy(os.path.join(ROOT, "queue.py"), self.folder)
+        os.makedirs(os.path.join(self.folder, "jobs"))
+        with open(os.path.join(self.folder, "jobs", "__init__.py"), "w") as f:
+            f.write(JOBS_INIT)
+        databases = {self.sqlite_connection(s): {"driver": "sqlite", "database": f"queue_{s}.sqlite3",
+                                                  "synchronous": s} for s in self.syncs}
+        databases["mysql"] = dict(MYSQL, driver="mysql")
+        drivers = {"default": "database",
+                   "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
+                                "retry_after": 90, "queue": QUEUE},
+                   "amqp": dict(AMQP, queue=self.amqp_queue),
+                   "async": {}}
+        with open(os.path.join(self.folder, "config.py"), "w") as f:
+            f.write(f"DRIVERS = {drivers!r}\nDATABASES = {databases!r}\nKEY = {KEY!r}\n")
+
+    def env(self, **extra):
+        env = dict(os.environ)
+        env.pop("QUEUE_CONFIG", None)
+        env.pop("QUEUE_KEY", None)
+        env["PYTHONPATH"] = HERE  # benchjobs.py
+        env["BENCH_WORKER_LOG"] = self.args.worker_log
+        env.update(extra)
+        return env
+
+    # results
+    def add(self, driver, measure, ours, floor, unit="jobs/s", note=""):
+        row = {"driver": driver, "measure": measure, "ours": ours, "floor": floor, "unit": unit, "note": note}
+        if isinstance(ours, (int, float)) and isinstance(floor, (int, float)) and floor:
+            row["ratio"] = ours / floor
+        self.rows.append(row)
+        say(f"  {driver:<12} {measure:<34} ours={fmt(ours, unit)} floor={fmt(floor, unit)} {note}")
+        return row
+
+    def run(self, label, fn, profile=False):
+        """Run fn() once (under cProfile with --profile and profile=True); fn returns the seconds of
+        its timed part, or (seconds, jobs). Return jobs/s."""
+        if profile and self.args.profile:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            result = fn()
+            profiler.disable()
+            say(f"\n--- profile: {label} (top {self.args.profile} by tottime) ---")
+            pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(self.args.profile)
+        else:
+            result = fn()
+        seconds, jobs = result if isinstance(result, tuple) else (result, self.n)
+        return jobs / seconds
+
+    def rate(self, label, fn, profile=False):
+        """Median jobs/s of fn over --repeat runs."""
+        return statistics.median(self.run(label, fn, profile) for _ in range(self.args.repeat))
+
+    def pair(self, label, ours, floor):
+        """Median jobs/s of ours() and of floor(), run alternately --repeat times (so that a drift of
+        the machine, e.g. fsync latency, touches both)."""
+        a, b = [], []
+        for _ in range(self.args.repeat):
+            a.append(self.run(label, ours, profile=True))
+            b.append(self.run(label + " (floor)", floor))
+        return statistics.median(a), statistics.median(b)
+
+    # the subprocess worker
+    def worker(self, *argv, count=1, mark=False):
+        """Run `count` workers `python queue.py work ARGV` at once in the project; return (wall seconds
+        until the last exited, [ru_maxrss KiB], [seconds from spawn to the first loop iteration])."""
+        marks = [os.path.join(self.folder, f".loop-mark-{i}") for i in range(count)]
+        for path in marks:
+            if os.path.exists(path):
+                os.unlink(path)
+        logs = [open(os.path.join(self.folder, f"worker-{i}.log"), "w+") for i in range(count)]
+        procs = []
+        t0, p0 = time.time(), time.perf_counter()
+        for i in range(count):
+            env = self.env(BENCH_LOOP_FILE=marks[i]) if mark else self.env()
+            procs.append(subprocess.Popen([sys.executable, "queue.py", "work", *argv], cwd=self.folder, env=env,
+                                          stdin=subprocess.DEVNULL, stdout=logs[i], stderr=subprocess.STDOUT))
+        rss = []
+        for proc, log in zip(procs, logs):
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            rss.append(usage.ru_maxrss)
+            if proc.returncode != 0:
+                log.seek(0)
+                raise RuntimeError(f"worker exited {proc.returncode}: {log.read()[-500:]}")
+        wall = time.perf_counter() - p0
+        for log in logs:
+            log.close()
+        loops = []
+        for path in marks:
+            if mark and os.path.exists(path):
+                with open(path) as f:
+                    loops.append(float(f.read()) - t0)
+        return wall, rss, loops
+
+    def close(self):
+        try:
+            queue._close_drivers()
+        except Exception as exc:
+            say(f"closing drivers: {exc}")
+        for what, fn in reversed(self.cleanups):
+            deadline = time.monotonic() + 30  # a server may be restarting: try again for a while
+            while True:
+                try:
+                    fn()
+                    break
+                except Exception as exc:
+                    if time.monotonic() > deadline:
+                        say(f"clean-up failed, {what} left behind: {type(exc).__name__}: {exc}")
+                        break
+                    time.sleep(1)
+        if not self.args.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            say(f"project kept in {self.folder}")
+
+
+JOBS_INIT = '''"""Benchmark project hooks, written by benchmarks/bench.py."""
+import logging
+import os
+import time
+
+import queue
+
+if os.environ.get("BENCH_WORKER_LOG", "warning") == "warning":
+    logging.getLogger("queue").setLevel(logging.WARNING)
+
+_MARK = os.environ.get("BENCH_LOOP_FILE")
+if _MARK:
+    _seen = []
+
+    @queue.looping
+    def _loop_started():
+        """Write the time of the worker's first loop iteration (start-up time)."""
+        if not _seen:
+            _seen.append(True)
+            with open(_MARK, "w") as f:
+                f.write(repr(time.time()))
+        return True
+'''
+
+
+# Database driver: shared parts ###############################################################
+def push_single(bench, driver, connection=None, queue_name=QUEUE):
+    start = time.perf_counter()
+    for _ in range(bench.n):
+        queue.push(Noop(), driver=driver, connection=connection, queue=queue_name)
+    return time.perf_counter() - start
+
+
+def push_batch(bench, driver, connection=None, queue_name=QUEUE):
+    start = time.perf_counter()
+    for size in batches(bench.n):
+        queue.push(*[Noop() for _ in range(size)], driver=driver, connection=connection, queue=queue_name)
+    return time.perf_counter() - start
+
+
+def worker_drain(bench, d, poll=0.0, last_job_time=False):
+    """Drain with queue.Worker(...).run() in this (main) thread; return (seconds, jobs run)."""
+    finished = []
+    hook = queue.after(lambda job: finished.append(time.perf_counter())) if last_job_time else None
+    worker = queue.Worker(d, [QUEUE if d.name != "amqp" else bench.amqp_queue], poll=poll, stop_when_empty=True)
+    try:
+        start = time.perf_counter()
+        worker.run()
+        end = time.perf_counter()
+    finally:
+        if hook:
+            queue._hooks["after"].remove(hook)
+    if worker.processed != bench.n:
+        raise RuntimeError(f"the worker ran {worker.processed} jobs, not {bench.n}")
+    return ((finished[-1] if finished else end) - start), worker.processed
+
+
+def database_rows(bench, label, connection, raw, count, clear):
+    """Our push single / push batch / drain on the database driver, each beside its raw floor."""
+    d = queue.driver("database", connection)
+    n = bench.n
+
+    def ours_push(fn):
+        def run():
+            clear()
+            seconds = fn(bench, "database", connection)
+            assert count() == n, f"{count()} rows, not {n}"
+            return seconds
+        return run
+
+    def ours_drain():
+        clear()
+        push_batch(bench, "database", connection)
+        seconds, jobs = worker_drain(bench, d)
+        assert count() == 0, f"{count()} rows left"
+        return seconds, jobs
+
+    single, floor_single = bench.pair(f"{label} push single", ours_push(push_single), raw.push_single)
+    bench.add(label, "push single", single, floor_single, note=raw.single_note)
+    batch, floor_batch = bench.pair(f"{label} push batch", ours_push(push_batch), raw.push_batch)
+    bench.add(label, f"push batch ({BATCH}), per job", batch, floor_batch,
+              note=f"{raw.batch_note}; batch/single: ours x{batch / single:.1f}, floor x{floor_batch / floor_single:.1f}")
+    drain_note = raw.before_drain(d)
+    drain, floor_drain = bench.pair(f"{label} drain", ours_drain, raw.drain)
+    bench.add(label, "drain (Worker.run, 1 thread)", drain, floor_drain, note=drain_note)
+    clear()
+
+
+class RawSQLite:
+    """The sqlite3 floor: same schema (our DDL), WAL and `synchronous` as the driver, one connection."""
+
+    single_note = "floor: autocommit INSERT per job"
+    batch_note = "floor: executemany in 1 txn per batch"
+    drain_note = "floor: txn{claim}+txn{DELETE} per job"
+    _LEVELS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+
+    def __init__(self, bench, d, sync):
+        self.bench, self.n = bench, bench.n
+        self.sync = self.drain_sync = sync
+        self.table = f"floor_{bench.uid}"
+        self.path = os.path.join(bench.folder, f"floor_{sync}.sqlite3")
+        self.conn = sqlite3.connect(self.path, isolation_level=None)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={sync}")
+        for statement in queue.DatabaseDriver(dict(d.options, table=self.table, failed_table=None), d.config).ddl():
+            self.conn.execute(statement)
+        self.payload = queue.pack(Noop())
+        t = self.table
+        self.insert = (f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)")
+        self.next = (f"SELECT id, name, payload, attempts FROM {t} WHERE queue = ? AND available_at <= ? "
+                     "ORDER BY available_at, id LIMIT 1")
+        self.reserve = f"UPDATE {t} SET reserved_at = ?, ran_at = ?, available_at = ?, attempts = attempts + 1 WHERE id = ?"
+        self.delete = f"DELETE FROM {t} WHERE id = ?"
+
+    def before_drain(self, d):
+        """Run the floor's drain at the `synchronous` our worker's connection really uses (the
+        driver may lower it for a worker's own commits); return the note of the drain row."""
+        d.pop([f"probe_{self.bench.uid}"])  # an empty queue: sets up this thread as a worker
+        level = d._local.conn.execute("PRAGMA synchronous").fetchone()[0]
+        d.close()
+        self.drain_sync = self._LEVELS.get(level, str(level))
+        note = f"{self.drain_note}, synchronous={self.drain_sync}"
+        if self.drain_sync != self.sync:
+            note += f" (as our worker's connection; pushes at {self.sync})"
+        return note
+
+    def clear(self):
+        self.conn.execute(f"DELETE FROM {self.table}")
+
+    def count(self):
+        return self.conn.execute(f"SELECT COUNT(*) FROM {self.table}").fetchone()[0]
+
+    def push_single(self):
+        self.clear()
+        cur, sql, payload = self.conn.cursor(), self.insert, self.payload
+        start = time.perf_counter()
+        for _ in range(self.n):
+            now = stamp()
+            cur.execute(sql, ("Noop", QUEUE, payload, 0, now, now))
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def _batch(self, cur, size):
+        now = stamp()
+        cur.execute("BEGIN")
+        cur.executemany(self.insert, [("Noop", QUEUE, self.payload, 0, now, now)] * size)
+        cur.execute("COMMIT")
+
+    def push_batch(self):
+        self.clear()
+        cur = self.conn.cursor()
+        start = time.perf_counter()
+        for size in batches(self.n):
+            self._batch(cur, size)
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def drain(self):
+        """Per job: {BEGIN IMMEDIATE; SELECT next ready; UPDATE reserved; COMMIT}, run, {DELETE; COMMIT}."""
+        self.clear()
+        cur = self.conn.cursor()
+        for size in batches(self.n):
+            self._batch(cur, size)
+        cur.execute(f"PRAGMA synchronous={self.drain_sync}")
+        jobs = 0
+        start = time.perf_counter()
+        while True:
+            cur.execute("BEGIN IMMEDIATE")
+            now = stamp()
+            row = cur.execute(self.next, (QUEUE, now)).fetchone()
+            if row is None:
+                cur.execute("COMMIT")
+                break
+            cur.execute(self.reserve, (now, now, stamp(90), row[0]))
+            cur.execute("COMMIT")
+            noop()
+            cur.execute(self.delete, (row[0],))  # autocommit: {DELETE; COMMIT}
+            jobs += 1
+        seconds = time.perf_counter() - start
+        cur.execute(f"PRAGMA synchronous={self.sync}")
+        assert jobs == self.n and self.count() == 0
+        return seconds, jobs
+
+
+class RawMySQL(RawSQLite):
+    """The pymysql floor: same schema (our DDL), one autocommit connection."""
+
+    single_note = "floor: autocommit INSERT per job"
+    batch_note = "floor: 1 multi-row INSERT per batch"
+    drain_note = "floor: BEGIN;SELECT..SKIP LOCKED;run;DELETE;COMMIT"
+
+    def __init__(self, bench, d):
+        import pymysql
+        self.bench, self.n = bench, bench.n
+        self.table = f"bench_floor_{bench.uid}"
+        self.conn = pymysql.connect(autocommit=True, charset="utf8mb4", **MYSQL)
+        bench.cleanups.append(("a pymysql connection", lambda: close_quietly(self.conn)))
+        bench.cleanups.append((f"MySQL table test.{self.table}", lambda: drop_tables(self.table)))
+        with self.conn.cursor() as cur:
+            for statement in queue.DatabaseDriver(dict(d.options, table=self.table, failed_table=None), d.config).ddl():
+                cur.execute(statement)
+        self.payload = queue.pack(Noop())
+        t = self.table
+        self.insert = (f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) "
+                       "VALUES (%s, %s, %s, %s, %s, %s)")
+        self.next = (f"SELECT id, name, payload, attempts FROM {t} WHERE queue = %s AND available_at <= %s "
+                     "ORDER BY available_at, id LIMIT 1 FOR UPDATE SKIP LOCKED")
+        self.delete = f"DELETE FROM {t} WHERE id = %s"
+
+    def before_drain(self, d):
+        return self.drain_note
+
+    def clear(self):
+        with self.conn.cursor() as cur:
+            cur.execute(f"DELETE FROM {self.table}")
+
+    def count(self):
+        with self.conn.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {self.table}")
+            return cur.fetchone()[0]
+
+    def _batch(self, cur, size):
+        now = stamp()
+        cur.executemany(self.insert, [("Noop", QUEUE, self.payload, 0, now, now)] * size)  # one multi-row INSERT
+
+    def drain(self):
+        """Per job: BEGIN; SELECT ... FOR UPDATE SKIP LOCKED; run; DELETE; COMMIT."""
+        self.clear()
+        cur = self.conn.cursor()
+        for size in batches(self.n):
+            self._batch(cur, size)
+        jobs = 0
+        start = time.perf_counter()
+        while True:
+            cur.execute("BEGIN")
+            cur.execute(self.next, (QUEUE, stamp()))
+            row = cur.fetchone()
+            if row is None:
+                cur.execute("COMMIT")
+                break
+            noop()
+            cur.execute(self.delete, (row[0],))
+            cur.execute("COMMIT")
+            jobs += 1
+        seconds = time.perf_counter() - start
+        assert jobs == self.n and self.count() == 0
+        return seconds, jobs
+
+
+def close_quietly(conn):
+    try:
+        conn.close()
+    except Exception:
+        pass
+
+
+def drop_tables(*names):
+    """Drop MySQL tables on a connection of its own (the server may have restarted meanwhile)."""
+    import pymysql
+    conn = pymysql.connect(autocommit=True, connect_timeout=5, **MYSQL)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
+    finally:
+        conn.close()
+
+
+# SQLite ######################################################################################
+def bench_sqlite(bench):
+    for sync in bench.syncs:
+        connection = bench.sqlite_connection(sync)
+        label = "sqlite" if len(bench.syncs) == 1 else f"sqlite/{sync}"
+        say(f"{label}: synchronous={sync}, N={bench.n}")
+        d = queue.driver("database", connection)
+        d.create_tables()
+        path = d.dialect.path
+        side = sqlite3.connect(path, isolation_level=None, timeout=60)
+
+        def clear():
+            side.execute(f"DELETE FROM {d.table}")
+
+        def count():
+            return side.execute(f"SELECT COUNT(*) FROM {d.table}").fetchone()[0]
+
+        raw = RawSQLite(bench, d, sync)
+        database_rows(bench, label, connection, raw, count, clear)
+        raw.conn.close()
+        side.close()
+    bench_startup(bench)
+    bench_rss(bench)
+
+
+def bench_startup(bench):
+    """`python queue.py work --once --poll 0` on an empty SQLite queue, beside `python -c pass`."""
+    say("sqlite: worker start-up")
+    d = queue.driver("database", "sqlite")
+    d.create_tables()
+    walls, loops, rss = [], [], []
+    for _ in range(5):
+        wall, peak, loop = bench.worker("--once", "--poll", "0", "--queue", QUEUE, mark=True)
+        walls.append(wall)
+        rss.extend(peak)
+        loops.extend(loop)
+    bare = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True, env=bench.env())
+        bare.append(time.perf_counter() - start)
+    bench.add("worker", "start-up: `work --once` wall, median/5", statistics.median(walls) * 1000,
+              statistics.median(bare) * 1000, unit="ms", note="floor: `python -c pass`")
+    if loops:
+        bench.add("worker", "start-up: spawn -> first loop", statistics.median(loops) * 1000,
+                  statistics.median(bare) * 1000, unit="ms", note="looping() hook; floor: `python -c pass`")
+    bench.idle_rss = statistics.median(rss) / 1024
+
+
+def bench_rss(bench):
+    """Peak RSS of a `work --stop-when-empty` subprocess after 10,000 (and, with --rss, 100,000) jobs."""
+    sizes = [10_000] + ([100_000] if bench.args.rss else [])
+    d = queue.driver("database", "sqlite")
+    for size in sizes:
+        say(f"sqlite: subprocess worker draining {size:,} jobs")
+        for left in batches(size):
+            queue.push(*[Noop() for _ in range(left)], driver="database", connection="sqlite", queue=QUEUE)
+        wall, peak, loops = bench.worker("--stop-when-empty", "--queue", QUEUE, mark=True)
+        left = d.stats([QUEUE])[QUEUE]
+        if left["ready"] or left["reserved"]:
+            raise RuntimeError(f"the worker left {left} jobs")
+        bench.add("worker", f"peak RSS, drained {size:,} (CLI)", peak[0] / 1024, bench.idle_rss, unit="MiB",
+                  note="floor: RSS of `work --once` on an empty queue")
+        note = f"wall incl. start-up; from first loop: {size / (wall - loops[0]):,.0f}/s" if loops else "wall incl. start-up"
+        bench.add("worker", f"sqlite drain {size:,}, 1 process (CLI)", size / wall, None, note=note)
+
+
+# Async #######################################################################################
+def bench_async(bench):
+    import concurrent.futures as cf
+    say(f"async: N={bench.n}")
+    d = queue.driver("async")
+    workers = d.workers
+    n = bench.n
+
+    def ours(pusher, join_timed):
+        def run():
+            start = time.perf_counter()
+            pusher(bench, "async")
+            pushed = time.perf_counter()
+            if not d.join(300):
+                raise RuntimeError("async jobs did not finish")
+            return (time.perf_counter() if join_timed else pushed) - start
+        return run
+
+    def floor(join_timed):
+        def run():
+            with cf.ThreadPoolExecutor(workers) as pool:
+                start = time.perf_counter()
+                futures = [pool.submit(noop) for _ in range(n)]
+                pushed = time.perf_counter()
+                cf.wait(futures)
+                return (time.perf_counter() if join_timed else pushed) - start
+        return run
+
+    single, floor_submit = bench.pair("async push single", ours(push_single, False), floor(False))
+    bench.add("async", "push single", single, floor_submit, note=f"floor: ThreadPoolExecutor({workers}).submit")
+    batch = bench.rate("async push batch", ours(push_batch, False), profile=True)
+    bench.add("async", f"push batch ({BATCH}), per job", batch, floor_submit,
+              note=f"floor: submit per job (no batch API); batch/single: ours x{batch / single:.1f}")
+    drain, floor_drain = bench.pair("async push+run", ours(push_single, True), floor(True))
+    bench.add("async", "drain (push N single + join)", drain, floor_drain, note="floor: submit N + wait")
+
+
+# MySQL #######################################################################################
+def bench_mysql(bench):
+    import pymysql
+    say(f"mysql: N={bench.n}")
+    d = queue.driver("database", "mysql")
+    ours_tables = (d.table, d.failed_table)
+    side = pymysql.connect(autocommit=True, charset="utf8mb4", **MYSQL)
+    bench.cleanups.append(("a pymysql connection", lambda: close_quietly(side)))
+
+    bench.cleanups.append((f"MySQL tables test.{', '.join(ours_tables)}", lambda: drop_tables(*ours_tables)))
+    d.create_tables()
+
+    def clear():
+        with side.cursor() as cur:
+            cur.execute(f"DELETE FROM {d.table}")
+
+    def count():
+        with side.cursor() as cur:
+            cur.execute(f"SELECT COUNT(*) FROM {d.table}")
+            return cur.fetchone()[0]
+
+    raw = RawMySQL(bench, d)
+    database_rows(bench, "mysql", "mysql", raw, count, clear)
+    floor_drain = bench.rows[-1]["floor"]
+    for workers in (1, 4):
+        say(f"mysql: {workers} worker process(es)")
+        clear()
+        push_batch(bench, "database", "mysql")
+        wall, _, loops = bench.worker("--stop-when-empty", "--connection", "mysql", "--queue", QUEUE,
+                                      count=workers, mark=True)
+        if count():
+            raise RuntimeError(f"{count()} jobs left after {workers} workers")
+        note = f"wall incl. start-up; from first loop: {bench.n / (wall - min(loops)):,.0f}/s" if loops else ""
+        bench.add("mysql", f"drain, {workers} worker process{'es' if workers > 1 else ''} (CLI)",
+                  bench.n / wall, floor_drain, note=note + "; floor: 1-conn raw drain")
+    clear()
+
+
+# AMQP ########################################################################################
+class RawPika:
+    """The pika floor on one BlockingConnection: persistent messages to a durable queue."""
+
+    def __init__(self, bench, pika, params, name):
+        self.bench, self.pika, self.n, self.name = bench, pika, bench.n, name
+        self.props = pika.BasicProperties(delivery_mode=2)
+        self.payload = queue.pack(Noop())
+        self.conn = pika.BlockingConnection(params)
+        self.ch = self.conn.channel()
+        self.ch.queue_declare(name, durable=True)
+        self.ch.confirm_delivery()  # BlockingChannel: basic_publish waits for each confirm
+        # batch: publish on the underlying channel and wait once for the confirms of the batch
+        # (pika's BlockingChannel has no such call; queue.py's _Publisher does the same)
+        self.batch_ch = self.conn.channel()
+        self.sent = self.confirmed = 0
+        self.nacked, opened = [], []
+        self.batch_ch._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=opened.append)
+        while not opened:
+            self.conn.process_data_events(time_limit=0.05)
+
+    def _on_confirm(self, frame):
+        if type(frame.method).__name__ == "Nack":
+            self.nacked.append(frame.method.delivery_tag)
+        self.confirmed = max(self.confirmed, frame.method.delivery_tag)
+        if self.confirmed >= self.sent:
+            self.conn.call_later(0, lambda: None)  # wake process_data_events at once
+
+    def count(self):
+        return self.ch.queue_declare(self.name, passive=True).method.message_count
+
+    def purge(self):
+        self.ch.queue_purge(self.name)
+
+    def push_single(self):
+        self.purge()
+        start = time.perf_counter()
+        for _ in range(self.n):
+            self.ch.basic_publish("", self.name, self.payload, self.props)
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def fill(self):
+        for size in batches(self.n):
+            for _ in range(size):
+                self.batch_ch._impl.basic_publish("", self.name, self.payload, self.props)
+                self.sent += 1
+            while self.confirmed < self.sent:
+                self.conn.process_data_events(time_limit=0.05)
+        if self.nacked:
+            raise RuntimeError(f"RabbitMQ nacked {len(self.nacked)} messages")
+
+    def push_batch(self):
+        self.purge()
+        start = time.perf_counter()
+        self.fill()
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def drain(self, prefetch):
+        """basic_consume at `prefetch`; run the job, then ack it."""
+        def run():
+            self.purge()
+            self.fill()
+            consumer = self.conn.channel()
+            consumer.basic_qos(prefetch_count=prefetch)
+            done = [0]
+
+            def on_message(channel, method, properties, body):
+                noop()
+                channel.basic_ack(method.delivery_tag)
+                done[0] += 1
+                if done[0] == self.n:
+                    channel.stop_consuming()
+            consumer.basic_consume(self.name, on_message)
+            start = time.perf_counter()
+            consumer.start_consuming()
+            seconds = time.perf_counter() - start
+            consumer.close()
+            assert self.count() == 0
+            return seconds, done[0]
+        return run
+
+def bench_amqp(bench):
+    import pika
+    say(f"amqp: N={bench.n}")
+    params = pika.ConnectionParameters(AMQP["host"], AMQP["port"], heartbeat=60,
+                                       credentials=pika.PlainCredentials(AMQP["username"], AMQP["password"]))
+    name = bench.amqp_queue
+    names = [f"bench_floor_{bench.uid}", name]
+
+    def delete():
+        c = pika.BlockingConnection(params)
+        channel = c.channel()
+        for q in names:
+            channel.queue_delete(q)
+        c.close()
+    bench.cleanups.append((f"RabbitMQ queues {', '.join(names)}", delete))
+    prefetch = queue.DEFAULTS["DRIVERS"]["amqp"]["prefetch"]
+    raw = RawPika(bench, pika, params, names[0])
+    bench.cleanups.append(("a pika connection", lambda: close_quietly(raw.conn)))
+    status = amqp_ours_status(bench)
+    single_note = "floor: persistent publish, confirm per job"
+    batch_note = "floor: persistent publishes, 1 confirm wait per batch"
+    drain_note = "floor: basic_consume, ack after the job"
+    if status != "ok":
+        bench.add("amqp", "push single", status, bench.rate("amqp floor push single", raw.push_single), note=single_note)
+        bench.add("amqp", f"push batch ({BATCH}), per job", status,
+                  bench.rate("amqp floor push batch", raw.push_batch), note=batch_note)
+        for p in (1, prefetch):
+            bench.add("amqp", f"drain vs floor prefetch {p}", status,
+                      bench.rate(f"amqp floor drain {p}", raw.drain(p)), note=drain_note)
+        return
+
+    d = queue.driver("amqp")
+
+    def ours_push(fn):
+        def run():
+            raw.ch.queue_purge(name)
+            seconds = fn(bench, "amqp", None, name)
+            count = raw.ch.queue_declare(name, passive=True).method.message_count
+            if count != bench.n:
+                raise RuntimeError(f"{count} messages on {name}, not {bench.n}")
+            return seconds
+        return run
+
+    def ours_drain():
+        raw.ch.queue_purge(name)
+        push_batch(bench, "amqp", None, name)
+        seconds, jobs = worker_drain(bench, d, poll=0.5, last_job_time=True)  # timed to the last job's ack
+        count = raw.ch.queue_declare(name, passive=True).method.message_count
+        if count:
+            raise RuntimeError(f"{count} messages left on {name}")
+        return seconds, jobs
+
+    single, floor_single = bench.pair("amqp push single", ours_push(push_single), raw.push_single)
+    bench.add("amqp", "push single", single, floor_single, note=single_note)
+    batch, floor_batch = bench.pair("amqp push batch", ours_push(push_batch), raw.push_batch)
+    bench.add("amqp", f"push batch ({BATCH}), per job", batch, floor_batch,
+              note=f"{batch_note}; batch/single: ours x{batch / single:.1f}, floor x{floor_batch / floor_single:.1f}")
+    drain, floor_1 = bench.pair("amqp drain", ours_drain, raw.drain(1))
+    floor_p = bench.rate(f"amqp floor drain {prefetch}", raw.drain(prefetch))
+    bench.add("amqp", "drain vs floor prefetch 1", drain, floor_1, note=f"{drain_note}; ours at prefetch {d.prefetch}")
+    bench.add("amqp", f"drain vs floor prefetch {prefetch}", drain, floor_p,
+              note=f"{drain_note}; ours at prefetch {d.prefetch}")
+    raw.purge()
+    p50, p90 = push_to_start_latency(bench, "amqp", name)
+    bench.add("amqp", "idle push-to-start p50", round(p50, 2), "", unit="ms",
+              note=f"p90 {p90:.2f} ms; push() call to handle() start in an idle `work` process, 200 pushes 20 ms apart")
+
+
+def push_to_start_latency(bench, driver, queue_name, count=200):
+    """(p50, p90) milliseconds from the start of push() to the start of handle() in an idle worker.
+    The job carries its push time and records its own latency, so this process only idles."""
+    import benchjobs
+    path = os.path.join(bench.folder, "stamps")
+    log = open(os.path.join(bench.folder, "latency-worker.log"), "w+")
+    proc = subprocess.Popen([sys.executable, "queue.py", "work", "--driver", driver, "--queue", queue_name],
+                            cwd=bench.folder, env=bench.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+
+    def recorded():
+        if not os.path.exists(path):
+            return {}
+        with open(path) as f:
+            return {int(n): float(s) * 1000 for n, s in (line.split() for line in f)}
+
+    def push(number):
+        job = benchjobs.Stamp(path, number)
+        job.pushed = time.time()
+        queue.push(job, driver=driver, queue=queue_name)
+
+    try:
+        push(-1)  # the worker is up and idle once this one has run
+        deadline = time.monotonic() + 30
+        while -1 not in recorded():
+            if time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"the latency worker did not start: {log.read()[-300:]}")
+            time.sleep(0.05)
+        for number in range(count):
+            time.sleep(0.02)  # idle between pushes (each job takes well under 20 ms)
+            push(number)
+        deadline = time.monotonic() + 30
+        while len(recorded()) < count + 1:
+            if time.monotonic() > deadline:
+                raise RuntimeError("not every latency job ran")
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    latencies = sorted(v for n, v in recorded().items() if n >= 0)
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.9)]
+
+
+def amqp_ours_status(bench):
+    """'ok' when queue.driver('amqp') has a working pop(), else what to print in our column."""
+    try:
+        d = queue.driver("amqp")
+        message = d.pop([bench.amqp_queue], 0)
+    except NotImplementedError:
+        return "not implemented"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {str(exc)[:60]}"
+    finally:
+        try:
+            queue.driver("amqp").close()  # stop the probe's consumer: it would hold `prefetch` messages
+        except Exception:
+            pass
+    if message is not None:
+        return "error: pop() on an empty queue returned a message"
+    return "ok"
+
+
+# Output ######################################################################################
+def fmt(value, unit):
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if unit == "jobs/s":
+        return f"{value:,.0f}"
+    return f"{value:,.1f}"
+
+
+def table(rows, meta):
+    header = ("driver", "measure", "ours", "floor", "ours/floor", "unit", "note")
+    lines = [[r["driver"], r["measure"], fmt(r["ours"], r["unit"]), fmt(r["floor"], r["unit"]),
+              f"{r['ratio']:.2f}" if "ratio" in r else "-", r["unit"], r["note"]] for r in rows]
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+    right = {2, 3, 4}
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    out = [f"queue.py {meta['queue_py']} benchmark: N={meta['jobs']} jobs/measurement, batch {BATCH}, repeat {meta['repeat']} (median), "
+           f"Python {meta['python']}, SQLite {meta['sqlite']}, {meta['cpus']} CPUs"]
+    if meta.get("profile"):
+        out.append("(--profile was on: our figures include cProfile overhead)")
+    out += [line(header), line(["-" * w for w in widths])] + [line(cells) for cells in lines]
+    return "\n".join(out)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="queue.py jobs/s beside the raw floor of the same backend")
+    parser.add_argument("--driver", action="append", choices=DRIVERS,
+                        help="run this driver (repeatable; default: every available one)")
+    parser.add_argument("--jobs", type=int, default=5000, help="jobs per measurement (default 5000)")
+    default_sync = queue.DEFAULTS["DATABASES"]["sqlite"].get("synchronous", "normal")
+    parser.add_argument("--synchronous", default=default_sync,
+                        help="SQLite synchronous setting(s) of the driver, and of its floor: normal, full, "
+                             f"or a comma list such as normal,full (default: the driver's, {default_sync})")
+    parser.add_argument("--rss", action="store_true", help="also drain 100,000 jobs in a worker for its peak RSS")
+    parser.add_argument("--repeat", type=int, default=1, help="repeat each in-process measurement; report the median")
+    parser.add_argument("--worker-log", choices=("warning", "info"), default="warning",
+                        help="log level of subprocess workers (info: the CLI default, one line per job)")
+    parser.add_argument("--profile", type=int, nargs="?", const=15, default=0, metavar="TOP",
+                        help="cProfile our in-process measurements; print the top entries to stderr")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary project folder")
+    args = parser.parse_args(argv)
+    args.synchronous = [s.strip() for s in args.synchronous.split(",") if s.strip()]
+    for s in args.synchronous:
+        if s not in ("off", "normal", "full", "extra"):
+            parser.error(f"--synchronous: {s!r} is not off, normal, full or extra")
+    if args.jobs < 1 or args.repeat < 1:
+        parser.error("--jobs and --repeat must be at least 1")
+    return args
+
+
+def available(name):
+    """(True, '') or (False, why) for a driver's server and client package."""
+    try:
+        if name == "mysql":
+            import pymysql  # noqa: F401
+            return (True, "") if server_up(MYSQL["host"], MYSQL["port"]) else (False, "MariaDB unreachable")
+        if name == "amqp":
+            import pika  # noqa: F401
+            return (True, "") if server_up(AMQP["host"], AMQP["port"]) else (False, "RabbitMQ unreachable")
+    except ImportError as exc:
+        return False, f"{exc.name} not installed"
+    return True, ""
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    chosen = args.driver or list(DRIVERS)
+    bench = Bench(args)
+    with open(os.path.join(ROOT, "queue.py"), "rb") as f:
+        queue_py = hashlib.sha256(f.read()).hexdigest()[:12]
+    meta = {"queue_py": f"{queue.__version__} sha256:{queue_py}", "jobs": args.jobs, "batch": BATCH,
+            "repeat": args.repeat, "synchronous": args.synchronous,
+            "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
+            "worker_log": args.worker_log, "profile": bool(args.profile), "drivers": []}
+    runners = {"sqlite": bench_sqlite, "async": bench_async, "mysql": bench_mysql, "amqp": bench_amqp}
+    started = time.perf_counter()
+    try:
+        for name in DRIVERS:
+            if name not in chosen:
+                continue
+            ok, why = available(name)
+            if not ok:
+                if args.driver:
+                    bench.add(name, "(skipped)", None, None, note=why)
+                say(f"{name}: skipped ({why})")
+                continue
+            meta["drivers"].append(name)
+            try:
+                runners[name](bench)
+            except Exception as exc:
+                bench.add(name, "(failed)", None, None, note=f"{type(exc).__name__}: {str(exc)[:100]}")
+                say(f"{name}: failed: {type(exc).__name__}: {exc}")
+    finally:
+        bench.close()
+    meta["seconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        print(json.dumps({"meta": meta, "rows": bench.rows}, indent=2))
+    else:
+        print(table(bench.rows, meta))
+        print(f"({meta['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

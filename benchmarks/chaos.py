@@ -1,0 +1,1039 @@
+#!/usr/bin/env python3
+"""Fault injection for queue.py: SIGKILLed workers, a server restart and hostile payloads, counted
+from a record that the jobs keep themselves (not through queue.py).
+
+    python benchmarks/chaos.py --driver database --connection sqlite --jobs 10000
+    python benchmarks/chaos.py --driver database --connection mysql --jobs 10000
+    python benchmarks/chaos.py --driver amqp --jobs 10000
+    python benchmarks/chaos.py --driver database --connection mysql --jobs 0 --bad 1000
+
+What one run does, in a temporary project (queue.py copied in, config.py with a short
+retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed afterwards):
+1. pushes N uniquely numbered jobs (benchmarks/chaosjobs.py): mostly short sleeps, plus jobs that
+   raise once, always raise, run past their timeout once or always, and a few that run longer than
+   retry_after (the database reservation, or amqp heartbeats, must not lapse while they live);
+2. with --bad B, injects B forged, wrongly signed, truncated, bit-flipped, extended and random
+   payloads straight into the backend (INSERT into the jobs table, or a raw publish with pika),
+   plus correctly signed jobs whose class is missing, whose unpickling or __init__ raises, that
+   call sys.exit() or os._exit(); every forged pickle would create a marker file if unpickled,
+   and one correctly signed marker (the control) proves that the markers work;
+3. runs --workers worker processes (`python queue.py work`) and one more for the long jobs; every
+   --kill-every seconds SIGKILLs a random worker and starts a replacement, and starts a new
+   worker for any worker that exits, as a supervisor would;
+4. once, when 40% of the jobs are done, restarts the server (MariaDB or RabbitMQ) or, on SQLite,
+   SIGKILLs every worker at once (--no-restart: neither);
+5. waits (bounded) until every job is done or in the failed store, stops the workers with
+   SIGTERM, and counts.
+
+The record: each attempt appends `start`/`end` lines to runs.log and each completed run appends
+"NUMBER PID ATTEMPT TIME" to done.log, with single O_APPEND writes. A job run more than once is
+explained when an earlier completed run's worker died (SIGKILL, os._exit) after completing it and
+before its next claim (database) or within a second (amqp, whose acks travel on an I/O thread),
+or, on amqp, when the earlier run overlapped the broker restart (a dropped connection takes its
+unacked deliveries with it). The table is printed on stdout; the exit status is 1 if any
+"must be" limit is exceeded (loss, unexplained double run, concurrent runs, an unpickled forgery,
+a worker death without recovery, ...), else 0.
+"""
+import argparse
+import collections
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import logging
+import os
+import pickle
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _path in (HERE, ROOT):  # ROOT first: `import queue` must find our queue.py, not the stdlib's
+    if _path in sys.path:
+        sys.path.remove(_path)
+    sys.path.insert(0, _path)
+
+import queue  # noqa: E402
+
+assert hasattr(queue, "Queueable"), f"imported {queue.__file__}, not {ROOT}/queue.py"
+import chaosjobs  # noqa: E402
+
+MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
+AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
+KEY = "chaos-key-0123456789abcdef0123456789"
+WRONG_KEY = b"not-the-chaos-key-0123456789abcdef"
+BATCH = 500
+
+
+def say(*parts):
+    """Progress on stderr (stdout is the table)."""
+    print(f"[chaos {time.strftime('%H:%M:%S')}]", *parts, file=sys.stderr, flush=True)
+
+
+def port_open(port, host="127.0.0.1"):
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def stamp():
+    """Now, as the database driver stores timestamps (UTC, 'YYYY-MM-DD HH:MM:SS.ffffff')."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def sign(body, key=KEY.encode()):
+    """A queue.py payload, built here (not by queue.py): b'Q1' + HMAC-SHA256(key, body) + body."""
+    return b"Q1" + hmac.new(key, body, hashlib.sha256).digest() + body
+
+
+def envelope(job):
+    return pickle.dumps({"v": 1, "job": job, "chain": [], "until": None}, 4)
+
+
+# The project ##################################################################################
+class Project:
+    """A temporary project folder: queue.py, config.py, jobs/, the record and the worker logs."""
+
+    def __init__(self, args):
+        self.args = args
+        self.folder = tempfile.mkdtemp(prefix="queue-chaos-")
+        self.record = os.path.join(self.folder, "record")
+        self.markers = os.path.join(self.record, "markers")
+        self.logs = os.path.join(self.folder, "logs")
+        for path in (self.markers, self.logs, os.path.join(self.folder, "jobs")):
+            os.makedirs(path)
+        open(os.path.join(self.folder, "jobs", "__init__.py"), "w").close()
+        shutil.copy(os.path.join(ROOT, "queue.py"), self.folder)
+        tag = uuid.uuid4().hex[:8]
+        self.table = f"chaos_{tag}"
+        if args.driver == "amqp":
+            self.queue, self.long_queue = f"chaos_{tag}", f"chaos_{tag}_long"
+        else:
+            self.queue, self.long_queue = "chaos", "chaos-long"
+        r = args.retry_after
+        drivers = {"default": args.driver,
+                   "database": {"connection": args.connection, "table": self.table,
+                                "failed_table": self.table + "_failed", "attempts": 5, "poll": 0.1,
+                                "retry_after": r},
+                   "amqp": dict(AMQP, queue=self.queue, prefetch=10, poll=0.1, attempts=5,
+                                heartbeat=max(2, int(r)))}
+        databases = {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"},
+                     "mysql": dict(MYSQL, driver="mysql")}
+        self.config_path = os.path.join(self.folder, "config.py")
+        with open(self.config_path, "w") as f:
+            f.write(f"DRIVERS = {drivers!r}\nDATABASES = {databases!r}\nKEY = {KEY!r}\n")
+
+    def path(self, name):
+        return os.path.join(self.record, name)
+
+    def env(self):
+        env = dict(os.environ)
+        env.pop("QUEUE_CONFIG", None)
+        env.pop("QUEUE_KEY", None)
+        env["PYTHONPATH"] = HERE  # chaosjobs
+        env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def remove(self):
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# Jobs and bad payloads ########################################################################
+Item = collections.namedtuple("Item", "number kind expect queue")  # expect: "done" or "failed"
+
+
+def make_jobs(n, rng, project):
+    """N numbered jobs (0..N-1): mostly short Work, some Flaky, Fail, Slow, Hang and Long."""
+    r = project.args.retry_after
+    longs = 0 if n == 0 else max(1, min(3, n // 3000))
+    special = {"flaky": max(1, n // 50), "fail": max(1, n // 100), "slow": max(1, n // 500),
+               "hang": max(1, n // 1000)} if n >= 50 else {}
+    kinds = ["long"] * longs + [k for k, c in special.items() for _ in range(c)]
+    kinds += ["work"] * (n - len(kinds))
+    head, rest = kinds[:longs], kinds[longs:]
+    rng.shuffle(rest)
+    kinds = head + rest
+    classes = {"work": chaosjobs.Work, "long": chaosjobs.Long, "flaky": chaosjobs.Flaky,
+               "fail": chaosjobs.Fail, "slow": chaosjobs.Slow, "hang": chaosjobs.Hang}
+    items, jobs = [], []
+    for number, kind in enumerate(kinds):
+        seconds = 2.2 * r if kind == "long" else rng.uniform(0, 0.01)
+        queue_name = project.long_queue if kind == "long" else project.queue
+        expect = "failed" if kind in ("fail", "hang") else "done"
+        items.append(Item(number, kind, expect, queue_name))
+        jobs.append(classes[kind](number, project.record, seconds))
+    return items, jobs
+
+
+Bad = collections.namedtuple("Bad", "index category name payload number properties")
+FORGERIES = ("forged", "wrongkey", "truncated", "flipped", "extended", "random", "empty")
+
+
+def make_bad(count, first_number, rng, project, backend):
+    """`count` hostile payloads (cycling through FORGERIES, plus the backend's own kinds of
+    garbage), then correctly signed jobs that cannot run, and one control marker."""
+    result = []
+
+    def add(category, payload, number=None, properties="normal"):
+        index = len(result)
+        result.append(Bad(index, category, f"bad-{index}-{category}", payload, number, properties))
+
+    def marker():
+        return envelope(chaosjobs.Marker(os.path.join(project.markers, f"forgery-{len(result)}")))
+
+    extra = [g for g in backend.garbage if g not in project.args.skip]
+    forgeries = [f for f in FORGERIES if f not in project.args.skip]
+    for i in range(count):
+        if extra and i % 25 == 12:
+            category = extra[(i // 25) % len(extra)]
+        else:
+            category = forgeries[i % len(forgeries)]
+        body = marker()
+        if category == "forged":
+            add(category, b"Q1" + rng.randbytes(32) + body)
+        elif category == "wrongkey":
+            add(category, sign(body, WRONG_KEY))
+        elif category == "truncated":  # cut after the marker's REDUCE, so unpickling would touch it
+            payload = sign(body)
+            add(category, payload[:rng.randint(len(payload) * 2 // 3, len(payload) - 1)])
+        elif category == "flipped":
+            payload = bytearray(sign(body))
+            spot = rng.randrange(2, len(payload))
+            payload[spot] ^= 1 << rng.randrange(8)
+            add(category, bytes(payload))
+        elif category == "extended":
+            add(category, sign(body) + rng.randbytes(rng.randint(1, 16)))
+        elif category == "random":
+            junk = rng.randbytes(rng.randint(0, 200))
+            add(category, (b"Q1" + junk) if rng.random() < 0.5 else junk)
+        elif category == "empty":
+            add(category, b"")
+        elif category == "bare":  # amqp: a raw message with no properties at all
+            add(category, b"Q1" + rng.randbytes(32) + body, properties="none")
+        elif category == "badheader":  # amqp: x-attempts that is not a number
+            add(category, b"Q1" + rng.randbytes(32) + body, properties="badheader")
+        elif category == "text":  # sqlite: the payload column holds TEXT, not a BLOB
+            add(category, "Q1 this payload is text", properties="text")
+        elif category == "integer":  # sqlite: the payload column holds a small INTEGER
+            add(category, 7, properties="integer")
+    number = first_number
+    signed = max(1, count // 25)
+    for kind, cls in (("missing", None), ("unloadable", chaosjobs.Unloadable),
+                      ("initraises", chaosjobs.InitRaises), ("exit", chaosjobs.Exit)):
+        for _ in range(0 if kind in project.args.skip else signed):
+            if cls is None:  # a class the workers do not have: pickled while it briefly exists here
+                cls_missing = type("Vanished", (chaosjobs.Work,), {"__module__": "chaosjobs", "kind": "missing"})
+                chaosjobs.Vanished = cls_missing
+                try:
+                    body = envelope(cls_missing(number, project.record))
+                finally:
+                    del chaosjobs.Vanished
+            else:
+                body = envelope(cls(number, project.record))
+            add(kind, sign(body), number)
+            number += 1
+    for _ in range(0 if "die" in project.args.skip else max(1, count // 50)):
+        add("die", sign(envelope(chaosjobs.Die(number, project.record))), number)
+        number += 1
+    add("control", sign(envelope(chaosjobs.Marker(os.path.join(project.markers, "control")))))
+    rng.shuffle(result)
+    return result
+
+
+# Backends #####################################################################################
+class Backend:
+    """What differs per backend: injecting raw messages, the restart, counting and cleaning up."""
+
+    garbage = ()
+
+    def __init__(self, project):
+        self.project = project
+
+    def inject(self, bads):
+        raise NotImplementedError
+
+    def restart(self):
+        """Restart the server; return (went down at, answers again at)."""
+        raise NotImplementedError
+
+    def remaining(self):
+        """Jobs still queued (ready, delayed or reserved) on the project's queues."""
+        stats = queue.driver().stats([self.project.queue, self.project.long_queue])
+        return sum(sum(v for k, v in s.items() if k in ("ready", "delayed", "reserved")) for s in stats.values())
+
+    def ensure_up(self):
+        """Make sure the server runs (called at the end, whatever happened)."""
+
+    def cleanup(self):
+        pass
+
+
+class SQLiteBackend(Backend):
+    garbage = ("text", "integer")
+
+    def connect(self):
+        import sqlite3
+        return sqlite3.connect(os.path.join(self.project.folder, "queue.sqlite3"), timeout=60,
+                               isolation_level=None)
+
+    def inject(self, bads):
+        conn = self.connect()
+        try:
+            self._insert(conn, "?", bads)
+        finally:
+            conn.close()
+
+    def _insert(self, conn, p, bads):
+        now = stamp()
+        rows = [(b.name, self.project.queue, b.payload, 0, now, now) for b in bads]
+        cur = conn.cursor()
+        cur.executemany(f"INSERT INTO {self.project.table} (name, queue, payload, attempts, available_at, "
+                        f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p})", rows)
+        cur.close()
+
+    def restart(self):
+        raise AssertionError("SQLite has no server: the supervisor kills every worker instead")
+
+
+class MySQLBackend(SQLiteBackend):
+    garbage = ()
+
+    def connect(self):
+        import pymysql
+        return pymysql.connect(autocommit=True, **MYSQL)
+
+    def inject(self, bads):
+        conn = self.connect()
+        try:
+            self._insert(conn, "%s", bads)
+        finally:
+            conn.close()
+
+    def restart(self):
+        down = time.time()
+        subprocess.run(["mariadb-admin", "-uroot", "shutdown"], capture_output=True, timeout=120)
+        deadline = time.monotonic() + 60
+        while port_open(MYSQL["port"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # down for a moment: workers must notice
+        self.ensure_up()
+        return down, time.time()
+
+    def ensure_up(self):
+        if not port_open(MYSQL["port"]):
+            subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec",
+                            "/usr/sbin/mariadbd"], capture_output=True, timeout=60)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                self.connect().close()
+                return
+            except Exception:
+                time.sleep(0.2)
+        raise RuntimeError("MariaDB did not come back within 120 s")
+
+    def cleanup(self):
+        conn = self.connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {self.project.table}, {self.project.table}_failed")
+        finally:
+            conn.close()
+
+
+class AMQPBackend(Backend):
+    garbage = ("bare", "badheader")
+
+    def connect(self):
+        import pika
+        return pika.BlockingConnection(pika.URLParameters(
+            f"amqp://{AMQP['username']}:{AMQP['password']}@{AMQP['host']}:{AMQP['port']}/%2F?heartbeat=30"))
+
+    def inject(self, bads):
+        import pika
+        conn = self.connect()
+        try:
+            channel = conn.channel()
+            channel.confirm_delivery()
+            channel.queue_declare(self.project.queue, durable=True)
+            for b in bads:
+                if b.properties == "none":
+                    properties = None
+                else:
+                    attempts = "not-a-number" if b.properties == "badheader" else 0
+                    properties = pika.BasicProperties(delivery_mode=2, message_id=uuid.uuid4().hex, type=b.name,
+                                                      headers={"x-attempts": attempts})
+                channel.basic_publish("", self.project.queue, b.payload, properties)
+        finally:
+            conn.close()
+
+    def remaining(self):
+        import pika
+        conn = self.connect()
+        total = 0
+        try:
+            for name in (self.project.queue, self.project.long_queue):
+                channel = conn.channel()
+                try:
+                    total += channel.queue_declare(name, passive=True).method.message_count
+                except pika.exceptions.ChannelClosedByBroker:
+                    pass
+        finally:
+            conn.close()
+        return total
+
+    def restart(self):
+        down = time.time()
+        subprocess.run(["rabbitmqctl", "stop_app"], capture_output=True, timeout=120)
+        time.sleep(1.0)
+        self.ensure_up()
+        return down, time.time()
+
+    def ensure_up(self):
+        status = subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=120)
+        if status.returncode != 0 and not port_open(AMQP["port"]):
+            subprocess.run(["rabbitmq-server", "-detached"], capture_output=True, timeout=60)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                self.connect().close()
+                return
+            except Exception:
+                time.sleep(0.2)
+        raise RuntimeError("RabbitMQ did not come back within 120 s")
+
+    def cleanup(self):
+        delays = {f"{q}.delay.{queue._round_up(int(chaosjobs.Flaky.backoff * 1000))}"
+                  for q in (self.project.queue, self.project.long_queue)}
+        conn = self.connect()
+        try:
+            for name in [self.project.queue, self.project.long_queue, *sorted(delays)]:
+                channel = conn.channel()
+                try:
+                    channel.queue_delete(name)
+                except Exception:
+                    pass
+        finally:
+            conn.close()
+
+
+# The supervisor ###############################################################################
+class Worker:
+    """One `python queue.py work` process: its role ("main" or "long"), log, and how it ended."""
+
+    def __init__(self, proc, role, log):
+        self.proc, self.role, self.log = proc, role, log
+        self.pid = proc.pid
+        self.started = time.time()
+        self.ended = None
+        self.status = None   # exit status once reaped
+        self.cause = None    # "killed", "os._exit", "server down", "unexpected", "stopped"
+
+
+class Supervisor:
+    """Starts `python queue.py work` processes, kills them, and replaces every one that ends."""
+
+    def __init__(self, project, rng):
+        self.project, self.rng = project, rng
+        self.workers = []          # every worker ever started
+        self.killed = {}           # pid -> time of our SIGKILL
+        self.deaths = []           # (pid, time, cause) of workers that ended before the end
+        self.pending = []          # (not before, role): replacements waiting out a fast failure
+        self.stopping = False
+
+    def start(self, role):
+        queue_name = self.project.long_queue if role == "long" else self.project.queue
+        log = open(os.path.join(self.project.logs, f"worker-{len(self.workers):04d}-{role}.log"), "w")
+        proc = subprocess.Popen([sys.executable, "queue.py", "work", "--queue", queue_name],
+                                cwd=self.project.folder, env=self.project.env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        worker = Worker(proc, role, os.path.join(self.project.logs, os.path.basename(log.name)))
+        self.workers.append(worker)
+        return worker
+
+    def alive(self, role=None):
+        return [w for w in self.workers if w.status is None and (role is None or w.role == role)]
+
+    def kill(self, worker):
+        self.killed[worker.pid] = time.time()
+        try:
+            os.kill(worker.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def kill_random(self):
+        candidates = self.alive("main")
+        if candidates:
+            self.kill(self.rng.choice(candidates))
+
+    def kill_all(self):
+        for worker in self.alive():
+            self.kill(worker)
+
+    def reap(self):
+        """Notice workers that ended, classify why, and start their replacements."""
+        now = time.time()
+        for worker in self.alive():
+            status = worker.proc.poll()
+            if status is None:
+                continue
+            worker.status, worker.ended = status, now
+            if worker.pid in self.killed:
+                worker.cause, worker.ended = "killed", self.killed[worker.pid]
+            elif status == chaosjobs.EXIT_CODE:
+                worker.cause = "os._exit"
+            elif status == 1 and self._server_was_down(worker):
+                worker.cause = "server down"
+            else:
+                worker.cause = "unexpected"
+            self.deaths.append((worker.pid, worker.ended, worker.cause))
+            fast = now - worker.started < 2.0 and worker.cause != "killed"
+            self.pending.append((now + (1.0 if fast else 0.0), worker.role))  # like systemd's RestartSec
+        for item in list(self.pending):
+            if item[0] <= now and not self.stopping:
+                self.pending.remove(item)
+                self.start(item[1])
+
+    def _server_was_down(self, worker):
+        """A worker that exits 1 with one line 'queue.py: error: cannot connect ...': it started
+        while the server was down (ours restarted, or someone else's restart on a shared host)."""
+        with open(worker.log, errors="replace") as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
+        return bool(lines) and lines[-1].startswith("queue.py: error:") and "connect" in lines[-1]
+
+    def stop(self, timeout=15.0):
+        """SIGTERM every live worker (they finish the current job and exit 0); SIGKILL laggards."""
+        self.stopping = True
+        self.pending = []
+        for worker in self.alive():
+            try:
+                worker.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        hung = []
+        for worker in self.alive():
+            try:
+                worker.status = worker.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                hung.append(worker)
+                worker.proc.kill()
+                worker.status = worker.proc.wait()
+            worker.ended = time.time()
+            # -SIGTERM: it was still starting (no handler yet, so no job either)
+            stopped = worker.status in (0, -signal.SIGTERM)
+            worker.cause = "hung" if worker in hung else ("stopped" if stopped else "unexpected")
+        return hung
+
+
+# The record ###################################################################################
+class Tail:
+    """Reads the complete lines appended to a file since the last call."""
+
+    def __init__(self, path):
+        self.path, self.offset = path, 0
+
+    def read(self):
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode().splitlines()
+
+
+def read_record(project):
+    """(done: number -> [(pid, attempt, time)], runs: [(number, pid, attempt, start, end, outcome)])."""
+    done = collections.defaultdict(list)
+    for line in Tail(project.path("done.log")).read():
+        number, pid, attempt, at = line.split()
+        done[int(number)].append((int(pid), int(attempt), float(at)))
+    starts, runs = {}, []
+    for line in Tail(project.path("runs.log")).read():
+        parts = line.split()
+        key = (int(parts[1]), int(parts[2]), int(parts[3]))
+        if parts[0] == "start":
+            starts.setdefault(key, []).append(float(parts[4]))
+        elif starts.get(key):
+            runs.append((*key, starts[key].pop(0), float(parts[4]), parts[5]))
+    for key, times in starts.items():  # attempts that never ended: their worker died
+        for at in times:
+            runs.append((*key, at, None, "died"))
+    return done, runs
+
+
+def failed_rows(project):
+    """The failed store, through queue.py (it is the store under test): [(name, payload, summary)]."""
+    store = queue.driver("database")
+    return [(r["name"], bytes(r["payload"]) if isinstance(r["payload"], (bytes, bytearray, memoryview)) else r["payload"],
+             str(r["exception"]).split("\n", 1)[0]) for r in store.failed_jobs()]
+
+
+def job_number(payload):
+    """The number of one of our own jobs in a failed payload (verified with KEY first), or None."""
+    if not isinstance(payload, bytes) or len(payload) < 34 or not payload.startswith(b"Q1"):
+        return None
+    body = payload[34:]
+    if not hmac.compare_digest(payload[2:34], hmac.new(KEY.encode(), body, hashlib.sha256).digest()):
+        return None
+    try:
+        return getattr(pickle.loads(body)["job"], "number", None)
+    except Exception:
+        return None
+
+
+# The run ######################################################################################
+class Chaos:
+    """One run: the project, the backend, the supervisor; run(), then report()."""
+
+    def __init__(self, args):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.project = Project(args)
+        backend = {"sqlite": SQLiteBackend, "mysql": MySQLBackend}[args.connection]
+        self.backend = AMQPBackend(self.project) if args.driver == "amqp" else backend(self.project)
+        self.restart_window = [None, None]
+        self.supervisor = Supervisor(self.project, self.rng)
+        self.timings = {}
+
+    def run(self):
+        args, project = self.args, self.project
+        queue.configure(project.config_path)
+        if args.connection == "mysql":
+            queue.driver("database").create_tables()
+        else:
+            queue.driver("database").stats()  # creates the SQLite tables
+        started = time.time()
+        items, jobs = make_jobs(args.jobs, self.rng, project)
+        bads = make_bad(args.bad, args.jobs, self.rng, project, self.backend) if args.bad else []
+        self.items, self.bads = items, bads
+        # push the jobs in batches, the bad payloads spread among them
+        batches = max(1, -(-len(jobs) // BATCH))
+        for i in range(batches):
+            part = list(zip(items[i * BATCH:(i + 1) * BATCH], jobs[i * BATCH:(i + 1) * BATCH]))
+            for queue_name in (project.long_queue, project.queue):
+                group = [job for item, job in part if item.queue == queue_name]
+                if group:
+                    queue.push(*group, queue=queue_name)
+            share = bads[i * len(bads) // batches:(i + 1) * len(bads) // batches]
+            if share:
+                self.backend.inject(share)
+        self.timings["push"] = time.time() - started
+        say(f"pushed {len(jobs)} jobs and injected {len(bads)} bad payloads in {self.timings['push']:.1f} s")
+
+        sup = self.supervisor
+        for _ in range(args.workers):
+            sup.start("main")
+        if any(item.kind == "long" for item in items):
+            sup.start("long")
+        expected = {item.number: item for item in items}
+        for b in bads:
+            if b.number is not None:
+                expected[b.number] = Item(b.number, b.category, "failed", project.queue)
+        done_tail, runs_tail = Tail(project.path("done.log")), Tail(project.path("runs.log"))
+        done_numbers, failed_seen, activity = set(), 0, time.monotonic()
+        to_complete = {item.number for item in items if item.expect == "done"}
+        restarter, next_kill, began = None, time.monotonic() + args.kill_every, time.monotonic()
+        deadline = began + args.timeout
+        stall = max(10.0, 4 * args.retry_after)
+        all_accounted_at, last_check = None, 0.0
+        while True:
+            time.sleep(0.05)
+            sup.reap()
+            now = time.monotonic()
+            new = done_tail.read()
+            if new or runs_tail.read():
+                activity = now
+            done_numbers.update(int(line.split()[0]) for line in new)
+            # the kills; they stop once everything is accounted for (then only late reruns are awaited)
+            if args.kill_every and now >= next_kill and all_accounted_at is None:
+                sup.kill_random()
+                next_kill = now + args.kill_every
+            # the restart (on SQLite: every worker killed at once), once, when 40% of the jobs are done
+            if not args.no_restart and restarter is None:
+                if (len(done_numbers & to_complete) >= 0.4 * len(to_complete)) if to_complete else now - began > 3:
+                    restarter = self._restart()
+            restarting = restarter is not None and restarter.is_alive()
+            if now - last_check < 0.5 or restarting:  # the store is not asked while its server is down
+                continue
+            last_check = now
+            try:
+                rows = failed_rows(project)
+            except queue.QueueError:
+                continue
+            if len(rows) != failed_seen:
+                failed_seen, activity = len(rows), now
+            if self._accounted(expected, done_numbers, rows):
+                if all_accounted_at is None:
+                    all_accounted_at = now
+                    say(f"every job is done or failed after {time.time() - started:.1f} s; waiting for late reruns")
+                try:
+                    left = self.backend.remaining()
+                except Exception:
+                    left = None
+                if (left == 0 and now - all_accounted_at >= 1.0) or now - all_accounted_at > args.retry_after + 10:
+                    break
+            if now > deadline:
+                say(f"gave up: the run exceeded --timeout {args.timeout:g} s")
+                break
+            if now - activity > stall:
+                say(f"gave up: nothing happened for {stall:.0f} s")
+                break
+        if restarter is not None:
+            restarter.join()
+        self.timings["run"] = time.time() - started
+        self.hung = sup.stop()
+        self.ended = time.time()
+        return self.count()
+
+    def _accounted(self, expected, done_numbers, rows):
+        """True when every numbered job is done or failed and every bad payload is in the failed store."""
+        names = {name for name, _, _ in rows}
+        payloads = {payload for _, payload, _ in rows if isinstance(payload, bytes)}
+        settled = done_numbers | {job_number(payload) for _, payload, _ in rows}
+        settled |= {b.number for b in self.bads if b.number is not None and b.name in names}
+        if not set(expected) <= settled:
+            return False
+        return all(b.name in names or b.payload in payloads for b in self.bads
+                   if b.number is None and b.category != "control")
+
+    def _restart(self):
+        args, sup = self.args, self.supervisor
+        if args.driver == "database" and args.connection == "sqlite":
+            say("killing every worker at once")
+            now = time.time()
+            self.restart_window[:] = [now, now]
+            sup.kill_all()
+            thread = threading.Thread(target=lambda: None)
+            thread.start()
+            return thread
+
+        def restart():
+            name = "RabbitMQ" if args.driver == "amqp" else "MariaDB"
+            say(f"restarting {name}")
+            self.restart_window[0] = time.time()
+            try:
+                down, up = self.backend.restart()
+                self.restart_window[:] = [down, up]
+                say(f"{name} answers again after {up - down:.1f} s")
+            except Exception as exc:
+                self.restart_window[1] = time.time()
+                self.restart_error = f"{type(exc).__name__}: {exc}"
+                say(f"restart failed: {self.restart_error}")
+        thread = threading.Thread(target=restart, daemon=True)
+        thread.start()
+        return thread
+
+    # counting ##################################################################################
+    def count(self):
+        """Compare the record with what was pushed; set self.rows, self.violations; return the status."""
+        args, project, sup = self.args, self.project, self.supervisor
+        done, runs = read_record(project)
+        rows = failed_rows(project)
+        try:
+            still = self.backend.remaining()
+        except Exception as exc:
+            say(f"cannot count what is still queued: {exc}")
+            still = -1
+        ended = {w.pid: (w.ended or self.ended) for w in sup.workers}
+        deaths = {pid: at for pid, at, cause in sup.deaths if cause in ("killed", "os._exit")}
+        window = self.restart_window if self.restart_window[0] is not None else None
+        amqp = args.driver == "amqp"
+
+        # the failed store: our numbered jobs (by their verified payload), bad payloads by name or payload
+        failed_by_number = collections.defaultdict(list)
+        failed_by_bad = collections.Counter()
+        by_name = {b.name: b for b in self.bads}
+        by_payload = {b.payload: b for b in self.bads if isinstance(b.payload, bytes)}
+        for name, payload, summary in rows:
+            bad = by_name.get(name) or (by_payload.get(payload) if isinstance(payload, bytes) else None)
+            if bad is not None:
+                failed_by_bad[bad.index] += 1
+                if bad.number is not None:
+                    failed_by_number[bad.number].append(summary)
+                continue
+            number = job_number(payload)
+            if number is not None:
+                failed_by_number[number].append(summary)
+
+        # attempts per number (start, end, pid, outcome); claims per pid
+        spans_by_number = collections.defaultdict(list)
+        starts_by_pid = collections.defaultdict(list)
+        for number, pid, attempt, start, end, outcome in runs:
+            spans_by_number[number].append((start, ended.get(pid, self.ended) if end is None else end, pid, outcome))
+            starts_by_pid[pid].append(start)
+
+        def died_before_its_ack(pid, at):
+            """The worker that completed a run at `at` died before the ack could be stored."""
+            death = deaths.get(pid)
+            if death is None or death < at:
+                return False
+            if amqp:  # acks travel on the I/O thread a moment later
+                return death - at <= 1.0
+            return not any(at < s < death for s in starts_by_pid[pid])  # the next claim deletes it
+
+        def across_restart(start, end):
+            return amqp and window is not None and start <= window[1] + 10 and end >= window[0] - 1
+
+        def span(number, pid, at):
+            for s in spans_by_number[number]:
+                if s[2] == pid and s[0] <= at <= s[1] + 0.01:
+                    return s
+            return (at, at, pid, "?")
+
+        c = collections.Counter()
+        problems = collections.defaultdict(list)
+        expected = {item.number: item for item in self.items}
+        for b in self.bads:
+            if b.number is not None:
+                expected[b.number] = Item(b.number, b.category, "failed", project.queue)
+        for number, item in expected.items():
+            completions = sorted(done.get(number, []), key=lambda d: d[2])
+            failures = failed_by_number.get(number, [])
+            spans = sorted(spans_by_number.get(number, []))
+            c["expect " + item.expect] += 1
+            if not completions and not failures:
+                c["lost"] += 1
+                problems["lost"].append((number, item.kind))
+            elif item.expect == "failed":
+                c["failed as expected"] += 1 if failures else 0
+                if completions:
+                    c["completed though they must fail"] += 1
+                    problems["completed though they must fail"].append((number, item.kind))
+            else:
+                c["completed"] += 1 if completions else 0
+                if failures and not completions:
+                    cut = any(pid in deaths and outcome == "died" for _, _, pid, outcome in spans)
+                    if cut and all(f.startswith("MaxAttemptsExceeded") for f in failures):
+                        c["failed after their workers died"] += 1
+                    else:
+                        c["failed unexpectedly"] += 1
+                        problems["failed unexpectedly"].append((number, item.kind, failures[0]))
+            if item.kind == "slow" and any(attempt == 1 for _, attempt, _ in completions):
+                c["timeouts not enforced"] += 1
+                problems["timeouts not enforced"].append(number)
+            if len(completions) > 1:
+                c["double runs"] += 1
+                reasons = set()
+                for k in range(1, len(completions)):
+                    earlier = completions[:k]
+                    if any(died_before_its_ack(pid, at) for pid, _, at in earlier):
+                        reasons.add("kill")
+                    elif any(across_restart(*span(number, pid, at)[:2]) for pid, _, at in earlier):
+                        reasons.add("restart")
+                    else:
+                        reasons.add("none")
+                if "none" in reasons:
+                    c["unexplained double runs"] += 1
+                    problems["unexplained double runs"].append((number, item.kind, completions, spans))
+                else:
+                    c["explained by a death" if "kill" in reasons else "explained by the broker restart"] += 1
+            for x, y in zip(spans, spans[1:]):  # two workers running the same job at the same time
+                if y[0] < x[1] - 1e-3 and x[2] != y[2]:
+                    if across_restart(x[0], x[1]):
+                        c["concurrent across the broker restart"] += 1
+                    else:
+                        c["ran in two workers at once"] += 1
+                        problems["ran in two workers at once"].append((number, item.kind, x, y))
+            if item.kind == "long":
+                c["long jobs"] += 1
+                c["long jobs run exactly once"] += 1 if len(completions) == 1 and len(spans) == 1 else 0
+        c["unknown numbers in the record"] = sum(1 for number in done if number not in expected)
+
+        markers = [m for m in os.listdir(project.markers) if m != "control"]
+        control = os.path.exists(os.path.join(project.markers, "control"))
+        for b in self.bads:
+            if b.category != "control" and not failed_by_bad.get(b.index):
+                c["bad missing"] += 1
+                problems["bad payloads missing from the failed store"].append((b.index, b.category))
+
+        # workers: why each ended; whether a working replacement followed every death
+        causes = collections.Counter(cause for _, _, cause in sup.deaths)
+        unrecovered = 0
+        for pid, at, cause in sup.deaths:
+            role = next(w.role for w in sup.workers if w.pid == pid)
+            later = [w for w in sup.workers if w.started >= at and w.role == role]
+            if not any(w.pid in starts_by_pid or w.cause == "stopped" or (w.ended or self.ended) - w.started >= 3.0
+                       for w in later):
+                unrecovered += 1
+                problems["worker deaths not followed by recovery"].append((pid, cause))
+        unexpected = [w for w in sup.workers if w.cause == "unexpected"]
+        for w in unexpected:
+            problems["unexpected worker exits"].append((w.pid, w.status, self._tail(w.log)))
+        tracebacks, noisy = [], 0  # (log, the traceback) of queue.py's own; logs with pika ERROR records
+        for w in sup.workers:
+            with open(w.log, errors="replace") as f:
+                text = f.read()
+            noisy += " ERROR " in text
+            for block in text.split("Traceback (most recent call last):")[1:]:
+                block = block[:4000]
+                if 'queue.py", line' in block or "Exception in thread" in text:
+                    tracebacks.append((w.log, "Traceback (most recent call last):" + block))
+                    break
+
+        r = [("jobs pushed", len(self.items), None),
+             ("expected to complete", c["expect done"], None),
+             ("  completed", c["completed"], None),
+             ("  failed after their workers died (MaxAttemptsExceeded)", c["failed after their workers died"], None),
+             ("  failed unexpectedly", c["failed unexpectedly"], 0),
+             ("expected to fail (raise, time out, exit, cannot load)", c["expect failed"], None),
+             ("  in the failed store", c["failed as expected"], None),
+             ("  completed though they must fail", c["completed though they must fail"], 0),
+             ("lost (neither done nor in the failed store)", c["lost"], 0),
+             ("run to completion more than once", c["double runs"], None),
+             ("  explained by a worker death before the ack", c["explained by a death"], None),
+             ("  explained by the broker restart (amqp)", c["explained by the broker restart"], None),
+             ("  unexplained", c["unexplained double runs"], 0),
+             ("ran in two workers at once", c["ran in two workers at once"], 0),
+             ("  across the broker restart (amqp)", c["concurrent across the broker restart"], None),
+             ("long jobs (2.2 x retry_after)", c["long jobs"], None),
+             ("  run exactly once", c["long jobs run exactly once"], None),
+             ("timeouts not enforced (slow job done at attempt 1)", c["timeouts not enforced"], 0),
+             ("workers started", len(sup.workers), None),
+             ("  SIGKILLed by the chaos loop", causes["killed"], None),
+             ("  ended by os._exit() jobs", causes["os._exit"], None),
+             ("  exited 1 at start: server unreachable", causes["server down"], None),
+             ("  other exits (crashes)", len(unexpected), 0),
+             ("  ignored SIGTERM at the end", len(self.hung), 0),
+             ("worker deaths not followed by recovery", unrecovered, 0),
+             ("worker logs with a traceback through queue.py", len(tracebacks), 0),
+             ("worker logs with ERROR records (pika's own)", noisy, None)]
+        if self.bads:
+            r += [("bad payloads injected", sum(1 for b in self.bads if b.category != "control"), None),
+                  ("  unpickled forgeries (marker files)", len(markers), 0),
+                  ("  missing from the failed store", c["bad missing"], 0),
+                  ("  control marker unpickled (must be 1)", int(control), None)]
+        r += [("still queued at the end", still, 0),
+              ("unknown numbers in the record", c["unknown numbers in the record"], 0)]
+        violations = [(label.strip(), value) for label, value, limit in r if limit is not None and value > limit]
+        if still < 0:
+            violations.append(("still queued at the end: cannot count", 1))
+        if self.bads and not control:
+            violations.append(("control marker missing (the marker check would prove nothing)", 1))
+        if getattr(self, "restart_error", None):
+            violations.append((f"restart failed: {self.restart_error}", 1))
+        self.rows, self.violations, self.problems, self.tracebacks = r, violations, problems, tracebacks
+        return 1 if violations else 0
+
+    @staticmethod
+    def _tail(path, n=3):
+        with open(path, errors="replace") as f:
+            return [line.rstrip() for line in f.readlines()[-n:]]
+
+    def report(self, out=sys.stdout):
+        args = self.args
+        target = f"{args.driver}/{args.connection}" if args.driver == "database" else f"amqp (failed store: {args.connection})"
+        restart = ("none" if args.no_restart else
+                   "every worker killed at once" if args.driver == "database" and args.connection == "sqlite" else
+                   "MariaDB restarted" if args.driver == "database" else "RabbitMQ restarted")
+        if self.restart_window[0] is not None and self.restart_window[1] is not None and restart.endswith("restarted"):
+            restart += f" ({self.restart_window[1] - self.restart_window[0]:.1f} s down)"
+        print(f"queue.py chaos: {target}, {args.jobs} jobs, {args.bad} bad payloads, {args.workers} workers, "
+              f"kill every {args.kill_every:g} s, retry_after {args.retry_after:g} s, seed {args.seed}", file=out)
+        print(f"restart: {restart}; push {self.timings.get('push', 0):.1f} s, run {self.timings.get('run', 0):.1f} s", file=out)
+        width = max(len(label) for label, _, _ in self.rows) + 2
+        print(f"{'what':<{width}}{'count':>8}  must be", file=out)
+        for label, value, limit in self.rows:
+            mark = "" if limit is None else f"  {'<=' if limit else '='} {limit}" + ("   <-- VIOLATION" if value > limit else "")
+            print(f"{label:<{width}}{value:>8}{mark}", file=out)
+        if self.violations:
+            print("RESULT: FAIL: " + "; ".join(f"{label} {value}" for label, value in self.violations), file=out)
+        else:
+            print("RESULT: OK", file=out)
+        for kind, cases in self.problems.items():
+            say(f"{kind}: {len(cases)}; first ones: {cases[:5]!r}")
+        for path, text in self.tracebacks[:2]:
+            say(f"traceback in {os.path.basename(path)}:\n{text}")
+
+    def summary(self):
+        return {"violations": self.violations, "rows": {label.strip(): value for label, value, _ in self.rows},
+                "timings": self.timings, "restart_window": self.restart_window,
+                "problems": {k: [repr(x) for x in v[:20]] for k, v in self.problems.items()}}
+
+    def close(self):
+        try:
+            self.supervisor.stop(timeout=5)
+        except Exception:
+            pass
+        try:
+            self.backend.ensure_up()
+        except Exception as exc:
+            say(f"could not make sure the server runs: {exc}")
+        try:
+            queue._close_drivers()
+        except Exception:
+            pass
+        try:
+            self.backend.cleanup()
+        except Exception as exc:
+            say(f"cleanup failed: {exc}")
+        if self.args.keep:
+            say(f"kept {self.project.folder}")
+        else:
+            self.project.remove()
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--driver", choices=("database", "amqp"), default="database")
+    p.add_argument("--connection", choices=("sqlite", "mysql"), default="sqlite",
+                   help="database connection (for amqp: where the failed store lives)")
+    p.add_argument("--jobs", type=int, default=10000, help="numbered jobs to push (default 10000)")
+    p.add_argument("--workers", type=int, default=3, help="worker processes (default 3; one more runs the long jobs)")
+    p.add_argument("--kill-every", type=float, default=1.0, help="seconds between SIGKILLs (0: none; default 1)")
+    p.add_argument("--no-restart", action="store_true", help="no server restart (SQLite: no kill-all)")
+    p.add_argument("--bad", type=int, default=0, help="hostile payloads to inject (the bad-input run; default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    p.add_argument("--retry-after", type=float, default=5.0, help="retry_after (and amqp heartbeat) in seconds")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument("--skip", default="", help="bad-payload categories to leave out, comma separated "
+                   "(forged, wrongkey, truncated, flipped, extended, random, empty, missing, unloadable, "
+                   "initraises, exit, die; sqlite: text, integer; amqp: bare, badheader)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--keep", action="store_true", help="keep the temporary project folder")
+    args = p.parse_args(argv)
+    if args.jobs < 0 or args.bad < 0 or args.workers < 1:
+        p.error("--jobs and --bad must not be negative; --workers must be at least 1")
+    args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    if args.seed is None:
+        args.seed = random.randrange(1_000_000)
+    if args.timeout is None:
+        args.timeout = 90 + 0.05 * (args.jobs + 5 * args.bad)
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    chaos = Chaos(args)
+    try:
+        status = chaos.run()
+    except BaseException:
+        chaos.close()
+        raise
+    chaos.close()
+    chaos.report()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(chaos.summary(), f, indent=1, default=str)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

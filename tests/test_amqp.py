@@ -1,0 +1,300 @@
+"""RabbitMQ with real `python queue.py work` processes: a SIGKILLed worker's job is redelivered
+and runs elsewhere, a job may outlast several heartbeat intervals, delays come due in due order
+and survive a broker restart, a worker rides out a broker restart, `--queue high,low` is a
+priority order, tries/backoff/the failed store/`retry` work across processes, a job that kills
+its worker ends in the failed store, and bad settings are one line.
+
+Tests that stop the broker start it again in a `finally` and wait until it answers.
+"""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+pika = pytest.importorskip("pika")
+
+import queue  # noqa: E402
+import testjobs  # noqa: E402
+from conftest import AMQP  # noqa: E402
+from test_cli import one_line_error, status, spawn  # noqa: E402,F401  (spawn is a fixture)
+from test_mysql import log_lines, no_loss, stop, wait_worker  # noqa: E402
+from testjobs import failures, lines, runs, values, wait_for  # noqa: E402
+
+DIE = '''
+import os
+from testjobs import Job
+
+
+class Die(Job):
+    """Records the attempt, then ends its worker process at once (no cleanup, no ack)."""
+
+    def handle(self):
+        self.record()
+        os._exit(1)
+'''
+
+
+# The broker ###################################################################################
+def broker_answers():
+    try:
+        credentials = pika.PlainCredentials(AMQP["username"], AMQP["password"])
+        connection = pika.BlockingConnection(pika.ConnectionParameters(
+            AMQP["host"], AMQP["port"], credentials=credentials, socket_timeout=2, connection_attempts=1))
+    except Exception:
+        return False
+    connection.close()
+    return True
+
+
+def rabbitmqctl(*args):
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+def stop_broker():
+    rabbitmqctl("stop_app")
+    wait_for(lambda: not broker_answers(), 30, interval=0.1, message="RabbitMQ still answers after stop_app")
+
+
+def start_broker():
+    """Start RabbitMQ's app (if it is stopped) and wait until it accepts connections."""
+    rabbitmqctl("start_app")
+    wait_for(broker_answers, 60, interval=0.1, message="RabbitMQ did not answer within 60 s of start_app")
+
+
+@pytest.fixture
+def amqp(amqp_project, tmp_path):
+    """The amqp project, with jobs/Record.py and jobs/Die.py for `push`; at the end, every queue
+    whose name starts with the project's queue name is deleted (and those in project.extra)."""
+    with open(os.path.join(amqp_project.folder, "jobs", "Record.py"), "w") as f:
+        f.write("from testjobs import Record\n")
+    with open(os.path.join(amqp_project.folder, "jobs", "Die.py"), "w") as f:
+        f.write(DIE)
+    amqp_project.extra = []
+    yield amqp_project
+    # every queue named after the project's (its delay queues too, whoever declared them); the
+    # amqp_project fixture deletes only the delay queues this process still knows of
+    if broker_answers():
+        driver = queue.driver("amqp")
+        listed = driver._management_queues() or []
+        names = {q["name"] for q in listed if q["name"].startswith(amqp_project.queue)}
+        names.update(amqp_project.extra)
+        names.discard(amqp_project.queue)
+        if names:
+            driver.delete_queues(*sorted(names))
+
+
+def configure(project, **options):
+    """Change DRIVERS['amqp'] options in the project's config.py (and in this process)."""
+    project.drivers["amqp"].update(options)
+    project.write_config()
+    project.configure()
+
+
+# Helpers ######################################################################################
+def failed_rows():
+    return queue.driver("database").failed_jobs()
+
+
+# Worker deaths and long jobs ##################################################################
+def test_a_sigkilled_workers_job_is_redelivered_and_nothing_is_lost(amqp, tmp_path, spawn):
+    held, gate, quick = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "quick")
+    queue.push(testjobs.Gate(held, gate, "held"))
+    names = [f"q{i}" for i in range(20)]
+    queue.push(*(testjobs.Record(quick, name) for name in names))
+
+    first = spawn(amqp, "work")
+    wait_worker(first, lambda: values(held), 30, "the first worker did not start the job")
+    first.proc.send_signal(signal.SIGKILL)
+    assert first.wait(10) == -signal.SIGKILL
+    assert values(quick) == [], "the first worker was busy with the held job"
+
+    open(gate, "w").close()
+    second = spawn(amqp, "work")
+    wait_worker(second, lambda: len(values(quick)) == len(names) and "held-done" in values(held), 30,
+                "the second worker did not run everything")
+    stop(second)
+    assert [(r.value, r.pid) for r in runs(held)] == [
+        ("held", first.proc.pid), ("held", second.proc.pid), ("held-done", second.proc.pid)]
+    assert sorted(values(quick)) == sorted(names), "every other job exactly once"
+    assert {r.pid for r in runs(quick)} == {second.proc.pid}
+    assert failed_rows() == []
+
+
+def test_a_job_longer_than_three_heartbeats_keeps_its_connection(amqp, tmp_path, spawn):
+    configure(amqp, heartbeat=2)
+    long, after = str(tmp_path / "long"), str(tmp_path / "after")
+    queue.push(testjobs.Sleep(long, 6.5, "long"))
+    queue.push(testjobs.Record(after, "after"))
+
+    worker = spawn(amqp, "work", "--max-jobs", "2")
+    assert worker.wait(40) == 0, worker.output
+    assert values(long) == ["long", "long-done"], "the long job ran once"
+    assert values(after) == ["after"], "the next job ran"
+    assert not log_lines(worker, "reconnect"), "the connection dropped during the long job:\n" + worker.output
+    assert failed_rows() == []
+
+
+# Delays #######################################################################################
+def test_a_shorter_delay_pushed_later_runs_first_and_none_runs_early(amqp, tmp_path, spawn):
+    path = str(tmp_path / "record")
+    worker = spawn(amqp, "work")
+    pushed = {}
+    for name, delay in (("three", 3), ("one", 1)):
+        pushed[name] = time.time() + delay
+        queue.push(testjobs.Record(path, name), delay=delay)
+    wait_worker(worker, lambda: len(lines(path)) == 2, 20, "the delayed jobs did not run")
+    stop(worker)
+    done = runs(path)
+    assert [r.value for r in done] == ["one", "three"]
+    for r in done:
+        assert r.at >= pushed[r.value], f"{r.value} ran {pushed[r.value] - r.at:.3f} s before it was due"
+
+
+def test_a_delayed_job_survives_a_broker_restart(amqp, tmp_path, spawn):
+    path, delay = str(tmp_path / "record"), 8
+    due = time.time() + delay
+    queue.push(testjobs.Record(path, "later"), delay=delay)
+    queue._close_drivers()  # this process's publisher connection is about to be dropped
+    try:
+        stop_broker()
+        assert time.time() < due, "the broker stopped after the job was due: the test proves nothing"
+    finally:
+        start_broker()
+    worker = spawn(amqp, "work")
+    wait_worker(worker, lambda: lines(path), due - time.time() + 20, "the delayed job did not run")
+    stop(worker)
+    assert values(path) == ["later"]
+    assert runs(path)[0].at >= due
+
+
+def test_a_worker_survives_a_broker_restart(amqp, tmp_path, spawn):
+    path, held, gate = str(tmp_path / "record"), str(tmp_path / "held"), str(tmp_path / "gate")
+    prefetch = amqp.drivers["amqp"]["prefetch"]
+    names = [f"a{i}" for i in range(250)]
+    queue.push(*(testjobs.Record(path, name) for name in names))
+    queue.push(testjobs.Gate(held, gate, "held"))
+    names += [f"b{i}" for i in range(250)]
+    queue.push(*(testjobs.Record(path, name) for name in names[250:]))
+    queue._close_drivers()
+
+    worker = spawn(amqp, "work")
+    wait_worker(worker, lambda: values(held), 30, "the worker did not reach the job in the middle")
+    try:
+        stop_broker()
+        open(gate, "w").close()  # the job in flight ends while the broker is down
+        wait_worker(worker, lambda: "held-done" in values(held), 30, "the held job did not finish")
+        wait_worker(worker, lambda: log_lines(worker, "reconnecting"), 30, "the worker did not notice the outage")
+    finally:
+        start_broker()
+
+    wait_worker(worker, lambda: set(values(path)) == set(names), 60, "not every job ran after the restart")
+    stop(worker)
+    no_loss(path, names, allowed_doubles=prefetch)
+    assert values(held) == ["held", "held-done"], "the job in flight at the restart ran once"
+    assert len(log_lines(worker, "reconnecting")) == 1, "one line for the outage, not one per retry:\n" + worker.output
+    assert len(log_lines(worker, "reconnected")) == 1, worker.output
+    assert "Traceback" not in worker.output, worker.output
+    assert failed_rows() == []
+
+
+# Priority #####################################################################################
+def test_queue_option_is_a_priority_order_with_prefetch_1(amqp, tmp_path, spawn):
+    configure(amqp, prefetch=1)
+    high, low = f"{amqp.queue}_high", f"{amqp.queue}_low"
+    amqp.extra += [high, low]
+    path = str(tmp_path / "record")
+    queue.push(*(testjobs.Record(path, f"low{i}") for i in range(10)), queue=low)
+    queue.push(*(testjobs.Record(path, f"high{i}") for i in range(10)), queue=high)
+
+    worker = spawn(amqp, "work", "--queue", f"{high},{low}", "--max-jobs", "20")
+    assert worker.wait(30) == 0, worker.output
+    order = values(path)
+    assert sorted(order) == sorted([f"low{i}" for i in range(10)] + [f"high{i}" for i in range(10)])
+    last_high = max(i for i, value in enumerate(order) if value.startswith("high"))
+    early_lows = [value for value in order[:last_high] if value.startswith("low")]
+    assert len(early_lows) <= 1, f"low jobs ran before high ones: {order}"
+
+
+# Failures #####################################################################################
+def test_tries_backoff_failed_store_and_retry_across_processes(amqp, tmp_path, spawn):
+    path = str(tmp_path / "record")
+    queue.push(testjobs.FailTimes(path, 2, tries=2, backoff=0.5))
+    worker = spawn(amqp, "work")
+
+    rows = wait_worker(worker, failed_rows, 30, "the job did not reach the failed store")
+    assert len(lines(path)) == 2, "tried `tries` times"
+    assert testjobs.gaps(path)[0] >= 0.5, "the backoff was honoured"
+    assert failures(path) == ["ValueError: attempt 2 of try fails"]
+    [row] = rows
+    assert (row["driver"], row["queue"], row["name"]) == ("amqp", amqp.queue, "FailTimes")
+    assert row["exception"].startswith("ValueError: attempt 2 of try fails\n\nTraceback")
+
+    retried = amqp.cli("retry")
+    assert retried.returncode == 0, retried.stderr
+    wait_worker(worker, lambda: len(lines(path)) == 3, 30, "the retried job did not run again")
+    stop(worker)
+    assert failed_rows() == []
+    assert failures(path) == ["ValueError: attempt 2 of try fails"], "failed() ran once"
+
+
+def test_a_job_that_kills_its_worker_ends_in_the_failed_store(amqp, tmp_path, spawn):
+    path, quick, tries = str(tmp_path / "die"), str(tmp_path / "quick"), 2
+    names = [f"q{i}" for i in range(10)]
+    # tries=5: messages prefetched by a dying worker count an attempt each time (see README)
+    queue.push(*(testjobs.Record(quick, name, tries=5) for name in names[:5]))
+    pushed = amqp.cli("push", "Die", path, f"tries={tries}")
+    assert pushed.returncode == 0, pushed.stderr
+    queue.push(*(testjobs.Record(quick, name, tries=5) for name in names[5:]))
+
+    def settled():
+        return failed_rows() and len(lines(quick)) >= len(names)
+
+    workers = []
+    while not settled():  # a supervisor: start a worker whenever the last one died
+        assert len(workers) <= tries + 1, f"{len(workers)} workers were needed: a loop?\n{workers[-1].output}"
+        worker = spawn(amqp, "work")
+        workers.append(worker)
+        wait_worker(worker, lambda: settled() or worker.proc.poll() is not None, 30, "neither done nor dead")
+    stop(workers[-1])
+
+    assert [w.proc.returncode for w in workers[:-1]] == [1] * tries, "each attempt of the job ended its worker"
+    assert len(lines(path)) == tries, "the job ran `tries` times, then not again"
+    [row] = failed_rows()
+    assert row["name"] == "Die" and row["exception"].startswith("MaxAttemptsExceeded: ")
+    assert failures(path) and failures(path)[0].startswith("MaxAttemptsExceeded: ")
+    assert sorted(values(quick)) == sorted(names), "the other jobs ran, each once"
+
+
+# The command line #############################################################################
+@pytest.mark.parametrize("setting, words", [({"password": "wrong"}, ["password"]), ({"port": 1}, ["127.0.0.1:1"])],
+                         ids=["wrong-password", "port-1"])
+@pytest.mark.parametrize("command", [["push", "Record", "out", "x"], ["status"], ["work"]], ids=lambda c: c[0])
+def test_bad_connection_settings_are_one_line(amqp, setting, words, command):
+    amqp.drivers["amqp"].update(setting)
+    amqp.write_config()
+    started = time.monotonic()
+    one_line_error(amqp.cli(*command, timeout=30), *words)
+    assert time.monotonic() - started < 15
+
+
+def test_status_shows_ready_reserved_and_delayed(amqp, tmp_path, spawn):
+    configure(amqp, prefetch=1)
+    held, gate, path = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "record")
+    queue.push(testjobs.Gate(held, gate, "held"))
+    queue.push(*(testjobs.Record(path, f"r{i}") for i in range(3)))
+    queue.push(*(testjobs.Record(path, f"d{i}") for i in range(2)), delay=120)
+    assert status(amqp)[amqp.queue]["ready"] == 4, "ready counts are exact at once"
+
+    worker = spawn(amqp, "work")
+    wait_worker(worker, lambda: values(held), 30, "the worker did not start the held job")
+    expected = {"ready": 3, "delayed": 2, "reserved": 1, "failed": 0}
+    seen = []  # the management API's figures lag by up to ~5 s
+    try:
+        wait_for(lambda: seen.append(status(amqp)[amqp.queue]) or seen[-1] == expected, 12, interval=0.5)
+    except AssertionError:
+        raise AssertionError(f"status never showed {expected}; last: {seen[-1]}") from None
+    open(gate, "w").close()
+    wait_worker(worker, lambda: len(lines(path)) == 3, 30, "the ready jobs did not run")
+    stop(worker)

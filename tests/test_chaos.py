@@ -1,0 +1,104 @@
+"""Fault injection, short version: benchmarks/chaos.py run as a subprocess on every backend.
+
+Each run pushes a few hundred numbered jobs, SIGKILLs a random worker every second (starting a
+replacement), and once restarts the server (MariaDB, RabbitMQ) or, on SQLite, kills every worker
+at once; the bad-input runs inject ~100 forged and broken payloads straight into the backend.
+chaos.py counts from the jobs' own record (not through queue.py) and exits 1 on any loss,
+unexplained double run, unpickled forgery or worker death without recovery; its table is parsed
+here so that a failure says what went wrong. The full-size run is `python benchmarks/chaos.py`
+(see its docstring).
+"""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import AMQP, MYSQL, ROOT, require
+
+CHAOS = os.path.join(ROOT, "benchmarks", "chaos.py")
+SEED = int(os.environ.get("CHAOS_SEED", "20240601"))
+
+
+def chaos(*args, timeout=150):
+    """Run chaos.py; return (exit status, {row label: count}, header, stdout + stderr)."""
+    argv = [sys.executable, CHAOS, "--retry-after", "2", "--seed", str(SEED), "--timeout", "60", *map(str, args)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    rows = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"^(\S.*?|  \S.*?)\s{2,}(-?\d+)(?:\s|$)", line)
+        if match and not line.startswith(("queue.py chaos", "what")):
+            rows[match.group(1).strip()] = int(match.group(2))
+    header = "\n".join(done.stdout.splitlines()[:2])
+    return done.returncode, rows, header, f"{done.stdout}\n--- stderr (tail) ---\n{done.stderr[-6000:]}"
+
+
+def check(status, rows, output):
+    """The run passed, and the table shows that it did what it claims."""
+    result = [line for line in output.splitlines() if line.startswith("RESULT:")]
+    assert status == 0, f"{result[0] if result else 'no RESULT line'}\n{output}"
+    assert rows["lost (neither done nor in the failed store)"] == 0
+    assert rows["unexplained"] == 0
+    assert rows["ran in two workers at once"] == 0
+    assert rows["worker deaths not followed by recovery"] == 0
+    assert rows["SIGKILLed by the chaos loop"] >= 2, output  # the kills happened
+
+
+def check_bad(rows, output):
+    assert rows["bad payloads injected"] >= 100, output
+    assert rows["unpickled forgeries (marker files)"] == 0
+    assert rows["control marker unpickled (must be 1)"] == 1, "the marker check would prove nothing\n" + output
+    assert rows["missing from the failed store"] == 0
+    assert rows["ended by os._exit() jobs"] >= 2, output  # os._exit() jobs killed workers, which came back
+
+
+# SQLite: no server to restart, so every worker is SIGKILLed at once ###########################
+def test_sqlite_chaos_kills_and_kill_all():
+    status, rows, header, output = chaos("--driver", "database", "--connection", "sqlite", "--jobs", 300)
+    assert "every worker killed at once" in header, output
+    check(status, rows, output)
+
+
+def test_sqlite_bad_input():
+    status, rows, header, output = chaos("--driver", "database", "--connection", "sqlite", "--jobs", 50,
+                                         "--bad", 100, "--no-restart")
+    check(status, rows, output)
+    check_bad(rows, output)
+
+
+# MariaDB: one server restart #################################################################
+def test_mysql_chaos_kills_and_server_restart():
+    require("MariaDB", MYSQL["host"], MYSQL["port"])
+    status, rows, header, output = chaos("--driver", "database", "--connection", "mysql", "--jobs", 300)
+    assert "MariaDB restarted" in header, output
+    check(status, rows, output)
+
+
+def test_mysql_bad_input():
+    require("MariaDB", MYSQL["host"], MYSQL["port"])
+    status, rows, header, output = chaos("--driver", "database", "--connection", "mysql", "--jobs", 50,
+                                         "--bad", 100, "--no-restart")
+    check(status, rows, output)
+    check_bad(rows, output)
+
+
+# RabbitMQ: one broker restart ################################################################
+def test_amqp_chaos_kills_and_broker_restart():
+    require("RabbitMQ", AMQP["host"], AMQP["port"])
+    status, rows, header, output = chaos("--driver", "amqp", "--jobs", 300)
+    assert "RabbitMQ restarted" in header, output
+    check(status, rows, output)
+
+
+def test_amqp_bad_input():
+    require("RabbitMQ", AMQP["host"], AMQP["port"])
+    status, rows, header, output = chaos("--driver", "amqp", "--jobs", 50, "--bad", 100, "--no-restart")
+    check(status, rows, output)
+    check_bad(rows, output)
+
+
+@pytest.mark.parametrize("argv", [["--jobs", "-1"], ["--workers", "0"], ["--driver", "nope"]])
+def test_chaos_rejects_bad_options(argv):
+    done = subprocess.run([sys.executable, CHAOS, *argv], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
