@@ -584,6 +584,15 @@ class Message:
         return f"<Message {self.name} #{self.id} on {self.queue!r}, attempt {self.attempts}>"
 
 
+_id_state = [secrets.token_hex(6), 0]  # this process's id prefix (new after a fork) and counter
+
+
+def _new_id():
+    """A message id unique across processes and hosts, cheaper than a random one per message."""
+    _id_state[1] += 1
+    return f"{_id_state[0]}-{_id_state[1]:x}"
+
+
 class Driver:
     """What every driver does. A driver stores messages (signed payloads) and hands them to workers.
 
@@ -698,6 +707,7 @@ def _close_drivers():
 
 def _forget_drivers_after_fork():
     _drivers.clear()  # a child process must never use its parent's connections
+    _id_state[:] = [secrets.token_hex(6), 0]
 
 
 if hasattr(os, "register_at_fork"):
@@ -1156,7 +1166,7 @@ class AsyncDriver(Driver):
 
     def put(self, messages):
         for message in messages:
-            message.id = message.id or secrets.token_hex(6)
+            message.id = message.id or _new_id()
             if self.blocking:
                 message.attempts += 1
                 self.worker.process(message)
@@ -1496,7 +1506,7 @@ class _Publisher:
             self.connection.call_later(0, lambda: None)  # wake process_data_events at once
 
     def publish(self, messages):
-        pika = _import_optional("pika", "amqp")
+        pika = sys.modules["pika"]  # imported by connect()
         driver, channel = self.driver, self.channel
         for m in messages:
             driver.declare(channel, m.queue, self.declared)
@@ -1504,7 +1514,7 @@ class _Publisher:
                 exchange, key = "", driver._delay_queue(channel, m.queue, m.delay, self.declared)
             else:
                 exchange, key = driver.exchange, m.queue
-            m.token = m.token or secrets.token_hex(8)
+            m.token = m.token or _new_id()
             properties = pika.BasicProperties(delivery_mode=2, message_id=m.token, type=m.name,
                                               headers={"x-attempts": m.attempts})
             channel._impl.basic_publish(exchange, key, m.payload, properties, mandatory=True)
@@ -1547,12 +1557,16 @@ class _Consumer:
         self.generation = 0            # which connection a delivery tag belongs to
         self.lost, self.retry_at, self.backoff = False, 0.0, 0.1
         self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
+        self.unsent = 0                # acks written to the connection's buffer, not yet sent
+        self.send_every = max(1, driver.prefetch // 4)
 
     def take(self, wait):
         """The first buffered message in queue priority order, waiting up to `wait` seconds."""
         deadline = time.monotonic() + wait
         serviced = False
         with self.lock:
+            if self.unsent >= self.send_every:
+                self._service(0, fetch=False)  # send the acks (the broker then delivers more)
             while True:
                 for queue_name in self.queues:
                     if self.buffer[queue_name]:
@@ -1586,7 +1600,8 @@ class _Consumer:
                     if method is not None:
                         return self._on_message(queue_name)(self.channel, method, properties, body)
                 time_limit = min(time_limit, 0.05)
-            self.connection.process_data_events(time_limit=time_limit)
+            self.connection.process_data_events(time_limit=time_limit)  # sends what is buffered, too
+            self.unsent = 0
         except ConnectionFailed as exc:
             if not self.generation:  # never connected: say so at once
                 raise
@@ -1600,7 +1615,7 @@ class _Consumer:
         connection = self.driver.connect()
         try:
             channel = connection.channel()
-            channel.basic_qos(prefetch_count=self.driver.prefetch, global_qos=True)
+            channel.basic_qos(prefetch_count=self.driver.prefetch)
             declared = {}
             for queue_name in self.queues:
                 self.driver.declare(channel, queue_name, declared)
@@ -1617,6 +1632,7 @@ class _Consumer:
 
     def _lost(self, exc):
         self.connection = self.channel = None
+        self.unsent = 0
         for items in self.buffer.values():
             items.clear()  # void: the broker requeues every unacked delivery of that connection
         if not self.lost:
@@ -1641,7 +1657,9 @@ class _Consumer:
 
     def settle(self, message, done=True):
         """Ack a delivery; one of a dropped connection needs none (the broker requeued it).
-        done: the job completed here (remembered, in case the ack is lost with the connection)."""
+        done: the job completed here (remembered, in case the ack is lost with the connection).
+        Acks are buffered and sent every prefetch/4 jobs or when the worker next reads the
+        connection: a worker killed in between runs those few jobs again (at least once)."""
         if done and message.token[3]:
             self.done.append(message.token[3])
         pika = _import_optional("pika", "amqp")
@@ -1649,7 +1667,8 @@ class _Consumer:
             if self.channel is None or message.token[0] != self.generation:
                 return
             try:
-                self.channel.basic_ack(message.token[1])
+                self.channel._impl.basic_ack(message.token[1])
+                self.unsent += 1
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._lost(exc)
 
@@ -1659,6 +1678,7 @@ class _Consumer:
             connection, self.connection, self.channel = self.connection, None, None
             if connection is not None and connection.is_open:
                 try:
+                    connection.process_data_events(0)  # send the buffered acks first
                     connection.close()
                 except Exception:
                     pass
@@ -1697,14 +1717,15 @@ class Worker:
     def run(self):
         """Work until told to stop; return the exit status (0)."""
         started = time.monotonic()
-        restart_mark = _restart_mark(self.driver.config)
+        restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
+        restart_mark = _restart_mark(restart_path)
         self._install_signals()
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
         announced = False
         try:
             while not self.stopping.is_set():
-                if _restart_mark(self.driver.config) != restart_mark:  # one stat() per job
+                if _restart_mark(restart_path) != restart_mark:  # one stat() per job
                     log.info("worker %d: restart requested; exiting", os.getpid())
                     break
                 if self.max_time is not None and time.monotonic() - started >= self.max_time:
@@ -1883,10 +1904,10 @@ def _backoff(job, attempts):
     return float(backoff)
 
 
-def _restart_mark(config):
-    """The time of the last `python queue.py restart`, read from a file beside the config."""
+def _restart_mark(path):
+    """The time of the last `python queue.py restart`: the mtime of .queue.restart beside the config."""
     try:
-        return os.stat(os.path.join(config.folder, ".queue.restart")).st_mtime_ns
+        return os.stat(path).st_mtime_ns
     except OSError:
         return None
 

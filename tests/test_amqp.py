@@ -264,7 +264,12 @@ def test_a_job_that_kills_its_worker_ends_in_the_failed_store(amqp, tmp_path, sp
     [row] = failed_rows()
     assert row["name"] == "Die" and row["exception"].startswith("MaxAttemptsExceeded: ")
     assert failures(path) and failures(path)[0].startswith("MaxAttemptsExceeded: ")
-    assert sorted(values(quick)) == sorted(names), "the other jobs ran, each once"
+    # every other job ran; a worker that dies may run again the few jobs whose acks it had not
+    # sent yet (acks go out every prefetch/4 jobs; README, RabbitMQ)
+    ran = values(quick)
+    assert set(ran) == set(names), "every other job ran"
+    send_every = max(1, queue.driver("amqp").prefetch // 4)
+    assert len(ran) - len(names) <= send_every * tries, f"more doubles than unsent acks explain: {sorted(ran)}"
 
 
 # The command line #############################################################################
