@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -139,3 +140,48 @@ def amqp_project(tmp_path):
     yield project
     queue.driver("amqp").delete_queues(name)  # before closing: the publisher knows its delay queues
     queue._close_drivers()
+
+
+class Spawned:
+    """A running `python queue.py ...`; its output is read by a thread (so the pipe never fills)."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self):
+        return "".join(self.lines)
+
+    def wait(self, timeout=30):
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"the worker did not exit within {timeout} s; its output:\n{self.output}")
+        self.reader.join(5)
+        return code
+
+
+@pytest.fixture
+def spawn():
+    """spawn(project, *args) -> Spawned; every process still running at the end is killed."""
+    started = []
+
+    def start(project, *args, **env):
+        spawned = Spawned(project.spawn(*args, **env))
+        started.append(spawned)
+        return spawned
+
+    yield start
+    for spawned in started:
+        if spawned.proc.poll() is None:
+            spawned.proc.kill()
+            spawned.proc.wait()

@@ -18,7 +18,7 @@ pika = pytest.importorskip("pika")
 import queue  # noqa: E402
 import testjobs  # noqa: E402
 from conftest import AMQP  # noqa: E402
-from test_cli import one_line_error, status, spawn  # noqa: E402,F401  (spawn is a fixture)
+from test_cli import one_line_error, status  # noqa: E402
 from test_mysql import log_lines, no_loss, stop, wait_worker  # noqa: E402
 from testjobs import failures, lines, runs, values, wait_for  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 import queue
 import testjobs
 from conftest import Project
-from testjobs import Fail, FailTimes, Gate, Record, Sleep, failures, runs, values, wait_for
+from testjobs import Fail, FailTimes, Gate, Record, failures, runs, values, wait_for
 
 JOIN = 20  # seconds a test waits for the pushed jobs at most
 

@@ -9,8 +9,6 @@ import os
 import re
 import signal
 import sqlite3
-import subprocess
-import threading
 import time
 
 import pytest
@@ -85,51 +83,6 @@ def add_jobs(folder):
 def project(sqlite_project):
     add_jobs(sqlite_project.folder)
     return sqlite_project
-
-
-class Spawned:
-    """A running `python queue.py ...`; its output is read by a thread (so the pipe never fills)."""
-
-    def __init__(self, proc):
-        self.proc = proc
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self):
-        return "".join(self.lines)
-
-    def wait(self, timeout=30):
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"the worker did not exit within {timeout} s; its output:\n{self.output}")
-        self.reader.join(5)
-        return code
-
-
-@pytest.fixture
-def spawn():
-    """spawn(project, *args) -> Spawned; every process still running at the end is killed."""
-    started = []
-
-    def start(project, *args, **env):
-        spawned = Spawned(project.spawn(*args, **env))
-        started.append(spawned)
-        return spawned
-
-    yield start
-    for spawned in started:
-        if spawned.proc.poll() is None:
-            spawned.proc.kill()
-            spawned.proc.wait()
 
 
 def ok(result):

@@ -323,6 +323,17 @@ class DriverContract:
         assert counts.get(other, {"ready": 0, "delayed": 0, "reserved": 0}) == \
             {"ready": 0, "delayed": 0, "reserved": 0}
 
+    def test_push_to_a_named_queue_changes_nothing_for_later_pushes(self):
+        # Masonite's drivers stored push(queue=...) in their options, so later jobs leaked there.
+        import copy
+        config = queue._get_config()
+        before = copy.deepcopy((config.drivers, config.databases, self.driver.options))
+        other = self.other_queue("named")
+        queue.push(Record(self.path(), "named"), queue=other, delay=30)
+        queue.push(Record(self.path(), "default"))
+        assert copy.deepcopy((config.drivers, config.databases, self.driver.options)) == before
+        assert self.value(self.pop_one([self.driver.default_queue])) == "default"
+
     def test_push_many_in_one_call_all_arrive(self):
         jobs = [Record(self.path(), i) for i in range(25)]
         queue.push(*jobs, queue=self.q)

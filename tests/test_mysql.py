@@ -18,7 +18,7 @@ import pytest
 import queue
 import testjobs
 from conftest import MYSQL
-from test_cli import one_line_error, spawn  # noqa: F401  (spawn is a fixture)
+from test_cli import one_line_error
 from testjobs import lines, runs, values, wait_for
 
 BARRIER = '''

@@ -5,8 +5,6 @@ retry_after to 2 s).
 """
 import os
 import signal
-import subprocess
-import threading
 import time
 
 import pytest
@@ -42,46 +40,6 @@ class Block(Queueable):
             time.sleep(0.01)
         self.record("end")
 '''
-
-
-class Spawned:
-    """A running `python queue.py ...`; its output is read by a thread (so the pipe never fills)."""
-
-    def __init__(self, proc):
-        self.proc = proc
-        self.lines = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
-        self.reader.start()
-
-    @property
-    def output(self):
-        return "".join(self.lines)
-
-    def wait(self, timeout=30):
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"the worker did not exit within {timeout} s; its output:\n{self.output}")
-        self.reader.join(5)
-        return code
-
-
-@pytest.fixture
-def spawn():
-    started = []
-
-    def start(project, *args, **env):
-        spawned = Spawned(project.spawn(*args, **env))
-        started.append(spawned)
-        return spawned
-
-    yield start
-    for spawned in started:
-        if spawned.proc.poll() is None:
-            spawned.proc.kill()
-            spawned.proc.wait()
 
 
 def block_events(path):
