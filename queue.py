@@ -453,13 +453,28 @@ def pack(job, chain=None, until=None):
 
 
 def _refuse_main(job, body):
-    """Refuse a payload that names a class of __main__: a worker could never import it."""
+    """Refuse a payload that refers to a class or function of __main__: no worker can import it.
+    Only global references count (GLOBAL, or STACK_GLOBAL after its module and name strings,
+    which may come from the memo), not data that happens to say "__main__"."""
     import pickletools
-    strings = [arg for op, arg, _ in pickletools.genops(body) if isinstance(arg, str)]
-    for i, value in enumerate(strings):
-        if value == "__main__" and i + 1 < len(strings):
-            raise QueueError(f"cannot push {_job_name(job)}: it refers to {strings[i + 1]!r} defined in __main__, "
-                             "which a worker cannot import; move it into a module of jobs/")
+    memo, pushed = {}, []
+    for op, arg, _ in pickletools.genops(body):
+        if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+            pushed.append(arg)
+        elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+            pushed.append(memo.get(arg))
+        elif op.name == "MEMOIZE" and pushed:
+            memo[len(memo)] = pushed[-1]
+        elif op.name == "STACK_GLOBAL" and len(pushed) >= 2 and pushed[-2] == "__main__":
+            name = pushed[-1]
+            break
+        elif op.name == "GLOBAL" and str(arg).split(" ")[0] == "__main__":
+            name = str(arg).split(" ")[-1]
+            break
+    else:
+        return
+    raise QueueError(f"cannot push {_job_name(job)}: it refers to {name!r} defined in __main__, "
+                     "which a worker cannot import; move it into a module of jobs/")
 
 
 def unpack(payload):

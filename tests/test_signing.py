@@ -292,3 +292,11 @@ def test_a_worker_with_another_key_fails_the_job_with_signature_in_the_reason(sq
     ok(sqlite_project.cli("work", "--stop-when-empty"))
     assert values(out) == ["signed"]
     assert queue.driver().failed_jobs() == []
+
+
+def test_a_job_holding_the_text_main_is_not_refused(sqlite_project):
+    """Only references to classes or functions of __main__ are refused, not data that says so."""
+    job = testjobs.Record(os.path.join(sqlite_project.folder, "out"), "__main__")
+    job.extra = ["__main__", "Foo", {"__main__": "Foo"}]
+    envelope = queue.unpack(queue.pack(job))
+    assert envelope["job"].extra == ["__main__", "Foo", {"__main__": "Foo"}]
