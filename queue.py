@@ -1673,8 +1673,9 @@ class _Consumer:
     def settle(self, message, done=True):
         """Ack a delivery; one of a dropped connection needs none (the broker requeued it).
         done: the job completed here (remembered, in case the ack is lost with the connection).
-        Acks are buffered and sent every prefetch/4 jobs or when the worker next reads the
-        connection: a worker killed in between runs those few jobs again (at least once)."""
+        Acks of completed jobs are buffered and sent every prefetch/4 jobs or when the worker next
+        reads the connection: a worker killed in between runs those few jobs again (at least
+        once). An ack that completes a republish (done=False) is sent at once."""
         if done and message.token[3]:
             self.done.append(message.token[3])
         pika = _import_optional("pika", "amqp")
@@ -1684,6 +1685,8 @@ class _Consumer:
             try:
                 self.channel._impl.basic_ack(message.token[1])
                 self.unsent += 1
+                if not done:  # it completes a republish: were it lost, the job would exist twice
+                    self._service(0, fetch=False)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._lost(exc)
 

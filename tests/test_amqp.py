@@ -272,6 +272,35 @@ def test_a_job_that_kills_its_worker_ends_in_the_failed_store(amqp, tmp_path, sp
     assert len(ran) - len(names) <= send_every * tries, f"more doubles than unsent acks explain: {sorted(ran)}"
 
 
+def test_jobs_that_kill_their_workers_do_not_multiply(amqp, tmp_path, spawn):
+    """A redelivered message is published again with its attempt counted, then acked. If that ack
+    waited in a dying worker's buffer, both copies would survive the death and the jobs would
+    multiply; so it is sent at once (only acks of completed jobs wait to be sent in groups).
+    The first worker holds 3 messages and dies; the next one (prefetch 20) gets those 3 back,
+    republishes them, then meets a fresh killer job while those acks would still be waiting."""
+    path, tries, count = str(tmp_path / "die"), 3, 5
+    for n in range(count):
+        pushed = amqp.cli("push", "Die", path, f"d{n}", f"tries={tries}")
+        assert pushed.returncode == 0, pushed.stderr
+    configure(amqp, prefetch=3)
+    first = spawn(amqp, "work")
+    wait_worker(first, lambda: first.proc.poll() is not None, 30, "the first job did not end its worker")
+    configure(amqp, prefetch=20)
+
+    workers = [first]
+    while len(failed_rows()) < count:  # a supervisor: start a worker whenever the last one died
+        assert len(workers) <= count * tries + 1, f"{len(workers)} workers were needed: the jobs multiplied"
+        worker = spawn(amqp, "work")
+        workers.append(worker)
+        wait_worker(worker, lambda: len(failed_rows()) >= count or worker.proc.poll() is not None, 30,
+                    "neither done nor dead")
+    stop(workers[-1])
+    # (a message prefetched by a dying worker also counts an attempt, so some may fail unrun)
+    assert len(values(path)) <= count * tries, f"the jobs ran more often than they may: {values(path)}"
+    wait_for(lambda: status(amqp)[amqp.queue]["ready"] == 0, 5, message="copies of the jobs are left")
+    assert sorted(r["name"] for r in failed_rows()) == ["Die"] * count, "each job failed once, no copy"
+
+
 # The command line #############################################################################
 @pytest.mark.parametrize("setting, words", [({"password": "wrong"}, ["password"]), ({"port": 1}, ["127.0.0.1:1"])],
                          ids=["wrong-password", "port-1"])
