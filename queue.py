@@ -138,7 +138,7 @@ DEFAULTS = {
                      "queue": "default", "callback": "handle"},
         "amqp": {"username": "guest", "password": "guest", "host": "localhost", "port": 5672,
                  "vhost": "", "channel": "default", "queue": "default", "exchange": "",
-                 "connection_options": {}, "heartbeat": 60, "prefetch": 20, "attempts": 3,
+                 "connection_options": {}, "heartbeat": 60, "prefetch": 20, "queue_type": "quorum", "attempts": 3,
                  "poll": 1, "callback": "handle", "tz": "UTC"},
         "async": {"blocking": False, "callback": "handle", "mode": "threading", "workers": 1,
                   "attempts": 3, "queue": "default", "tz": "UTC"},
@@ -180,7 +180,7 @@ _DRIVER_KEYS = {  # key -> kind; keys of the Masonite seeds keep their meaning
     "username": str, "password": str, "host": str, "port": (int, str), "vhost": str,
     "channel": str, "exchange": str, "connection_options": dict, "heartbeat": _NUMBER,
     "management_port": (int, str),
-    "prefetch": int, "blocking": bool, "mode": {"threading", "multiprocess"}, "workers": int,
+    "prefetch": int, "queue_type": {"quorum", "classic"}, "blocking": bool, "mode": {"threading", "multiprocess"}, "workers": int,
 }
 _DATABASE_KEYS = {
     "driver": {"sqlite", "mysql"}, "database": str, "synchronous": {"off", "normal", "full", "extra"},
@@ -617,6 +617,7 @@ class Driver:
       (a strict priority order), and counts an attempt; no other pop() returns it while reserved.
       Returns None if nothing is ready (it may wait up to `wait` seconds first).
     - ack(): the message is done and is removed; may be completed by the next pop() or close().
+      failed=True: it was failed for good (its ack must not wait in a buffer).
     - release(): the message becomes ready again after `delay` seconds, with message.attempts
       as its count of attempts so far.
     - keep(): the reservation of a running message is renewed (no-op where it cannot lapse).
@@ -656,7 +657,7 @@ class Driver:
     def pop(self, queues, wait=0.0):
         raise NotImplementedError
 
-    def ack(self, message):
+    def ack(self, message, failed=False):
         raise NotImplementedError
 
     def release(self, message, delay=0.0):
@@ -1078,7 +1079,7 @@ class DatabaseDriver(Driver):
             done = self._local.done = []
         return done
 
-    def ack(self, message):
+    def ack(self, message, failed=False):
         self._acked().append(message.id)  # deleted by the next pop() or close() of this thread
 
     def release(self, message, delay=0.0):
@@ -1234,7 +1235,7 @@ class AsyncDriver(Driver):
         raise QueueError("the async driver runs jobs inside the program that pushes them: there is "
                          "nothing for `python queue.py work` to do (use the database or amqp driver)")
 
-    def ack(self, message):
+    def ack(self, message, failed=False):
         pass
 
     def release(self, message, delay=0.0):
@@ -1282,14 +1283,17 @@ def _attempt_in_child(payload, callback):
 
 
 # The amqp driver (RabbitMQ) ###################################################################
-# Durable queues, persistent messages, publisher confirms. A worker's thread consumes into a local
-# buffer and acks on its own connection between jobs; while a job runs, the worker's keeper
-# thread services that connection through keep() (heartbeats, deliveries). A lock makes the two
-# take turns: a pika connection is not thread-safe, but it may serve one thread at a time. Delays need no plugin: a message waits in a durable queue
-# "<queue>.delay.<ms>" whose per-queue TTL dead-letters it into <queue> when due (a queue per
-# delay, so messages of different delays come due in due order). The attempt count travels in
-# the header x-attempts; a message redelivered after its worker died is published again with the
-# dead attempt counted, so a job that kills its worker cannot loop forever.
+# Durable quorum queues, persistent messages, publisher confirms. A worker's thread consumes into
+# a local buffer and acks on its own connection between jobs; while a job runs, the worker's
+# keeper thread services that connection through keep() (heartbeats, deliveries). A lock makes
+# the two take turns: a pika connection is not thread-safe, but it may serve one thread at a time.
+# Delays need no plugin: a message waits in a durable queue "<queue>.delay.<ms>" whose per-queue
+# TTL dead-letters it into <queue> when due (a queue per delay, so messages of different delays
+# come due in due order). Attempts = our header x-attempts (raised by each release) + the
+# broker's x-delivery-count (raised by each redelivery after a worker died), so a job that kills
+# its worker ends in the failed store. Classic queues have no delivery count and a best-effort
+# `redelivered` flag only: there a redelivered message is published again with the dead attempt
+# counted, which holds as long as the broker sets the flag (it may not after a broker restart).
 class AMQPDriver(Driver):
     """RabbitMQ through pika: queues are durable, messages persistent, push() confirmed."""
 
@@ -1299,6 +1303,7 @@ class AMQPDriver(Driver):
         super().__init__(options, config)
         self.exchange = options.get("exchange", "")
         self.prefetch = int(options.get("prefetch", 20))
+        self.queue_type = options.get("queue_type", "quorum")
         self.where = f"{options.get('host', 'localhost')}:{options.get('port', 5672)}"
         self.keep_every = min(5.0, max(0.1, float(options.get("heartbeat", 60)) / 4))
         self._local = threading.local()
@@ -1342,7 +1347,7 @@ class AMQPDriver(Driver):
         """Declare a durable queue (once per connection); bind it when an exchange is configured."""
         if queue_name in declared:
             return
-        channel.queue_declare(queue_name, durable=True)
+        channel.queue_declare(queue_name, durable=True, arguments={"x-queue-type": self.queue_type})
         if self.exchange:
             channel.exchange_declare(self.exchange, "direct", durable=True)
             channel.queue_bind(queue_name, self.exchange, routing_key=queue_name)
@@ -1356,9 +1361,11 @@ class AMQPDriver(Driver):
         name = f"{queue_name}.delay.{ms}"
         now = time.monotonic()
         if declared.get(name, 0) < now:
-            channel.queue_declare(name, durable=True, arguments={
-                "x-message-ttl": ms, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue_name,
-                "x-expires": ms + 3_600_000})
+            arguments = {"x-queue-type": self.queue_type, "x-message-ttl": ms, "x-dead-letter-exchange": "",
+                         "x-dead-letter-routing-key": queue_name, "x-expires": ms + 3_600_000}
+            if self.queue_type == "quorum":  # at-least-once: a due message is never dropped on the way
+                arguments.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+            channel.queue_declare(name, durable=True, arguments=arguments)
             declared[name] = now + 1800
         return name
 
@@ -1408,14 +1415,14 @@ class AMQPDriver(Driver):
             message = consumer.take(wait)
             if message is None or not message.token[2]:
                 return message
-            # redelivered: its worker died (or its connection dropped) before the ack. Count that
-            # attempt for good by publishing it again, then ack this delivery.
+            # redelivered from a classic queue: its worker died (or its connection dropped) before
+            # the ack. Count that attempt for good by publishing it again, then ack this delivery.
             again = Message(None, message.queue, message.name, message.payload, message.attempts, 0.0, message.token[3])
             self.put([again], forever=True)
-            consumer.settle(message, done=False)
+            consumer.settle(message, remember=False, now=True)
 
-    def ack(self, message):
-        self._consumer.settle(message)
+    def ack(self, message, failed=False):
+        self._consumer.settle(message, now=failed)
 
     def keep(self, message):
         """Service the consuming connection while a job runs (heartbeats, deliveries)."""
@@ -1426,7 +1433,7 @@ class AMQPDriver(Driver):
     def release(self, message, delay=0.0):
         again = Message(None, message.queue, message.name, message.payload, message.attempts, delay, message.token[3])
         self.put([again], forever=True)
-        self._consumer.settle(message, done=False)
+        self._consumer.settle(message, remember=False, now=True)
 
     def stats(self, queues=None):
         """Ready counts come from the broker over AMQP (exact). AMQP cannot tell unacked or delayed
@@ -1658,11 +1665,15 @@ class _Consumer:
 
     def _on_message(self, queue_name):
         def deliver(channel, method, properties, body):
-            try:  # the header is not signed: anything unreadable counts as no earlier attempt
-                attempts = int((properties.headers or {}).get("x-attempts", 0)) + 1
+            headers = properties.headers or {}
+            try:  # headers are not signed: anything unreadable counts as no earlier attempt
+                attempts = int(headers.get("x-attempts", 0)) + int(headers.get("x-delivery-count", 0)) + 1
             except (TypeError, ValueError, AttributeError):
                 attempts = 1
-            token = (self.generation, method.delivery_tag, method.redelivered, properties.message_id)
+            # a quorum queue counts deliveries itself; on a classic queue a redelivered message is
+            # published again to count the attempt that died (pop), as far as the flag tells
+            uncounted = method.redelivered and "x-delivery-count" not in headers
+            token = (self.generation, method.delivery_tag, uncounted, properties.message_id)
             if method.redelivered and properties.message_id and properties.message_id in self.done:
                 channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
                 return
@@ -1670,13 +1681,14 @@ class _Consumer:
                 Message(properties.message_id, queue_name, properties.type or "", body, attempts, token=token))
         return deliver
 
-    def settle(self, message, done=True):
+    def settle(self, message, remember=True, now=False):
         """Ack a delivery; one of a dropped connection needs none (the broker requeued it).
-        done: the job completed here (remembered, in case the ack is lost with the connection).
+        remember: the job ended here (kept in mind, in case the ack is lost with the connection).
         Acks of completed jobs are buffered and sent every prefetch/4 jobs or when the worker next
         reads the connection: a worker killed in between runs those few jobs again (at least
-        once). An ack that completes a republish (done=False) is sent at once."""
-        if done and message.token[3]:
+        once). now: send it at once (after a failure, or to complete a republish: were that ack
+        lost, the job would be failed twice, or exist twice)."""
+        if remember and message.token[3]:
             self.done.append(message.token[3])
         pika = _import_optional("pika", "amqp")
         with self.lock:
@@ -1685,7 +1697,7 @@ class _Consumer:
             try:
                 self.channel._impl.basic_ack(message.token[1])
                 self.unsent += 1
-                if not done:  # it completes a republish: were it lost, the job would exist twice
+                if now:
                     self._service(0, fetch=False)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._lost(exc)
@@ -1821,7 +1833,7 @@ class Worker:
         try:
             envelope = unpack(message.payload)
         except BadPayload as exc:
-            return self._finish(message, None, started, self._fail(message, None, exc, f"{type(exc).__name__}: {exc}\n"))
+            return self._give_up(message, None, exc, started)
         job = envelope["job"]
         until = envelope.get("until")
         tries = getattr(job, "tries", None) or self.attempts
@@ -1834,7 +1846,7 @@ class Worker:
         else:
             exc = None
         if exc is not None:
-            return self._finish(message, job, started, self._fail(message, job, exc, f"{type(exc).__name__}: {exc}\n"))
+            return self._give_up(message, job, exc, started)
         if outcome is None:
             outcome = self._attempt(message, job)
         exc, text = outcome
@@ -1885,11 +1897,16 @@ class Worker:
         finally:
             self.current = None
 
+    def _give_up(self, message, job, exc, started):
+        """Fail a message that is not run at all (bad payload, attempts spent)."""
+        return self._finish(message, job, started, self._fail(message, job, exc, f"{type(exc).__name__}: {exc}\n"), exc)
+
     def _fail(self, message, job, exc, text):
         """Fail a message for good: failed(exc), the failing hooks, the failed store, then ack."""
         if job is not None:
             try:
-                job.failed(exc) if hasattr(job, "failed") else None
+                if hasattr(job, "failed"):
+                    job.failed(exc)
             except Exception:
                 log.exception("%s.failed() raised", message.name)
             _call_hooks("failing", job, exc)
@@ -1900,7 +1917,7 @@ class Worker:
             store.add_failed(self.driver.name, self.driver.connection_name, message, f"{summary}\n\n{text}")
         else:
             log.error("%s #%s failed and is dropped (failed_table is None): %s", message.name, message.id, summary)
-        self.driver.ack(message)
+        self.driver.ack(message, failed=True)
         return "failed"
 
     def _finish(self, message, job, started, status, exc=None):

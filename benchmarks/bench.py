@@ -636,7 +636,8 @@ class RawPika:
         self.payload = queue.pack(Noop())
         self.conn = pika.BlockingConnection(params)
         self.ch = self.conn.channel()
-        self.ch.queue_declare(name, durable=True)
+        # the same queue type as the driver's (quorum by default), so the floor is comparable
+        self.ch.queue_declare(name, durable=True, arguments={"x-queue-type": queue.DEFAULTS["DRIVERS"]["amqp"]["queue_type"]})
         self.ch.confirm_delivery()  # BlockingChannel: basic_publish waits for each confirm
         # batch: publish on the underlying channel and wait once for the confirms of the batch
         # (pika's BlockingChannel has no such call; queue.py's _Publisher does the same)

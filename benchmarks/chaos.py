@@ -365,7 +365,8 @@ class AMQPBackend(Backend):
         try:
             channel = conn.channel()
             channel.confirm_delivery()
-            channel.queue_declare(self.project.queue, durable=True)
+            channel.queue_declare(self.project.queue, durable=True,  # as the driver declares it
+                                  arguments={"x-queue-type": queue.DEFAULTS["DRIVERS"]["amqp"]["queue_type"]})
             for b in bads:
                 if b.properties == "none":
                     properties = None
