@@ -22,6 +22,7 @@ DRIVERS = {
         "connection_options": {},     # pika URL options, e.g. {"socket_timeout": 10}
         "heartbeat": 60,              # seconds
         "prefetch": 20,               # unacked messages a worker may hold
+        "queue_type": "quorum",       # the broker counts redeliveries; "classic" for existing queues
     },
     "async": {
         "blocking": False,            # True: run each job inside push() (debugging)
