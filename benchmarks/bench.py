@@ -108,7 +108,7 @@ class Bench:
         drivers = {"default": "database",
                    "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
                                 "retry_after": 90, "queue": QUEUE},
-                   "amqp": dict(AMQP, queue=self.amqp_queue),
+                   "amqp": dict(AMQP, queue=self.amqp_queue, queue_type=self.args.amqp_queue_type),
                    "async": {}}
         with open(os.path.join(self.folder, "config.py"), "w") as f:
             f.write(f"DRIVERS = {drivers!r}\nDATABASES = {databases!r}\nKEY = {KEY!r}\n")
@@ -637,7 +637,7 @@ class RawPika:
         self.conn = pika.BlockingConnection(params)
         self.ch = self.conn.channel()
         # the same queue type as the driver's (quorum by default), so the floor is comparable
-        self.ch.queue_declare(name, durable=True, arguments={"x-queue-type": queue.DEFAULTS["DRIVERS"]["amqp"]["queue_type"]})
+        self.ch.queue_declare(name, durable=True, arguments={"x-queue-type": bench.args.amqp_queue_type})
         self.ch.confirm_delivery()  # BlockingChannel: basic_publish waits for each confirm
         # batch: publish on the underlying channel and wait once for the confirms of the batch
         # (pika's BlockingChannel has no such call; queue.py's _Publisher does the same)
@@ -776,8 +776,57 @@ def bench_amqp(bench):
               note=f"{drain_note}; ours at prefetch {d.prefetch}")
     raw.purge()
     p50, p90 = push_to_start_latency(bench, "amqp", name)
-    bench.add("amqp", "idle push-to-start p50", round(p50, 2), "", unit="ms",
-              note=f"p90 {p90:.2f} ms; push() call to handle() start in an idle `work` process, 200 pushes 20 ms apart")
+    floor50, floor90 = raw_pika_latency(bench, params, names[0])
+    bench.add("amqp", "idle push-to-start p50", round(p50, 2), round(floor50, 2), unit="ms",
+              note=f"p90 {p90:.2f} ms (floor {floor90:.2f}); push() call to handle() start in an idle `work` process, "
+                   f"200 pushes 20 ms apart; floor: confirmed basic_publish to a bare pika consumer process")
+
+
+RAW_CONSUMER = """
+import sys, time, pika
+queue_name, path = sys.argv[1], sys.argv[2]
+connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1"))
+channel = connection.channel()
+channel.basic_qos(prefetch_count=20)
+out = open(path, "a")
+def on_message(ch, method, properties, body):
+    out.write(f"{(time.time() - float(body)) * 1000:.4f}\\n"); out.flush()
+    ch.basic_ack(method.delivery_tag)
+channel.basic_consume(queue_name, on_message)
+open(path + ".ready", "w").close()
+channel.start_consuming()
+"""
+
+
+def raw_pika_latency(bench, params, queue_name, count=200):
+    """(p50, p90) ms from a confirmed basic_publish to the callback of a bare pika consumer process."""
+    import pika
+    path = os.path.join(bench.folder, "raw-stamps")
+    proc = subprocess.Popen([sys.executable, "-c", RAW_CONSUMER, queue_name, path], env=bench.env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    connection = pika.BlockingConnection(params)
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path + ".ready"):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the raw consumer did not start")
+            time.sleep(0.05)
+        for _ in range(count):
+            time.sleep(0.02)
+            channel.basic_publish("", queue_name, repr(time.time()).encode(), pika.BasicProperties(delivery_mode=2))
+        deadline = time.monotonic() + 30
+        while sum(1 for _ in open(path)) < count if os.path.exists(path) else True:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the raw consumer did not get every message")
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        connection.close()
+    latencies = sorted(float(line) for line in open(path))
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.9)]
 
 
 def push_to_start_latency(bench, driver, queue_name, count=200):
@@ -889,6 +938,9 @@ def parse_args(argv=None):
                         help="cProfile our in-process measurements; print the top entries to stderr")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project folder")
+    parser.add_argument("--amqp-queue-type", choices=["quorum", "classic"],
+                        default=queue.DEFAULTS["DRIVERS"]["amqp"]["queue_type"],
+                        help="RabbitMQ queue type of our driver and of its floor (default: the driver's)")
     args = parser.parse_args(argv)
     args.synchronous = [s.strip() for s in args.synchronous.split(",") if s.strip()]
     for s in args.synchronous:
