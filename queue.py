@@ -620,8 +620,12 @@ class Driver:
       failed=True: it was failed for good (its ack must not wait in a buffer).
     - release(): the message becomes ready again after `delay` seconds, with message.attempts
       as its count of attempts so far.
-    - keep(): the reservation of a running message is renewed (no-op where it cannot lapse).
-    - stats(): {queue: {"ready": n, "delayed": n, "reserved": n}}.
+    - keep(): called every `keep_every` seconds while a job runs, from the worker's keeper
+      thread: renews the reservation (database) or keeps the connection alive (amqp).
+    - stats(): {queue: {"ready": n, "delayed": n, "reserved": n}} (None where a count is unknown).
+    - close(): finishes pending acks and closes this thread's connections.
+    One driver instance serves a process: push() from any thread (connections are per thread);
+    pop(), ack() and release() from one worker thread.
     """
 
     name = None
