@@ -11,35 +11,11 @@ import pytest
 
 import queue
 import testjobs
+from test_cli import JOB_FILES
 from testjobs import lines, runs, values, wait_for
 
 BACKENDS = ["sqlite_project", "mysql_project"]
 
-BLOCK = '''
-import os
-import time
-from queue import Queueable
-
-
-class Block(Queueable):
-    """Records "start VALUE PID TIME", waits until the file `gate` exists, records "end ..."."""
-
-    def __init__(self, path, value, gate):
-        self.path, self.value, self.gate = path, value, gate
-
-    def record(self, what):
-        with open(self.path, "a") as f:
-            f.write(f"{what} {self.value} {os.getpid()} {time.time():.6f}\\n")
-
-    def handle(self):
-        self.record("start")
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.gate):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the gate {self.gate} never opened")
-            time.sleep(0.01)
-        self.record("end")
-'''
 
 
 def block_events(path):
@@ -60,7 +36,7 @@ def test_a_worker_killed_mid_job_loses_nothing(request, backend, tmp_path, spawn
     project = request.getfixturevalue(backend)
     retry_after = project.drivers["database"]["retry_after"]
     with open(os.path.join(project.folder, "jobs", "Block.py"), "w") as f:
-        f.write(BLOCK)
+        f.write(JOB_FILES["Block.py"])
     long, gate, quick = str(tmp_path / "long"), str(tmp_path / "gate"), str(tmp_path / "quick")
 
     queue.push(*(testjobs.Record(quick, f"q{i}") for i in range(10)))
