@@ -274,6 +274,17 @@ class Backend:
     def ensure_up(self):
         """Make sure the server runs (called at the end, whatever happened)."""
 
+    def wait_until_it_answers(self, name, seconds=120):
+        """Poll self.connect() until the server answers, or raise after `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                self.connect().close()
+                return
+            except Exception:
+                time.sleep(0.2)
+        raise RuntimeError(f"{name} did not come back within {seconds} s")
+
     def cleanup(self):
         pass
 
@@ -333,14 +344,7 @@ class MySQLBackend(SQLiteBackend):
         if not port_open(MYSQL["port"]):
             subprocess.run(["start-stop-daemon", "--start", "--oknodo", "--background", "--exec",
                             "/usr/sbin/mariadbd"], capture_output=True, timeout=60)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                self.connect().close()
-                return
-            except Exception:
-                time.sleep(0.2)
-        raise RuntimeError("MariaDB did not come back within 120 s")
+        self.wait_until_it_answers("MariaDB")
 
     def cleanup(self):
         conn = self.connect()
@@ -404,14 +408,7 @@ class AMQPBackend(Backend):
         status = subprocess.run(["rabbitmqctl", "start_app"], capture_output=True, timeout=120)
         if status.returncode != 0 and not port_open(AMQP["port"]):
             subprocess.run(["rabbitmq-server", "-detached"], capture_output=True, timeout=60)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                self.connect().close()
-                return
-            except Exception:
-                time.sleep(0.2)
-        raise RuntimeError("RabbitMQ did not come back within 120 s")
+        self.wait_until_it_answers("RabbitMQ")
 
     def cleanup(self):
         delays = {f"{q}.delay.{queue._round_up(int(chaosjobs.Flaky.backoff * 1000))}"
