@@ -19,30 +19,42 @@ time, payloads, jobs, drivers (interface, database, async, amqp), worker, comman
 """
 
 # The standard library's queue #################################################################
-# ``python queue.py``: this file runs as ``__main__``; make it the one ``queue`` module of the
-# process (``from queue import Queueable`` in a job must find this module, not a second copy),
-# and give everything defined below the module name ``queue`` so that it pickles by that name.
+# This file is loaded in one of three ways, and each ends with one `queue` module per process
+# that has both APIs, the standard library's names being its very objects:
+# - `python queue.py`: this file runs as __main__ and registers itself as `queue` (so that
+#   `from queue import Queueable` in a job finds this module, not a second copy) and names
+#   everything below `queue`, so that it pickles by that name;
+# - `import queue` with the app's folder first on sys.path: the import system registers it;
+# - adopted: a launcher (gunicorn, uvicorn, pytest, ...) imported the standard library's queue
+#   first, so `import queue` gave the app that module; the app's jobs/__init__.py then executes
+#   this file (see JOBS_INIT). This file keeps the standard library's module registered, the
+#   object every holder already has, and gives it this file's names through a module
+#   __getattr__ (PEP 562): `queue.push` and `from queue import Queueable` work on it.
+import os
 import sys
+import threading
 
+_held = sys.modules.get("queue")
 if __name__ == "__main__":
     sys.modules["queue"] = sys.modules["__main__"]
     __name__ = "queue"
-    _SCRIPT = True
-else:
-    _SCRIPT = False
+_SCRIPT = sys.modules.get("queue") is sys.modules.get("__main__") and __name__ == "queue"
+_ADOPTED = not _SCRIPT and getattr(sys.modules.get("queue"), "__dict__", None) is not globals()
 
 
 def _load_stdlib_queue():
-    """Load the standard library's queue.py from the standard library's own folder."""
+    """The standard library's queue module: the one already loaded, else a fresh load from the
+    standard library's own folder (not registered: this file is `queue`)."""
+    if _held is not None and vars(_held) is not globals() and hasattr(_held, "Queue"):
+        return _held
     import importlib.machinery
     import importlib.util
-    import os
 
     spec = importlib.machinery.PathFinder.find_spec("queue", [os.path.dirname(os.__file__)])
     if spec is None:  # pragma: no cover - an unusual layout: search sys.path without our folder
         here = os.path.dirname(os.path.abspath(__file__))
-        path = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
-        spec = importlib.machinery.PathFinder.find_spec("queue", path)
+        spec = importlib.machinery.PathFinder.find_spec(
+            "queue", [p for p in sys.path if os.path.abspath(p or os.curdir) != here])
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -53,23 +65,59 @@ for _name in _stdlib_queue.__all__:  # Empty, Full, Queue, SimpleQueue, LifoQueu
     globals()[_name] = getattr(_stdlib_queue, _name)
 del _name
 
+
+def _from_queue_py(name):
+    """Module __getattr__ of an adopted standard-library `queue`: this file's names."""
+    try:
+        return globals()[name]
+    except KeyError:
+        raise AttributeError(f"module 'queue' has no attribute {name!r}") from None
+
+
+if _ADOPTED:
+    sys.modules["queue"] = _stdlib_queue
+    _stdlib_queue.__getattr__ = _from_queue_py
+    _stdlib_queue.__queue_py__ = __file__
+
+
+class _Lazy:
+    """A module imported on first use, so that `import queue` stays as cheap as the standard
+    library's; on first use it puts the module (or make(module)) in its global's place."""
+
+    def __init__(self, alias, module, make=None):
+        self._alias, self._module, self._make = alias, module, make
+
+    def __getattr__(self, attr):
+        __import__(self._module)
+        value = sys.modules[self._module]
+        value = self._make(value) if self._make else value
+        globals()[self._alias] = value
+        return getattr(value, attr)
+
+
+def _logger(logging):
+    logger = logging.getLogger("queue")
+    logger.addHandler(logging.NullHandler())
+    return logger
+
+
 # Basics and errors ############################################################################
-import ast
-import atexit
-import collections
-import datetime as _dt
-import hmac
-import importlib.util
-import logging
-import math
-import os
-import pickle
-import re
-import secrets
-import signal
-import threading
 import time
-import traceback
+
+ast = _Lazy("ast", "ast")
+atexit = _Lazy("atexit", "atexit")
+collections = _Lazy("collections", "collections")
+_dt = _Lazy("_dt", "datetime")
+hmac = _Lazy("hmac", "hmac")
+importlib = _Lazy("importlib", "importlib.util", lambda m: sys.modules["importlib"])
+logging = _Lazy("logging", "logging")
+math = _Lazy("math", "math")
+pickle = _Lazy("pickle", "pickle")
+re = _Lazy("re", "re")
+secrets = _Lazy("secrets", "secrets")
+signal = _Lazy("signal", "signal")
+traceback = _Lazy("traceback", "traceback")
+log = _Lazy("log", "logging", _logger)
 
 __version__ = "1.0.0"
 __all__ = list(_stdlib_queue.__all__) + [
@@ -78,9 +126,6 @@ __all__ = list(_stdlib_queue.__all__) + [
     "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload", "JobTimeout",
     "main",
 ]
-
-log = logging.getLogger("queue")
-log.addHandler(logging.NullHandler())
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -144,14 +189,28 @@ DEFAULTS = {
                   "attempts": 3, "queue": "default", "tz": "UTC"},
     },
     "DATABASES": {
-        "sqlite": {"driver": "sqlite", "database": "queue.sqlite3", "synchronous": "full"},
+        "sqlite": {"driver": "sqlite", "database": "queue.sqlite3", "synchronous": "full", "timeout": 60},
         "mysql": {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root",
                   "password": "", "database": "test"},
     },
 }
 
 _NUMBER = (int, float)
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_MAX_TABLE = 40      # MySQL names are at most 64 characters, and an index name adds 19
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,%d}$" % (_MAX_TABLE - 1)
+_MAX_QUEUE = 200     # bytes of UTF-8: room for the suffixes a driver adds (255 in AMQP)
+
+
+def _check_queue_name(name, where="queue", error=None):
+    """Refuse a queue name that a backend could not keep exactly as written."""
+    error = error or QueueError
+    if not isinstance(name, str) or not name:
+        raise error(f"{where}: a queue name is a non-empty string, not {name!r}")
+    if len(name.encode("utf-8", "surrogatepass")) > _MAX_QUEUE:
+        raise error(f"{where}: queue name {name[:40]!r}... is longer than {_MAX_QUEUE} bytes")
+    if name != name.strip() or not name.isprintable():
+        raise error(f"{where}: queue name {name!r} has surrounding spaces or control characters")
+    return name
 
 
 def _check(where, key, value, kind):
@@ -185,7 +244,7 @@ _DRIVER_KEYS = {  # key -> kind; keys of the Masonite seeds keep their meaning
 _DATABASE_KEYS = {
     "driver": {"sqlite", "mysql"}, "database": str, "synchronous": {"off", "normal", "full", "extra"},
     "host": str, "port": (int, str), "user": str, "password": str, "charset": str,
-    "unix_socket": str, "ssl": dict, "connect_timeout": _NUMBER,
+    "unix_socket": str, "ssl": dict, "connect_timeout": _NUMBER, "timeout": _NUMBER,
 }
 
 
@@ -196,17 +255,22 @@ def _check_port(where, opts):
 
 
 class Config:
-    """Validated configuration: the Masonite 4 shape (DRIVERS, DATABASES) over built-in defaults."""
+    """Validated configuration: the Masonite 4 shape (DRIVERS, DATABASES) over built-in defaults.
+    Only what queue.py reads is validated: the DRIVERS sections, and a DATABASES entry when a
+    driver uses it; the app's own settings in the same file are left alone."""
 
-    def __init__(self, drivers=None, databases=None, key=None, path=None):
+    def __init__(self, drivers=None, databases=None, key=None, path=None, jobs="jobs"):
         for name, value in (("DRIVERS", drivers), ("DATABASES", databases)):
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{name} must be a dict, not {value!r}")
         if key is not None and not (isinstance(key, (str, bytes)) and len(key) >= 16):
             raise ConfigError("KEY must be a string of at least 16 characters (or None for the key file)")
+        if not isinstance(jobs, str) or not re.match(r"^[A-Za-z_]\w*$", jobs):
+            raise ConfigError(f"JOBS must be the name of a package beside the config file, not {jobs!r}")
         self.path = path
         self.folder = os.path.dirname(path) if path else HERE
         self.key = key
+        self.jobs = jobs
         self.signing_key = None  # resolved on first use (see _signing_key)
         self.drivers = {name: dict(opts) for name, opts in DEFAULTS["DRIVERS"].items() if name != "default"}
         self.default = DEFAULTS["DRIVERS"]["default"]
@@ -217,11 +281,9 @@ class Config:
             if not isinstance(opts, dict):
                 raise ConfigError(f"DRIVERS[{name!r}] must be a dict, not {opts!r}")
             self.drivers.setdefault(name, {}).update(opts)
-        self.databases = {name: dict(opts) for name, opts in DEFAULTS["DATABASES"].items()}
-        for name, opts in (databases or {}).items():
-            if not isinstance(opts, dict):
-                raise ConfigError(f"DATABASES[{name!r}] must be a dict, not {opts!r}")
-            self.databases[name] = dict(self.databases.get(name, {}), **opts)
+            _unknown_keys(f"DRIVERS[{name!r}]", opts, DEFAULTS["DRIVERS"].get(name, {}), _DRIVER_EXTRA_KEYS)
+        self.given_databases = dict(databases or {})
+        self.databases = {}
         self._validate()
 
     def _validate(self):
@@ -230,30 +292,26 @@ class Config:
         for name, opts in self.drivers.items():
             if name not in DRIVER_CLASSES:
                 raise ConfigError(f"DRIVERS[{name!r}]: unknown driver (known: {', '.join(sorted(DRIVER_CLASSES))})")
+            where = f"DRIVERS[{name!r}]"
             for key, value in opts.items():
                 if key in _DRIVER_KEYS:
-                    _check(f"DRIVERS[{name!r}]", key, value, _DRIVER_KEYS[key])
-            where = f"DRIVERS[{name!r}]"
+                    _check(where, key, value, _DRIVER_KEYS[key])
             for key in ("table", "failed_table"):
-                if opts.get(key) is not None and not _IDENT.match(opts[key]):
-                    raise ConfigError(f"{where}[{key!r}] must be a plain table name, not {opts[key]!r}")
+                if opts.get(key) is not None and not re.match(_IDENT, opts[key]):
+                    raise ConfigError(f"{where}[{key!r}] must be a plain table name of at most "
+                                      f"{_MAX_TABLE} characters (letters, digits, _), not {opts[key]!r}")
             for key in ("attempts", "workers", "prefetch"):
                 if key in opts and opts[key] < 1:
                     raise ConfigError(f"{where}[{key!r}] must be at least 1, not {opts[key]!r}")
             for key in ("poll", "retry_after", "heartbeat"):
                 if key in opts and not 0 <= opts[key] <= _MAX_DELAY:
                     raise ConfigError(f"{where}[{key!r}] must be between 0 and 100 years of seconds, not {opts[key]!r}")
+            if "queue" in opts:
+                _check_queue_name(opts["queue"], f"{where}['queue']", ConfigError)
             if "tz" in opts:
                 _timezone(opts["tz"], f"{where}['tz']")
             _check_port(where, opts)
         self.database(self.drivers["database"]["connection"], "DRIVERS['database']['connection']")
-        for name, opts in self.databases.items():
-            for key, value in opts.items():
-                if key in _DATABASE_KEYS:
-                    _check(f"DATABASES[{name!r}]", key, value, _DATABASE_KEYS[key])
-            if "driver" not in opts:
-                raise ConfigError(f"DATABASES[{name!r}]['driver'] is missing (sqlite or mysql)")
-            _check_port(f"DATABASES[{name!r}]", opts)
 
     def driver(self, name=None):
         """Return (name, options) of a driver; name None means DRIVERS['default']."""
@@ -263,11 +321,62 @@ class Config:
         return name, self.drivers[name]
 
     def database(self, name, where="--connection"):
-        """Return the options of DATABASES[name]."""
+        """Return the validated options of DATABASES[name] (a Django-style entry is translated)."""
         if name not in self.databases:
-            raise ConfigError(f"{where}: no connection {name!r} in DATABASES "
-                              f"(known: {', '.join(sorted(self.databases))})")
+            if name in self.given_databases:
+                opts = self.given_databases[name]
+            elif name in DEFAULTS["DATABASES"]:
+                opts = {}
+            else:
+                known = sorted(set(self.given_databases) | set(DEFAULTS["DATABASES"]))
+                raise ConfigError(f"{where}: no connection {name!r} in DATABASES (known: {', '.join(known)})")
+            self.databases[name] = _database_options(name, opts)
         return self.databases[name]
+
+
+_DRIVER_EXTRA_KEYS = {"management_port", "table", "failed_table", "retry_after", "connection"}
+_DJANGO_ENGINES = {"sqlite3": "sqlite", "mysql": "mysql", "postgresql": "postgres"}
+_DJANGO_KEYS = {"NAME": "database", "USER": "user", "PASSWORD": "password", "HOST": "host", "PORT": "port"}
+
+
+def _database_options(name, opts):
+    """DATABASES[name] over the defaults of its driver, checked; Django's ENGINE/NAME/... too."""
+    where = f"DATABASES[{name!r}]"
+    if not isinstance(opts, dict):
+        raise ConfigError(f"{where} must be a dict, not {opts!r}")
+    if "ENGINE" in opts:  # a Django DATABASES entry, used as it is
+        engine = str(opts["ENGINE"]).rsplit(".", 1)[-1]
+        if engine not in _DJANGO_ENGINES:
+            raise ConfigError(f"{where}['ENGINE'] {opts['ENGINE']!r}: queue.py speaks sqlite3 and mysql")
+        translated = {"driver": _DJANGO_ENGINES[engine]}
+        translated.update((ours, opts[theirs]) for theirs, ours in _DJANGO_KEYS.items() if opts.get(theirs) not in (None, ""))
+        translated.update((k, v) for k, v in (opts.get("OPTIONS") or {}).items() if k in _DATABASE_KEYS)
+        if "port" in translated and str(translated["port"]).isdigit():
+            translated["port"] = int(translated["port"])
+        opts = translated
+    driver = opts.get("driver", DEFAULTS["DATABASES"].get(name, {}).get("driver"))
+    if driver is None:
+        raise ConfigError(f"{where}['driver'] is missing (sqlite or mysql)")
+    _check(where, "driver", driver, _DATABASE_KEYS["driver"])
+    defaults = next(d for d in DEFAULTS["DATABASES"].values() if d["driver"] == driver)
+    _unknown_keys(where, opts, defaults, _DATABASE_KEYS)
+    merged = dict(defaults, **opts)
+    for key, value in merged.items():
+        if key in _DATABASE_KEYS:
+            _check(where, key, value, _DATABASE_KEYS[key])
+    _check_port(where, merged)
+    return merged
+
+
+def _unknown_keys(where, opts, *known):
+    """Refuse a key that queue.py does not know, naming the nearest known one."""
+    names = set().union(*known)
+    for key in opts:
+        if key not in names:
+            import difflib
+            near = difflib.get_close_matches(str(key), sorted(names), 1, 0.6)
+            hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(sorted(names))})"
+            raise ConfigError(f"{where}[{key!r}]: unknown key{hint}")
 
 
 _config = None
@@ -292,11 +401,13 @@ def configure(path=None, **settings):
     global _config
     with _config_lock:
         if settings:
-            config = Config(settings.get("DRIVERS"), settings.get("DATABASES"), settings.get("KEY"), path)
+            config = Config(settings.get("DRIVERS"), settings.get("DATABASES"), settings.get("KEY"), path,
+                            settings.get("JOBS", "jobs"))
         else:
             path = _find_config_file(path)
             values = _read_config_file(path) if path else {}
-            config = Config(values.get("DRIVERS"), values.get("DATABASES"), values.get("KEY"), path)
+            config = Config(values.get("DRIVERS"), values.get("DATABASES"), values.get("KEY"), path,
+                            values.get("JOBS", "jobs"))
         _close_drivers()
         _config = config
         if config.folder not in sys.path:
@@ -315,9 +426,10 @@ def _read_config_file(path):
         spec.loader.exec_module(module)
     except QueueError:
         raise
-    except Exception as exc:
-        raise ConfigError(f"{path}: {type(exc).__name__}: {exc}") from exc
-    return {k: v for k, v in vars(module).items() if k.isupper()}
+    except BaseException as exc:
+        raise ConfigError(f"{path} cannot be executed: {type(exc).__name__}: {exc} (if it is your app's "
+                          "own config.py, give queue.py a file of its own: QUEUE_CONFIG=path or --config)") from None
+    return {k: getattr(module, k) for k in ("DRIVERS", "DATABASES", "KEY", "JOBS") if hasattr(module, k)}
 
 
 def _get_config():
@@ -330,7 +442,7 @@ def _get_config():
 # Time #########################################################################################
 _MAX_DELAY = 100 * 365 * 86400
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
-_HUMAN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(second|minute|hour|day|week)s?\s*$", re.I)
+_HUMAN = r"(?i)^\s*(\d+(?:\.\d+)?)\s*(second|minute|hour|day|week)s?\s*$"
 
 
 def _timezone(name, where="tz"):
@@ -344,7 +456,7 @@ def _timezone(name, where="tz"):
         raise ConfigError(f"{where}: unknown time zone {name!r}") from None
 
 
-def seconds(delay, tz=_dt.timezone.utc):
+def seconds(delay, tz=None):
     """Turn a delay (seconds, timedelta, datetime, or a string like "10 minutes") into seconds >= 0."""
     if delay is None:
         return 0.0
@@ -355,10 +467,10 @@ def seconds(delay, tz=_dt.timezone.utc):
     elif isinstance(delay, _dt.timedelta):
         value = delay.total_seconds()
     elif isinstance(delay, _dt.datetime):
-        when = delay if delay.tzinfo else delay.replace(tzinfo=tz)
+        when = delay if delay.tzinfo else delay.replace(tzinfo=tz or _dt.timezone.utc)
         value = (when - _dt.datetime.now(_dt.timezone.utc)).total_seconds()
     elif isinstance(delay, str):
-        match = _HUMAN.match(delay)
+        match = re.match(_HUMAN, delay)
         if not match:
             if delay.strip().lower() == "now":
                 return 0.0
@@ -599,7 +711,7 @@ class Message:
         return f"<Message {self.name} #{self.id} on {self.queue!r}, attempt {self.attempts}>"
 
 
-_id_state = [secrets.token_hex(6), 0]  # this process's id prefix (new after a fork) and counter
+_id_state = [os.urandom(6).hex(), 0]  # this process's id prefix (new after a fork) and counter
 
 
 def _new_id():
@@ -727,7 +839,7 @@ def _close_drivers():
 
 def _forget_drivers_after_fork():
     _drivers.clear()  # a child process must never use its parent's connections
-    _id_state[:] = [secrets.token_hex(6), 0]
+    _id_state[:] = [os.urandom(6).hex(), 0]
 
 
 if hasattr(os, "register_at_fork"):
@@ -1952,6 +2064,21 @@ def _restart_mark(path):
 
 
 # Command line #################################################################################
+JOBS_INIT = '''"""Job classes, one per module. Importing this package makes `queue` mean queue.py even when a
+launcher (gunicorn, uvicorn, celery, ipython, ...) imported the standard library's queue first.
+Keep these lines first in this file (`python queue.py job Name` writes them)."""
+import sys as _sys
+
+if not hasattr(_sys.modules.get("queue"), "Queueable"):
+    import importlib.util as _util
+    import os as _os
+    _path = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "queue.py")
+    if not _os.path.isfile(_path):
+        raise ImportError(f"queue.py is not beside {_os.path.dirname(__file__)}: copy it to {_path}")
+    _spec = _util.spec_from_file_location("queue", _path)
+    _spec.loader.exec_module(_util.module_from_spec(_spec))
+'''
+
 JOB_TEMPLATE = '''"""{name}: a job. Push it with queue.push({name}(...)) or `python queue.py push {name}`."""
 from queue import Queueable
 
@@ -1974,7 +2101,7 @@ class {name}(Queueable):
 
 
 def _jobs_folder(config):
-    return os.path.join(config.folder, "jobs")
+    return os.path.join(config.folder, config.jobs)
 
 
 def _find_job_class(name, config):
@@ -1986,9 +2113,9 @@ def _find_job_class(name, config):
     modules += sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f[:-3] not in (name, "__init__"))
     for module_name in modules:
         try:
-            module = importlib.import_module(f"jobs.{module_name}")
+            module = importlib.import_module(f"{config.jobs}.{module_name}")
         except Exception as exc:
-            raise QueueError(f"jobs/{module_name}.py cannot be imported: {type(exc).__name__}: {exc}") from None
+            raise QueueError(f"{config.jobs}/{module_name}.py cannot be imported: {type(exc).__name__}: {exc}") from None
         cls = getattr(module, name, None)
         if isinstance(cls, type):
             return cls
@@ -2020,9 +2147,9 @@ def _import_jobs(config):
     """Import jobs/__init__.py (where hooks may be registered), if there is one."""
     if os.path.isfile(os.path.join(_jobs_folder(config), "__init__.py")):
         try:
-            importlib.import_module("jobs")
+            importlib.import_module(config.jobs)
         except Exception as exc:
-            raise QueueError(f"jobs/__init__.py cannot be imported: {type(exc).__name__}: {exc}") from None
+            raise QueueError(f"{config.jobs}/__init__.py cannot be imported: {type(exc).__name__}: {exc}") from None
 
 
 def _cmd_job(args, config):
@@ -2032,8 +2159,9 @@ def _cmd_job(args, config):
     try:
         os.makedirs(folder, exist_ok=True)
         init = os.path.join(folder, "__init__.py")
-        if not os.path.exists(init):
-            open(init, "w").close()
+        if not os.path.exists(init) or not os.path.getsize(init):
+            with open(init, "w") as f:
+                f.write(JOBS_INIT)
     except OSError as exc:
         raise QueueError(f"cannot write in {folder}: {exc.strerror}") from None
     path = os.path.join(folder, f"{args.name}.py")
