@@ -483,25 +483,55 @@ def seconds(delay, tz=None):
     return max(0.0, value)
 
 
-class _Clock:
-    """Timestamps of one time zone, as 'YYYY-MM-DD HH:MM:SS.ffffff' strings (they sort like times)."""
+class Clock:
+    """The one clock of a driver and its workers (injectable, like sched's timefunc/delayfunc).
 
-    def __init__(self, tz="UTC"):
+    Timestamps are UTC whatever `tz` says (`tz` only reads naive datetimes), as strings
+    'YYYY-MM-DD HH:MM:SS.ffffff' that sort like times, so daylight-saving changes never move a
+    job. A server database sets the clock to the server's time (sync), which then advances on
+    this host's monotonic clock: hosts whose clocks disagree, or one whose clock is stepped,
+    still agree on every reservation."""
+
+    def __init__(self, tz="UTC", timefunc=None, monotonic=None, sleep=None):
         self.tz = _timezone(tz)
+        self.timefunc = timefunc or time.time
+        self.monotonic = monotonic or time.monotonic
+        self.sleep = sleep or time.sleep
+        self._anchor = None     # (server time, monotonic time) of the last sync
+        self.synced = None      # monotonic time of the last sync
+
+    def time(self):
+        """Seconds since the epoch: the server's once synced, else this host's."""
+        anchor = self._anchor
+        return self.timefunc() if anchor is None else anchor[0] + self.monotonic() - anchor[1]
+
+    def sync(self, server_time, sent, received):
+        """Take a server's time, read between monotonic times sent and received."""
+        self._anchor = (server_time + (received - sent) / 2, received)
+        self.synced = received
 
     def now(self, plus=0.0, *more):
-        """Now (+ plus seconds) as a timestamp; with more offsets, a tuple of timestamps."""
-        base = _dt.datetime.now(self.tz).replace(tzinfo=None)
-        stamps = tuple((base + _dt.timedelta(seconds=s) if s else base).isoformat(" ", "microseconds")
-                       for s in (plus,) + more)
+        """Now (+ plus seconds) as a UTC timestamp; with more offsets, a tuple of timestamps."""
+        base = self.time()
+        stamps = tuple(_stamp(base + s) for s in (plus,) + more)
         return stamps if more else stamps[0]
 
 
+def _stamp(epoch):
+    """A UTC timestamp string of epoch seconds."""
+    whole = math.floor(epoch)
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + ".%06d" % min(999999, round((epoch - whole) * 1e6))
+
+
 # Payloads #####################################################################################
-# A payload is b"Q1" + HMAC-SHA256(key, body) + body, where body is the pickle of a small
-# versioned envelope: {"v": 1, "job": <job>, "chain": [<job>, ...], "until": <epoch or None>}.
-# A payload whose signature fails is never unpickled.
-_MAGIC = b"Q1"
+# A payload is b"Q2" + HMAC-SHA256(key, signed) + signed, where signed is a 4-byte length, a
+# JSON header that the worker trusts without unpickling anything (the job's class name and
+# queue, its tries, timeout, backoff and retry_until deadline, read at push) and the pickle of
+# {"v": 2, "job": <job>, "chain": [<job>, ...]}. A payload whose signature fails is never
+# unpickled; one whose header names another queue or class than the row or message that
+# carries it (a replayed or moved payload) is failed unpickled. b"Q1" payloads of queue.py 1.0
+# (no header: MAC + pickle of {"v": 1, "job", "chain", "until"}) are still read.
+_MAGIC = b"Q2"
 _MAC_SIZE = 32
 _PICKLE_PROTOCOL = 4  # readable by every supported Python
 
@@ -547,21 +577,33 @@ def _read_signing_key(config):
     return key
 
 
-def _sign(body):
-    return _MAGIC + hmac.digest(_signing_key(), body, "sha256") + body
+def _sign(signed, magic=_MAGIC):
+    return magic + hmac.digest(_signing_key(), signed, "sha256") + signed
 
 
-def pack(job, chain=None, until=None):
-    """Sign and serialize a job (and the rest of its chain) into a payload."""
-    envelope = {"v": 1, "job": job, "chain": list(chain or ()), "until": until}
+def pack(job, chain=None, until=None, queue=None):
+    """Sign and serialize a job (and the rest of its chain) into a payload for `queue`."""
+    header = dict(_settings(job), name=_job_name(job), queue=queue, until=until)
     try:
-        body = pickle.dumps(envelope, _PICKLE_PROTOCOL)
+        body = pickle.dumps({"v": 2, "job": job, "chain": list(chain or ())}, _PICKLE_PROTOCOL)
     except Exception as exc:
-        raise QueueError(f"cannot push {_job_name(job)}: it cannot be pickled ({type(exc).__name__}: {exc}); "
-                         "keep only plain data on the job") from None
+        raise QueueError(f"cannot push {_job_name(job)}: it cannot be pickled ({type(exc).__name__}: "
+                         f"{_text(exc)}); keep only plain data on the job") from None
     if b"__main__" in body:
         _refuse_main(job, body)
-    return _sign(body)
+    return _seal(header, body)
+
+
+def _seal(header, body):
+    import json
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return _sign(len(head).to_bytes(4, "big") + head + body)
+
+
+def readdress(payload, queue):
+    """The payload signed again for another queue (`retry --queue`), unpickling nothing."""
+    header, body = open_payload(payload)
+    return _seal(dict(header, queue=queue), body) if header is not None else payload
 
 
 def _refuse_main(job, body):
@@ -589,23 +631,49 @@ def _refuse_main(job, body):
                      "which a worker cannot import; move it into a module of jobs/")
 
 
-def unpack(payload):
-    """Verify and load a payload; raise BadPayload, saying why, for anything else."""
+def open_payload(payload):
+    """Verify a payload's signature; return (header, pickled body), header None for a Q1 payload.
+    Raises BadPayload, saying why, for anything else. Nothing is unpickled."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise BadPayload(f"malformed payload: {type(payload).__name__}, not bytes")
     payload = bytes(payload)
-    if len(payload) < len(_MAGIC) + _MAC_SIZE or not payload.startswith(_MAGIC):
-        raise BadPayload("malformed payload: not a queue.py payload (no Q1 header)")
-    mac, body = payload[2:2 + _MAC_SIZE], payload[2 + _MAC_SIZE:]
-    if not hmac.compare_digest(mac, hmac.digest(_signing_key(), body, "sha256")):
+    magic = payload[:2]
+    if len(payload) < len(_MAGIC) + _MAC_SIZE or magic not in (b"Q1", b"Q2"):
+        raise BadPayload("malformed payload: not a queue.py payload (no Q2 or Q1 header)")
+    mac, signed = payload[2:2 + _MAC_SIZE], payload[2 + _MAC_SIZE:]
+    if not hmac.compare_digest(mac, hmac.digest(_signing_key(), signed, "sha256")):
         raise BadPayload("signature mismatch: the payload was tampered with or signed with another key "
                          "(hosts sharing jobs must share QUEUE_KEY); it was not unpickled")
+    if magic == b"Q1":
+        return None, signed
+    import json
+    size = int.from_bytes(signed[:4], "big")
+    try:
+        header = json.loads(signed[4:4 + size])
+        assert isinstance(header, dict) and "name" in header
+    except Exception:
+        raise BadPayload("malformed payload: its signed header is not readable") from None
+    return header, signed[4 + size:]
+
+
+def load(body):
+    """Unpickle a verified body into its envelope {"job", "chain", ...}; BadPayload if it cannot."""
     try:
         envelope = pickle.loads(body)
-    except Exception as exc:
-        raise BadPayload(f"cannot load the job: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(envelope, dict) or envelope.get("v") != 1 or "job" not in envelope:
+    except BaseException as exc:  # __setstate__ and friends are user code: even SystemExit
+        raise BadPayload(f"cannot load the job: {type(exc).__name__}: {_text(exc)}") from None
+    if not isinstance(envelope, dict) or envelope.get("v") not in (1, 2) or "job" not in envelope:
         raise BadPayload("malformed payload: unknown envelope version")
+    return envelope
+
+
+def unpack(payload):
+    """Verify and load a payload: {"job", "chain", "until", "header"}; BadPayload, saying why."""
+    header, body = open_payload(payload)
+    envelope = load(body)
+    envelope["header"] = header
+    if header is not None:
+        envelope["until"] = header.get("until")
     return envelope
 
 
@@ -675,11 +743,81 @@ def _call_hooks(kind, *args):
     """Run the hooks of one kind; a failing hook is logged, never fatal. Returns their results."""
     results = []
     for fn in _hooks[kind]:
-        try:
-            results.append(fn(*args))
-        except Exception:
-            log.exception("%s hook %r failed", kind, fn)
+        result, exc, text = _guard(fn, *args)
+        if exc is not None:
+            log.error("%s hook %s failed: %s", kind, getattr(fn, "__qualname__", "?"), text)
+        results.append(result)
     return results
+
+
+def _guard(fn, *args):
+    """The one guard around user code (handle, failed, hooks, unpickling): returns (result, None,
+    None) or (None, exception, traceback text). Whatever the code raises, SystemExit and
+    KeyboardInterrupt included, is its failure, never the caller's; only a worker's own cold
+    shutdown goes through. A process that the code forked never returns from here: it exits,
+    so that it cannot go on as a second worker on its parent's connections."""
+    pid = os.getpid()
+    exc = None
+    try:
+        return fn(*args), None, None
+    except _ColdShutdown:
+        raise
+    except BaseException as error:
+        exc = error
+        return None, error, _format(error)
+    finally:
+        if os.getpid() != pid:
+            code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else int(exc is not None)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+            os._exit(code)
+
+
+def _text(value):
+    """str(value) that never raises and always encodes as UTF-8 (lone surrogates are escaped)."""
+    try:
+        text = str(value)
+    except BaseException:
+        text = f"<{type(value).__name__} whose str() failed>"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _format(exc):
+    """An exception with its full traceback, as UTF-8-safe text."""
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        text = f"{type(exc).__name__}: {_text(exc)}\n(its traceback could not be formatted)\n"
+    return _text(text)
+
+
+def _summary(exc):
+    """The first line of an exception, with its type: what `failed` and the logs show."""
+    lines = _text(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _settings(job):
+    """A job's tries, timeout and backoff, checked at push (where a wrong one is written), and
+    signed into its payload: the worker decides with them before it unpickles anything."""
+    name = _job_name(job)
+    tries, timeout = getattr(job, "tries", None), getattr(job, "timeout", None)
+    backoff = getattr(job, "backoff", 0) or 0
+    if tries is not None and (type(tries) is not int or tries < 1):
+        raise QueueError(f"{name}.tries must be a whole number of at least 1 (or None), not {tries!r}")
+    if timeout is not None and not (_is_number(timeout) and 0 < timeout <= _MAX_DELAY):
+        raise QueueError(f"{name}.timeout must be a number of seconds above 0 (or None), not {timeout!r}")
+    steps = list(backoff) if isinstance(backoff, (list, tuple)) else [backoff]
+    if not all(_is_number(b) and 0 <= b <= _MAX_DELAY for b in steps):
+        raise QueueError(f"{name}.backoff must be seconds (a number or a list of numbers), not {backoff!r}")
+    return {"tries": tries, "timeout": timeout, "backoff": steps if isinstance(backoff, (list, tuple)) else backoff}
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def push(*jobs, driver=None, queue=None, delay=None, connection=None):
@@ -742,29 +880,53 @@ class Driver:
 
     name = None
     keep_every = 30.0  # seconds between keep() calls while a job runs
+    interrupt = None   # a worker's stop Event: reconnect loops give up soon after it is set
 
     def __init__(self, options, config):
         self.options = options
         self.config = config
-        self.clock = _Clock(options.get("tz", "UTC"))
+        self.clock = Clock(options.get("tz", "UTC"))
         self.default_queue = options.get("queue", "default")
 
     # pushing, shared by every driver
     def push(self, jobs, queue=None, delay=None, chain=()):
-        """Pack jobs into messages and put() them."""
-        messages = []
+        """Pack jobs into messages and put() them: all of them, or (raising) none. Every job and
+        every link of a chain is checked here, where a mistake is written, not in a worker."""
         base_delay = seconds(delay, self.clock.tz)
         callback = self.options.get("callback", "handle")
+        for job in list(jobs) + list(chain):
+            if isinstance(job, type) or not callable(getattr(job, callback, None)):
+                raise QueueError(f"cannot push {_text(job)[:80]!r}: it has no {callback}() method "
+                                 "(subclass queue.Queueable)")
+        messages = []
         for job in jobs:
-            if not callable(getattr(job, callback, None)):
-                raise QueueError(f"cannot push {job!r}: it has no {callback}() method (subclass queue.Queueable)")
             until = getattr(job, "retry_until", None)
             until = until() if callable(until) else None
             if until is not None:
-                until = time.time() + seconds(until, self.clock.tz)
-            name = queue or getattr(job, "queue", None) or self.default_queue
-            messages.append(Message(None, name, _job_name(job), pack(job, chain, until), 0, base_delay))
+                until = self.clock.time() + seconds(until, self.clock.tz)
+            name = _check_queue_name(queue or getattr(job, "queue", None) or self.default_queue)
+            payload = pack(job, chain, until, name)
+            messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, base_delay))
         self.put(messages)
+
+    def check_size(self, payload):
+        """The payload, if this driver can store it; else one line that names the limit."""
+        limit = self.max_payload()
+        if limit is not None and self.payload_size(payload) > limit:
+            raise QueueError(f"the job's payload is {len(payload):,} bytes, over the {limit:,} bytes that the "
+                             f"{self.name} driver can store ({self.limit_name}): keep large data elsewhere "
+                             "and put a reference to it on the job")
+        return payload
+
+    limit_name = "its largest message"
+
+    def max_payload(self):
+        """The largest payload this driver can store, in bytes (None: no limit of its own)."""
+        return None
+
+    def payload_size(self, payload):
+        """The bytes a payload takes in this driver's backend."""
+        return len(payload)
 
     # the interface
     def put(self, messages):
@@ -793,6 +955,17 @@ class Driver:
         """The database driver whose failed_table keeps this driver's failed jobs (or None)."""
         store = _driver("database")
         return store if store.failed_table else None
+
+    def fail(self, message, record):
+        """Fail a message for good: keep it in the failed store with its record (the exception and
+        its traceback), then ack it at once."""
+        store = self.failed_store()
+        if store is not None:
+            store.add_failed(self.name, self.connection_name, message, record)
+        else:
+            log.error("%s #%s failed and is dropped (failed_table is None): %s", message.name, message.id,
+                      record.splitlines()[0])
+        self.ack(message, failed=True)
 
     @property
     def connection_name(self):
@@ -847,49 +1020,88 @@ if hasattr(os, "register_at_fork"):
 
 
 # The database driver: SQLite and MySQL/MariaDB dialects ######################################
-class _SQLite:
-    """SQLite: the embedded default, in WAL mode. `synchronous` (default full) applies to the
-    commits that create jobs, so a pushed job survives a power loss; a worker's own commits
-    (claims, acks, releases) run at normal, since losing one of those can only make a job run
-    again: a WAL recovers a prefix of its commits, never a later one without an earlier one."""
+class _Retry:
+    """The reconnect policy of every driver: waits of 0.1 s doubling to 5 s, for `patience`
+    seconds (None: for ever, as a worker does). Once `interrupt` (a worker's stop Event) is
+    set, it gives up within 3 s, so that a worker whose server is gone still stops at once."""
 
-    name = "sqlite"
+    def __init__(self, patience=30.0, interrupt=None):
+        self.delay = 0.1
+        self.deadline = None if patience is None else time.monotonic() + patience
+        self.interrupt = interrupt
+        self.grace = None
+
+    def again(self):
+        """Wait before the next try and return True; or return False: time to give up."""
+        now = time.monotonic()
+        if self.interrupt is not None and self.interrupt.is_set():
+            self.grace = self.grace or now + 3.0
+            if now >= self.grace:
+                return False
+        elif self.deadline is not None and now >= self.deadline:
+            return False
+        time.sleep(self.delay if self.grace is None else min(self.delay, 0.2))
+        self.delay = min(self.delay * 2, 5.0)
+        return True
+
+
+class _Dialect:
+    """What differs between SQL databases, in one place each (peewee's way): connecting, column
+    types, the claim's lock clause, how statements travel, and the translation of the driver's
+    errors into kinds. `networked`: the database is a server whose connection can drop in the
+    middle of a statement, so a write that must happen once carries a marker, and the driver's
+    clock is the server's."""
+
+    name = None
     param = "?"
-    lock = ""                        # appended to the claim's SELECT
-    begin = "BEGIN IMMEDIATE"        # takes the write lock, so two workers never claim one job
-    blob, text, stamp, key = "BLOB", "TEXT", "TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT"
-    auto_create = True               # an embedded database: tables are created on first use
+    begin = "BEGIN"
+    skip_locked = ""                  # appended to the claim's SELECT
+    blob = text = stamp = key = ""    # column types
+    name_type = "VARCHAR(255)"        # queue and class names, compared byte for byte
+    table_options = ""                # after CREATE TABLE (...)
+    networked = False
+    auto_create = False               # tables are created on first use (else: `python queue.py table`)
+    max_payload = None                # the largest payload it stores (known after check_server)
+    limit_name = "the database's largest value"
 
     def __init__(self, options, folder):
         self.options = options
-        path = options.get("database") or "queue.sqlite3"
-        self.path = path if path == ":memory:" or os.path.isabs(path) else os.path.join(folder, path)
-        self.where = self.path
+        self.where = ""
 
     def connect(self):
-        import sqlite3
-        try:
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.options.get('synchronous', 'full')}")
-        except sqlite3.Error as exc:
-            raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
-        return conn
+        """A new connection in autocommit mode (ConnectionFailed, one line, if it cannot)."""
+        raise NotImplementedError
 
     def error_kind(self, exc):
-        """'missing' (no such table), 'lost' (the connection dropped) or None."""
-        import sqlite3
-        if isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc):
-            return "missing"
-        if isinstance(exc, sqlite3.OperationalError) and "no such column" in str(exc):
-            return "column"
-        return None
-
-    def index_ddl(self, table):
-        return f"CREATE INDEX IF NOT EXISTS {table}_queue_available_at ON {table} (queue, available_at)"
+        """What a driver exception means: 'missing' (a table), 'column', 'busy' (run the
+        transaction again), 'locked' (waited in vain for a lock), 'lost' (the connection
+        dropped), 'refused' (the database said no: one line for the user), or None (a bug)."""
+        raise NotImplementedError
 
     def check_server(self, conn):
-        """Refuse a server that cannot claim safely (SQLite always can)."""
+        """Refuse a server that cannot claim safely; learn its limits."""
+
+    def server_time(self, cur):
+        """The server's time in seconds since the epoch (None: the clock is this host's)."""
+        return None
+
+    def worker_session(self, cur):
+        """Tune the connection of a worker thread (once, before its first claim)."""
+
+    def quote(self, name):
+        return f'"{name}"'
+
+    def marks(self, count):
+        """The placeholders of an IN list of `count` values."""
+        return ", ".join([self.param] * count)
+
+    def index_ddl(self, table):
+        """The claim's index, if it is created apart from its table."""
+        return f"CREATE INDEX IF NOT EXISTS {self.quote(table + '_queue_available_at')} ON {self.quote(table)} (queue, available_at)"
+
+    def inline_index(self, table):
+        """The claim's index inside CREATE TABLE, if it is created there."""
+        return ""
 
     def script(self, cur, statements):
         """Run [(sql, params), ...] in order; return the rows of the last statement."""
@@ -897,26 +1109,84 @@ class _SQLite:
             cur.execute(sql, params)
         return cur.fetchall()
 
+    def payload_size(self, payload):
+        """The bytes a payload takes on its way to the server."""
+        return len(payload)
+
+    def upgrade(self, driver, cur):
+        """Bring tables of an earlier version up to date (the `table` command)."""
+
+
+class _SQLite(_Dialect):
+    """SQLite: the embedded default, in WAL mode. `synchronous` (default full) applies to the
+    commits that create jobs, so a pushed job survives a power loss; a worker's own commits
+    (claims, acks, releases) run at normal, since losing one of those can only make a job run
+    again: a WAL recovers a prefix of its commits, never a later one without an earlier one."""
+
+    name = "sqlite"
+    begin = "BEGIN IMMEDIATE"         # takes the write lock, so two workers never claim one job
+    blob, text, stamp, key = "BLOB", "TEXT", "TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT"
+    auto_create = True
+    max_payload = 1_000_000_000 - 1024  # SQLITE_MAX_LENGTH
+    limit_name = "SQLite's largest value, SQLITE_MAX_LENGTH"
+
+    def __init__(self, options, folder):
+        super().__init__(options, folder)
+        path = options.get("database") or "queue.sqlite3"
+        self.path = path if path == ":memory:" or os.path.isabs(path) else os.path.join(folder, path)
+        self.where = self.path
+
+    def connect(self):
+        import sqlite3
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.options.get("timeout", 60), isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self.options.get('synchronous', 'full')}")
+        except sqlite3.Error as exc:
+            raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
+        return conn
+
+    def error_kind(self, exc):
+        import sqlite3
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and "no such table" in text:
+            return "missing"
+        if isinstance(exc, sqlite3.OperationalError) and "no such column" in text:
+            return "column"
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
+            return "locked"
+        if isinstance(exc, (sqlite3.OperationalError, sqlite3.DatabaseError)) and not isinstance(exc, sqlite3.ProgrammingError):
+            return "refused"  # read-only file, disk full, not a database, ...
+        return None
+
     def worker_session(self, cur):
-        """Tune the connection of a worker thread (once, before its first claim)."""
         if self.options.get("synchronous", "full") in ("full", "extra"):
             cur.execute("PRAGMA synchronous=normal")
 
 
-class _MySQL(_SQLite):
-    """MySQL 8.0+ / MariaDB 10.6+ through pymysql: claims with SELECT ... FOR UPDATE SKIP LOCKED."""
+class _MySQL(_Dialect):
+    """MySQL 8.0+ / MariaDB 10.6+ through pymysql: claims with SELECT ... FOR UPDATE SKIP LOCKED.
+    Statements travel together as multi-statement queries (one round trip for several), each
+    query at most max_allowed_packet long."""
 
     name = "mysql"
     param = "%s"
-    lock = " FOR UPDATE SKIP LOCKED"
-    begin = "BEGIN"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
     blob, text, stamp, key = "LONGBLOB", "LONGTEXT", "DATETIME(6)", "BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"
-    auto_create = False
+    name_type = "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+    table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
+    networked = True
+    limit_name = "the server's max_allowed_packet"
     _pass = ("host", "port", "user", "password", "database", "charset", "unix_socket", "ssl", "connect_timeout")
+    _codes = {1146: "missing", 1054: "column", 1213: "busy", 1205: "locked", 2003: "lost", 2006: "lost",
+              2013: "lost", 2014: "lost", 2055: "lost", 1053: "lost", 1927: "lost", 4031: "lost",
+              1153: "refused", 1406: "refused", 1366: "refused", 1114: "refused", 1021: "refused"}
 
     def __init__(self, options, folder):
-        self.options = options
+        super().__init__(options, folder)
         self.where = f"{options.get('host', '127.0.0.1')}:{options.get('port', 3306)}/{options.get('database')}"
+        self.packet = 4 * 1024 * 1024  # max_allowed_packet, read by check_server
 
     def connect(self):
         pymysql = _import_optional("pymysql", "mysql")
@@ -931,9 +1201,6 @@ class _MySQL(_SQLite):
             raise ConnectionFailed(f"cannot connect to MySQL at {self.where}: {exc.args[-1]}") from None
         return conn
 
-    _codes = {1146: "missing", 1054: "column", 1213: "busy", 1205: "busy", 2003: "lost", 2006: "lost",
-              2013: "lost", 2014: "lost", 2055: "lost", 1053: "lost", 1927: "lost", 4031: "lost"}
-
     def error_kind(self, exc):
         import pymysql
         if isinstance(exc, (pymysql.err.InterfaceError, OSError)):
@@ -942,29 +1209,62 @@ class _MySQL(_SQLite):
             return self._codes.get(exc.args[0])
         return None
 
-    def index_ddl(self, table):
-        return None  # inside CREATE TABLE: MySQL 8 has no CREATE INDEX IF NOT EXISTS
-
-    def worker_session(self, cur):
-        pass
-
-    def script(self, cur, statements):
-        """Send the statements as one multi-statement query: one round trip for all of them."""
-        cur.execute(";".join(cur.mogrify(sql, params) for sql, params in statements))
-        rows = cur.fetchall()
-        while cur.nextset():
-            rows = cur.fetchall()
-        return rows
-
     def check_server(self, conn):
         with conn.cursor() as cur:
-            cur.execute("SELECT VERSION()")
-            version = cur.fetchone()[0]
+            cur.execute("SELECT VERSION(), @@max_allowed_packet")
+            version, packet = cur.fetchone()
         numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
         needed = (10, 6) if "MariaDB" in version else (8, 0)
         if numbers < needed:
             raise QueueError(f"MySQL server {version} at {self.where} has no SKIP LOCKED; "
                              f"queue.py needs MariaDB 10.6+ or MySQL 8.0+")
+        self.packet = int(packet)
+        self.max_payload = self.packet - 4096  # the rest of the INSERT around it
+
+    def server_time(self, cur):
+        cur.execute("SELECT UNIX_TIMESTAMP(NOW(6))")
+        return float(cur.fetchone()[0])
+
+    def quote(self, name):
+        return f"`{name}`"
+
+    def index_ddl(self, table):
+        return None  # MySQL 8 has no CREATE INDEX IF NOT EXISTS: see inline_index
+
+    def inline_index(self, table):
+        return f", INDEX {self.quote(table + '_queue_available_at')} (queue, available_at)"
+
+    def payload_size(self, payload):
+        # pymysql sends a value escaped inside the query text: these bytes take two
+        return len(payload) + sum(payload.count(c) for c in (b"\0", b"\n", b"\r", b"\\", b"'", b'"', b"\x1a"))
+
+    def script(self, cur, statements):
+        """Send the statements as multi-statement queries: one round trip for all of them, or
+        a few when together they would pass max_allowed_packet."""
+        rows, packet, size = (), [], 0
+        for sql, params in statements:
+            text = cur.mogrify(sql, params) if params else sql
+            if packet and size + len(text) + 1 > self.packet - 1024:
+                rows = self._send(cur, packet)
+                packet, size = [], 0
+            packet.append(text)
+            size += len(text) + 1
+        return self._send(cur, packet) if packet else rows
+
+    def _send(self, cur, texts):
+        cur.execute(";".join(texts))
+        rows = cur.fetchall()
+        while cur.nextset():
+            rows = cur.fetchall()
+        return rows
+
+    def upgrade(self, driver, cur):
+        """Tables of queue.py 1.0 compared queue names without case: make them exact."""
+        cur.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = %s AND COLUMN_NAME IN ('queue', 'name') AND COLLATION_NAME <> 'utf8mb4_bin'",
+                    (driver.table,))
+        for (column,) in cur.fetchall():
+            cur.execute(f"ALTER TABLE {self.quote(driver.table)} MODIFY {column} {self.name_type} NOT NULL")
 
 
 _DIALECTS = {"sqlite": _SQLite, "mysql": _MySQL}
@@ -974,7 +1274,9 @@ class DatabaseDriver(Driver):
     """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
     worker finished since its last claim, selects the next ready job in queue priority order and
     reserves it by moving `available_at` to now + retry_after. A job whose worker died becomes
-    ready again when that moment passes; a running job's reservation is renewed by keep()."""
+    ready again when that moment passes; a running job's reservation is renewed by keep().
+    The same connection keeps the failed store (failed_table) and the state table (markers
+    that make writes exactly once)."""
 
     name = "database"
 
@@ -985,24 +1287,40 @@ class DatabaseDriver(Driver):
         self.dialect = _DIALECTS[db["driver"]](db, config.folder)
         self.table = options.get("table", "jobs")
         self.failed_table = options.get("failed_table", "failed_jobs")
+        self.state_table = options.get("state_table", "queue_state")
         self.retry_after = float(options.get("retry_after", 90))
         self.keep_every = max(0.05, self.retry_after / 3)
+        self.limit_name = self.dialect.limit_name
         self._local = threading.local()
         self._reconnecting = False
-        t, p, lock = self.table, self.dialect.param, self.dialect.lock
-        self._sql = {
-            "insert": f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) "
-                      f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+        self._sql = self._statements()
+
+    def _statements(self):
+        """Every SQL statement of the driver, in one place."""
+        q, p = self.dialect.quote, self.dialect.param
+        t, f, s = q(self.table), q(self.failed_table or "failed_jobs"), q(self.state_table)
+        return {
+            "insert": f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) VALUES ",
             "next": f"SELECT id, name, payload, attempts FROM {t} WHERE queue = {p} AND available_at <= {p} "
-                    f"ORDER BY available_at, id LIMIT 1{lock}",
+                    f"ORDER BY available_at, id LIMIT 1{self.dialect.skip_locked}",
             "reserve": f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, "
                        f"attempts = attempts + 1 WHERE id = {p}",
             "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p}, attempts = {p} WHERE id = {p}",
             "keep": f"UPDATE {t} SET available_at = {p} WHERE id = {p} AND reserved_at = {p}",
+            "delete": f"DELETE FROM {t} WHERE id IN ",
             "stats": f"SELECT queue, SUM(CASE WHEN available_at <= {p} THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NULL THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NOT NULL THEN 1 ELSE 0 END) "
                      f"FROM {t} GROUP BY queue",
+            "add_failed": f"INSERT INTO {f} (driver, connection, queue, name, payload, exception, failed_at, "
+                          f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
+            "failed": f"SELECT {{columns}} FROM {f}{{where}} ORDER BY id {{order}} LIMIT {{limit}}",
+            "failed_lock": self.dialect.skip_locked,
+            "forget": f"DELETE FROM {f}",
+            "failed_counts": f"SELECT queue, COUNT(*) FROM {f} GROUP BY queue",
+            "mark": f"INSERT INTO {s} (name, expires_at) VALUES ({p}, {p})",
+            "marked": f"SELECT 1 FROM {s} WHERE name = {p}",
+            "prune": f"DELETE FROM {s} WHERE expires_at < {p}",
         }
 
     @property
@@ -1019,16 +1337,30 @@ class DatabaseDriver(Driver):
                 self._checked = True
             self._local.conn = conn
             self._connected_once = True
+            self._sync_clock(conn)
             if self.dialect.auto_create and not getattr(self, "_created", False):
                 self._create_tables(conn)
                 self._created = True
+        elif self.dialect.networked and time.monotonic() - (self.clock.synced or 0) > 300:
+            self._sync_clock(conn)
         return conn
+
+    def _sync_clock(self, conn):
+        """Set the driver's clock to the server's (every new connection, and every 5 minutes)."""
+        if self.dialect.networked:
+            cur = conn.cursor()
+            try:
+                sent = time.monotonic()
+                server = self.dialect.server_time(cur)
+                self.clock.sync(server, sent, time.monotonic())
+            finally:
+                cur.close()
 
     def _execute(self, work, retry=True):
         """Run work(cursor) on this thread's connection, translating driver errors. A lost
-        connection is reopened with backoff: for a few seconds (retry=True) or until it works
-        (retry='forever', the worker); a statement is repeated only when that is safe."""
-        delay, deadline = 0.1, time.monotonic() + 30
+        connection is reopened (see _Retry): for 30 s (retry=True) or for as long as the worker
+        runs (retry='forever'); work must be safe to run again (see _write_once)."""
+        policy = _Retry(None if retry == "forever" else 30.0, self.interrupt if retry == "forever" else None)
         if not getattr(self, "_connected_once", False):
             retry = False  # never reached this server: say so at once
         while True:
@@ -1043,38 +1375,44 @@ class DatabaseDriver(Driver):
                     log.warning("database %s: reconnected", self.dialect.where)
                     self._reconnecting = False
                 return result
-            except QueueError as exc:
-                if isinstance(exc, ConnectionFailed) and retry and (retry == "forever" or time.monotonic() < deadline):
-                    self._lost(exc, delay)
-                    delay = min(delay * 2, 5)
-                    continue
+            except ConnectionFailed as exc:
+                if not (retry and self._lost(exc, policy)):
+                    raise
+            except QueueError:
                 raise
             except Exception as exc:
                 kind = self.dialect.error_kind(exc)
-                if kind == "missing":
-                    raise MissingTable(f"table {self.table} or {self.failed_table} does not exist in "
-                                       f"{self.dialect.where}: run `python queue.py table --connection "
-                                       f"{self.connection}`") from None
-                if kind == "column":
-                    raise MissingTable(f"{self.dialect.where}: {exc.args[-1]}: add the missing column "
-                                       "(`python queue.py table --sql` prints the columns queue.py needs)") from None
-                if kind == "busy":  # deadlock or lock wait: the transaction was rolled back; run it again
+                if kind == "busy":  # deadlock: the transaction was rolled back; run it again
                     continue
-                if kind != "lost":
-                    self._drop()
-                    raise
-                if not retry or (retry is True and time.monotonic() > deadline):
-                    self._drop()
-                    raise ConnectionFailed(f"lost the connection to {self.dialect.where}: {exc}") from None
-                self._lost(exc, delay)
-                delay = min(delay * 2, 5)
+                if kind in ("lost", "locked") and retry and self._lost(exc, policy):
+                    continue
+                self._drop()
+                raise self._error(kind, exc) from None
 
-    def _lost(self, exc, delay):
+    def _error(self, kind, exc):
+        """The QueueError for a driver exception of a kind (or the exception itself: a bug)."""
+        first = _text(exc.args[-1] if exc.args else exc).splitlines()[0]
+        if kind == "missing":
+            return MissingTable(f"a table of queue.py does not exist in {self.dialect.where} ({first}): run "
+                                f"`python queue.py table --connection {self.connection}`")
+        if kind == "column":
+            return MissingTable(f"{self.dialect.where}: {first}: add the missing column "
+                                "(`python queue.py table --sql` prints the columns queue.py needs)")
+        if kind == "lost":
+            return ConnectionFailed(f"lost the connection to {self.dialect.where}: {first}")
+        if kind == "locked":
+            return QueueError(f"{self.dialect.where} stayed locked by another connection: {first}")
+        if kind == "refused":
+            return QueueError(f"{self.dialect.where} refused: {first}")
+        return exc
+
+    def _lost(self, exc, policy):
+        """Drop the connection and wait before the next try; False: give up."""
         self._drop()
         if not self._reconnecting:
-            log.warning("database %s: %s; reconnecting", self.dialect.where, str(exc).splitlines()[0])
+            log.warning("database %s: %s; reconnecting", self.dialect.where, _text(exc).splitlines()[0])
             self._reconnecting = True
-        time.sleep(delay)
+        return policy.again()
 
     def _drop(self):
         conn = getattr(self._local, "conn", None)
@@ -1086,7 +1424,8 @@ class DatabaseDriver(Driver):
                 pass
 
     def _transaction(self, cur, statements, begin=True):
-        """Run statements(cur) in a transaction (begin=False: statements sends BEGIN itself)."""
+        """Run statements(cur) in a transaction (begin=False: statements sends BEGIN itself);
+        roll it back on any error, so that a connection never stays inside a transaction."""
         if begin:
             cur.execute(self.dialect.begin)
         try:
@@ -1101,59 +1440,98 @@ class DatabaseDriver(Driver):
                 pass  # the connection is gone: the server rolled back
             raise
 
+    def _write_once(self, statements, retry=True):
+        """Run [(sql, params), ...] in one transaction, exactly once. On a networked database
+        the transaction also writes a marker to the state table, and a try after a lost
+        connection first looks for it: the lost try may have committed."""
+        d = self.dialect
+        mark = f"once:{os.urandom(12).hex()}" if d.networked else None
+        script = [(d.begin, ())] + list(statements)
+        if mark:
+            script.append((self._sql["mark"], (mark, self.clock.now(3600))))
+        script.append(("COMMIT", ()))
+        tried = []
+
+        def write(cur):
+            if tried and mark and d.script(cur, [(self._sql["marked"], (mark,))]):
+                return  # the lost try committed
+            tried.append(True)
+            self._transaction(cur, lambda c: d.script(c, script), begin=False)
+        self._execute(write, retry)
+
     # tables
     def ddl(self):
         """The statements that create this driver's tables (idempotent)."""
-        d, t, f = self.dialect, self.table, self.failed_table
+        d = self.dialect
+        t, f, s, n = d.quote(self.table), d.quote(self.failed_table or ""), d.quote(self.state_table), d.name_type
         statements = [
-            f"CREATE TABLE IF NOT EXISTS {t} (id {d.key}, name VARCHAR(255) NOT NULL, "
-            f"queue VARCHAR(255) NOT NULL, payload {d.blob} NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, "
-            f"ran_at {d.stamp} NULL, available_at {d.stamp} NOT NULL, reserved_at {d.stamp} NULL, "
-            f"created_at {d.stamp} NOT NULL{'' if d.index_ddl(t) else f', INDEX {t}_queue_available_at (queue, available_at)'})",
-            d.index_ddl(t),
+            f"CREATE TABLE IF NOT EXISTS {t} (id {d.key}, name {n} NOT NULL, queue {n} NOT NULL, "
+            f"payload {d.blob} NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, ran_at {d.stamp} NULL, "
+            f"available_at {d.stamp} NOT NULL, reserved_at {d.stamp} NULL, created_at {d.stamp} NOT NULL"
+            f"{d.inline_index(self.table)}){d.table_options}",
+            d.index_ddl(self.table),
+            f"CREATE TABLE IF NOT EXISTS {s} (name {n} NOT NULL PRIMARY KEY, value {d.text} NULL, "
+            f"expires_at {d.stamp} NULL){d.table_options}",
         ]
-        if f:
+        if self.failed_table:
             statements.append(
                 f"CREATE TABLE IF NOT EXISTS {f} (id {d.key}, driver VARCHAR(255) NOT NULL, "
-                f"connection VARCHAR(255) NOT NULL, queue VARCHAR(255) NOT NULL, name VARCHAR(255) NOT NULL, "
+                f"connection VARCHAR(255) NOT NULL, queue {n} NOT NULL, name {n} NOT NULL, "
                 f"payload {d.blob} NOT NULL, exception {d.text} NOT NULL, failed_at {d.stamp} NOT NULL, "
-                f"created_at {d.stamp} NOT NULL)")
-        statements = [s for s in statements if s]
-        if d.name == "mysql":
-            statements = [s + " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4" if s.startswith("CREATE TABLE") else s
-                          for s in statements]
-        return statements
+                f"created_at {d.stamp} NOT NULL){d.table_options}")
+        return [statement for statement in statements if statement]
 
     def create_tables(self):
-        """Create the jobs and failed-jobs tables and the claim's index, if missing; then check
-        that existing tables (Masonite's, say) have every column queue.py needs."""
+        """Create the jobs, failed-jobs and state tables and the claim's index, if missing; then
+        check that existing tables (Masonite's, say) have every column queue.py needs."""
         self._create_tables(self._conn())
+        self._execute(lambda cur: self.dialect.upgrade(self, cur))
         checks = [(self.table, "id, name, queue, payload, attempts, ran_at, available_at, reserved_at, created_at")]
         if self.failed_table:
             checks.append((self.failed_table, "id, driver, connection, queue, name, payload, exception, failed_at"))
         for table, columns in checks:
-            self._execute(lambda cur: (cur.execute(f"SELECT {columns} FROM {table} WHERE 1 = 0"), cur.fetchall()))
+            self._execute(lambda cur: (cur.execute(f"SELECT {columns} FROM {self.dialect.quote(table)} WHERE 1 = 0"),
+                                       cur.fetchall()))
 
     def _create_tables(self, conn):
         cur = conn.cursor()
         try:
             for statement in self.ddl():
                 cur.execute(statement)
+        except Exception as exc:
+            raise self._error(self.dialect.error_kind(exc), exc) from None
         finally:
             cur.close()
 
     # the interface
+    def max_payload(self):
+        if not getattr(self, "_checked", False):
+            self._execute(lambda cur: None)  # connect: the server's limits are then known
+        return self.dialect.max_payload
+
+    def payload_size(self, payload):
+        return self.dialect.payload_size(payload)
+
     def put(self, messages):
-        now = self.clock.now()
-        rows = [(m.name, m.queue, m.payload, 0, self.clock.now(m.delay) if m.delay else now, now)
-                for m in messages]
-        sql = self._sql["insert"]
-        if len(rows) == 1:
-            self._execute(lambda cur: cur.execute(sql, rows[0]))
-        elif self.dialect.name == "mysql":
-            self._execute(lambda cur: cur.executemany(sql, rows))  # one multi-row INSERT
-        else:
-            self._execute(lambda cur: self._transaction(cur, lambda c: c.executemany(sql, rows)))
+        """Insert the messages in one transaction: all of them or none, exactly once."""
+        now = self.clock.time()
+        created = _stamp(now)
+        self._write_once(self._inserts([(m.name, m.queue, m.payload, m.attempts,
+                                         _stamp(now + m.delay) if m.delay else created, created) for m in messages]))
+
+    def _inserts(self, rows):
+        """Multi-row INSERTs of the rows: up to 100 rows, or a quarter of the largest query, each."""
+        d, statements, chunk, size = self.dialect, [], [], 0
+        budget = getattr(d, "packet", 1 << 30) // 4
+        for row in rows + [None]:
+            if chunk and (row is None or len(chunk) == 100 or size + d.payload_size(row[2]) > budget):
+                values = ", ".join([f"({d.marks(6)})"] * len(chunk))
+                statements.append((self._sql["insert"] + values, [v for r in chunk for v in r]))
+                chunk, size = [], 0
+            if row is not None:
+                chunk.append(row)
+                size += d.payload_size(row[2])
+        return statements
 
     def pop(self, queues, wait=0.0):
         """Claim the next job in one transaction that also deletes the jobs this thread acked.
@@ -1166,14 +1544,13 @@ class DatabaseDriver(Driver):
             now, until = self.clock.now(0, self.retry_after)
             script = [(d.begin, ())]
             if done:
-                script.append((f"DELETE FROM {self.table} WHERE id IN ({', '.join([d.param] * len(done))})", done))
+                script.append((f"{sql['delete']}({d.marks(len(done))})", done))
             for queue_name in queues:
                 rows = d.script(cur, script + [(sql["next"], (queue_name, now))])
                 script = []
                 if rows:
                     id_, name, payload, attempts = rows[0]
-                    d.script(cur, [(sql["reserve"], (now, now, until, id_)),
-                                   ("COMMIT", ())])
+                    d.script(cur, [(sql["reserve"], (now, now, until, id_)), ("COMMIT", ())])
                     return Message(id_, queue_name, name, _as_bytes(payload), attempts + 1, token=now)
             d.script(cur, [("COMMIT", ())])
             return None
@@ -1216,53 +1593,108 @@ class DatabaseDriver(Driver):
                                       "reserved": int(reserved or 0)}
         return result
 
+    def prune(self):
+        """Delete expired entries of the state table (a worker does it every few minutes)."""
+        now = self.clock.now()
+        self._execute(lambda cur: cur.execute(self._sql["prune"], (now,)))
+
     def close(self):
         done = self._acked()
         if done:
-            marks = ", ".join([self.dialect.param] * len(done))
-            self._execute(lambda cur: cur.execute(f"DELETE FROM {self.table} WHERE id IN ({marks})", done),
+            self._execute(lambda cur: cur.execute(f"{self._sql['delete']}({self.dialect.marks(len(done))})", done),
                           retry="forever")
             del done[:]
         self._drop()
 
+    # the failed store
     def failed_store(self):
         return self if self.failed_table else None
 
-    # the failed store
+    def fail(self, message, record):
+        """Into this driver's own failed table and out of the jobs table in one transaction."""
+        if self.failed_store() is not self:
+            return super().fail(message, record)
+        now = self.clock.now()
+        self._write_once([(self._sql["add_failed"], (self.name, self.connection, message.queue, message.name,
+                                                     message.payload, record, now, now)),
+                          (f"{self._sql['delete']}({self.dialect.param})", (message.id,))], retry="forever")
+
     def add_failed(self, driver_name, connection, message, exception):
         """Keep a failed job: its payload, and its exception with the full traceback."""
         now = self.clock.now()
-        p = self.dialect.param
-        values = (driver_name, connection, message.queue, message.name, message.payload, exception, now, now)
-        self._execute(lambda cur: cur.execute(
-            f"INSERT INTO {self.failed_table} (driver, connection, queue, name, payload, exception, "
-            f"failed_at, created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})", values))
+        self._write_once([(self._sql["add_failed"], (driver_name, connection, message.queue, message.name,
+                                                     message.payload, exception, now, now))], retry="forever")
 
-    def failed_jobs(self, ids=None):
-        """The failed jobs (all, or those of `ids`), oldest first, as dicts."""
-        p = self.dialect.param
-        where = f" WHERE id IN ({', '.join([p] * len(ids))})" if ids else ""
-        columns = ("id", "driver", "connection", "queue", "name", "payload", "exception", "failed_at")
+    def failed_jobs(self, ids=None, limit=None, newest_first=False, payloads=True):
+        """The failed jobs (all, or those of `ids`) as dicts, oldest first (or newest first), at
+        most `limit` of them; payloads=False leaves the payloads in the database."""
+        columns = ["id", "driver", "connection", "queue", "name", "exception", "failed_at"] + (["payload"] if payloads else [])
+        where = f" WHERE id IN ({self.dialect.marks(len(ids))})" if ids else ""
+        sql = self._sql["failed"].format(columns=", ".join(columns), where=where,
+                                         order="DESC" if newest_first else "ASC", limit=int(limit or 2**62))
 
         def select(cur):
-            cur.execute(f"SELECT {', '.join(columns)} FROM {self.failed_table}{where} ORDER BY id", list(ids or ()))
+            cur.execute(sql, list(ids or ()))
             return [dict(zip(columns, row)) for row in cur.fetchall()]
         return self._execute(select)
 
-    def forget(self, ids=None):
-        """Delete failed jobs (all when ids is None); return how many."""
-        p = self.dialect.param
-        where = f" WHERE id IN ({', '.join([p] * len(ids))})" if ids is not None else ""
+    def forget(self, ids=None, older_than=None):
+        """Delete failed jobs (all when ids is None, or those failed over `older_than` seconds
+        ago); return how many."""
+        if ids is not None and not ids:
+            return 0
+        where, params = "", list(ids or ())
+        if ids is not None:
+            where = f" WHERE id IN ({self.dialect.marks(len(ids))})"
+        elif older_than is not None:
+            where, params = f" WHERE failed_at < {self.dialect.param}", [self.clock.now(-older_than)]
 
         def delete(cur):
-            cur.execute(f"DELETE FROM {self.failed_table}{where}", list(ids or ()))
+            cur.execute(self._sql["forget"] + where, params)
             return cur.rowcount
-        return self._execute(delete) if ids is None or ids else 0
+        return self._execute(delete)
 
     def failed_counts(self):
         """{queue: number of failed jobs}."""
-        return dict(self._execute(lambda cur: (cur.execute(
-            f"SELECT queue, COUNT(*) FROM {self.failed_table} GROUP BY queue"), cur.fetchall())[1]))
+        return dict(self._execute(lambda cur: (cur.execute(self._sql["failed_counts"]), cur.fetchall())[1]))
+
+    def retry_failed(self, ids=None, queue=None, target=None, batch=200):
+        """Put failed jobs (all, or those of `ids`) back at the end of their queue (or `queue`),
+        on their driver (or `target`), oldest first; yield each row moved. Into this database's
+        own jobs table a batch moves in one transaction: safe to run twice at once or to kill.
+        Onto another driver a row stays in the failed store, locked, until that driver has it:
+        a kill in between may put it back twice."""
+        d, sql = self.dialect, self._sql
+        ids = list(ids) if ids else None
+        while True:
+            where = f" WHERE id IN ({d.marks(len(ids))})" if ids else ""
+            select = sql["failed"].format(columns="id, driver, connection, queue, name, payload", where=where,
+                                          order="ASC", limit=batch) + d.skip_locked
+            moved = self._execute(lambda cur: self._transaction(
+                cur, lambda c: self._move(c, select, ids, queue, target)))
+            yield from moved
+            if not moved or ids:
+                return
+
+    def _move(self, cur, select, ids, queue, target):
+        cur.execute(select, list(ids or ()))
+        rows = [dict(zip(("id", "driver", "connection", "queue", "name", "payload"), r)) for r in cur.fetchall()]
+        mine, now = [], self.clock.now()
+        for row in rows:
+            row["queue"] = queue or row["queue"]
+            payload = _as_bytes(row["payload"])
+            payload = readdress(payload, row["queue"]) if queue else payload
+            driver = target(row) if target else self
+            message = Message(None, row["queue"], row["name"], payload, 0, 0.0)
+            if driver is self:
+                mine.append((row["name"], row["queue"], payload, 0, now, now))
+            else:
+                driver.put([message])
+            row["target"] = driver
+        if rows:
+            self.dialect.script(cur, self._inserts(mine) + [
+                (self._sql["forget"] + f" WHERE id IN ({self.dialect.marks(len(rows))})", [r["id"] for r in rows])])
+        return rows
 
 
 # The async driver #############################################################################
@@ -1338,7 +1770,7 @@ class AsyncDriver(Driver):
         try:
             self.worker.process(message, outcome=future.result())
         except BaseException as exc:  # the child process died
-            self.worker.process(message, outcome=(exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))))
+            self.worker.process(message, outcome=(exc, _format(exc)))
         finally:
             self._finished()
 
@@ -1385,17 +1817,13 @@ class AsyncDriver(Driver):
 
 def _attempt_in_child(payload, callback):
     """Run one attempt in a process-pool child; return (None, None) or (exception, traceback text)."""
-    envelope = unpack(payload)
-    try:
-        getattr(envelope["job"], callback)()
-        return None, None
-    except BaseException as exc:
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    _, exc, text = _guard(lambda: getattr(unpack(payload)["job"], callback)())
+    if exc is not None:
         try:
-            pickle.dumps(exc)
-        except Exception:
-            exc = RuntimeError(f"{type(exc).__name__}: {exc}")
-        return exc, text
+            pickle.loads(pickle.dumps(exc))
+        except BaseException:
+            exc = RuntimeError(_summary(exc))
+    return exc, text
 
 
 # The amqp driver (RabbitMQ) ###################################################################
@@ -1834,222 +2262,318 @@ DRIVER_CLASSES = {"database": DatabaseDriver, "async": AsyncDriver, "amqp": AMQP
 
 
 # Worker #######################################################################################
+class _Flag:
+    """A stop flag that a signal handler may set: setting it takes no lock (a threading.Event
+    would, and a handler that interrupts the lock's holder would wait for ever). Waiting on it
+    sleeps in slices of 50 ms."""
+
+    def __init__(self):
+        self._set = False
+
+    def set(self):
+        self._set = True
+
+    def is_set(self):
+        return self._set
+
+    def wait(self, timeout):
+        """Sleep until the flag is set or timeout seconds have passed; return the flag."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self._set:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            time.sleep(min(left, 0.05))
+        return self._set
+
+
+class _Running:
+    """The job a worker is running: its message, when it started (monotonic) and its timeout."""
+
+    __slots__ = ("message", "started", "timeout")
+
+    def __init__(self, message, started, timeout):
+        self.message, self.started, self.timeout = message, started, timeout
+
+
 class Worker:
     """Takes jobs from a driver and runs them; handles tries, backoff, timeouts, failures, chains.
 
     run() is the loop of `python queue.py work`; process() handles one message and is also used
-    by the async driver. Signals only set flags: the first SIGTERM/SIGINT lets the current job
-    finish, a second one puts it back on its queue at once; either way the worker exits 0."""
+    by the async driver: it decides (is the payload sound, are tries left?), attempts (unpickle
+    and run, under the timeout, inside the one guard for user code) and settles (ack, release or
+    fail). Signal handlers only set flags; a second SIGTERM/SIGINT during a job also interrupts
+    it (cold shutdown: it goes back on its queue). Either way the worker exits 0."""
 
     def __init__(self, driver, queues=None, *, attempts=None, timeout=None, poll=None, callback=None,
                  once=False, stop_when_empty=False, max_jobs=None, max_time=None):
         self.driver = driver
         options = driver.options
-        self.queues = list(queues or [options.get("queue", "default")])
+        self.queues = [_check_queue_name(q, "--queue") for q in queues or [options.get("queue", "default")]]
         self.attempts = attempts or options.get("attempts", 3)
         self.timeout = timeout
         self.poll = options.get("poll", 1) if poll is None else poll
         self.callback = callback or options.get("callback", "handle")
         self.once, self.stop_when_empty = once, stop_when_empty
         self.max_jobs, self.max_time = max_jobs, max_time
-        self.stopping = threading.Event()   # set by a signal or a limit: no new job is taken
+        self.stopping = _Flag()             # set by a signal or a limit: no new job is taken
         self._ended = threading.Event()     # set when the loop has ended: the keeper stops
         self.processed = 0
-        self.current = None          # (message, started, timeout) of the running job
+        self.current = None                 # the _Running job
         self._in_job = False
-        self._signals = 0
+        self._signals = []                  # the signals received, in order
+        self._old_handlers = {}
 
     # the loop
     def run(self):
         """Work until told to stop; return the exit status (0)."""
-        started = time.monotonic()
-        restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
-        restart_mark = _restart_mark(restart_path)
+        _signing_key()  # an unreadable key stops the worker before it claims anything
         self._install_signals()
+        self.driver.interrupt = self.stopping
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
-        announced = False
         try:
-            while not self.stopping.is_set():
-                if _restart_mark(restart_path) != restart_mark:  # one stat() per job
-                    log.info("worker %d: restart requested; exiting", os.getpid())
-                    break
-                if self.max_time is not None and time.monotonic() - started >= self.max_time:
-                    break
-                if False in _call_hooks("looping"):
-                    self.driver.close()
-                    self.stopping.wait(self.poll)
-                    continue
-                asked = time.monotonic()
-                message = self.driver.pop(self.queues, self.poll)
-                if not announced:  # after the first pop: a worker that cannot start says only why
-                    log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
-                    announced = True
-                if message is None:
-                    if self.once or self.stop_when_empty:
-                        break
-                    self.stopping.wait(self.poll - (time.monotonic() - asked))  # drivers that do not wait
-                    continue
-                self.process(message)
-                self.processed += 1
-                if self.once or (self.max_jobs and self.processed >= self.max_jobs):
-                    break
+            self._loop()
         except _ColdShutdown:
             pass
+        except ConnectionFailed as exc:
+            if not self.stopping.is_set():
+                raise
+            log.warning("worker %d: stopped while %s; its reserved jobs come back after retry_after",
+                        os.getpid(), _text(exc))
         finally:
             self.stopping.set()
             self._ended.set()
-            self.driver.close()
+            self._close()
             self._restore_signals()
+            self.driver.interrupt = None
         log.info("worker %d: stopped after %d job(s)", os.getpid(), self.processed)
         return 0
 
+    def _loop(self):
+        started = time.monotonic()
+        restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
+        restart_mark = _restart_mark(restart_path)
+        announced = False
+        while not self.stopping.is_set():
+            if _restart_mark(restart_path) != restart_mark:  # one stat() per job
+                log.info("worker %d: restart requested; exiting", os.getpid())
+                return
+            if self.max_time is not None and time.monotonic() - started >= self.max_time:
+                return
+            if False in _call_hooks("looping"):
+                self.driver.close()
+                self.stopping.wait(self.poll)
+                continue
+            asked = time.monotonic()
+            message = self.driver.pop(self.queues, self.poll)
+            if not announced:  # after the first pop: a worker that cannot start says only why
+                log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
+                announced = True
+            if message is None:
+                if self.once or self.stop_when_empty:
+                    return
+                self.stopping.wait(self.poll - (time.monotonic() - asked))  # drivers that do not wait
+                continue
+            self.process(message)
+            self._reset_signals()
+            self.processed += 1
+            if self.once or (self.max_jobs and self.processed >= self.max_jobs):
+                return
+
+    def _close(self):
+        try:
+            self.driver.close()
+        except ConnectionFailed as exc:
+            log.warning("worker %d: could not finish its acks (%s): those jobs may run again", os.getpid(), _text(exc))
+
+    # signals
     def _install_signals(self):
         self._old_handlers = {}
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        self._alarm_handler = signal.getsignal(signal.SIGALRM)
+        self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
+
+    def _reset_signals(self):
+        """Undo what a job did to the worker's signal state: handlers, a pending alarm, a mask."""
+        if not self._old_handlers:
+            return
+        for sig in self._old_handlers:
+            if signal.getsignal(sig) != self._on_signal:
+                signal.signal(sig, self._on_signal)
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        if signal.getsignal(signal.SIGALRM) is not self._alarm_handler:
+            signal.signal(signal.SIGALRM, self._alarm_handler)
+        if self._mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
 
     def _restore_signals(self):
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
 
     def _on_signal(self, signum, frame):
-        self._signals += 1
+        self._signals.append(signum)
         self.stopping.set()
-        if self._signals == 1:
-            log.info("worker %d: %s: finishing the current job, then exiting (again to stop now)",
-                     os.getpid(), signal.Signals(signum).name)
-        elif self._in_job:
+        if len(self._signals) > 1 and self._in_job:
             raise _ColdShutdown()
 
     def _on_alarm(self, signum, frame):
         if self._in_job:
-            raise JobTimeout(f"the job ran past its timeout of {self.current[2]:g} s")
+            raise JobTimeout(f"the job ran past its timeout of {self.current.timeout:g} s")
 
     def _keep(self):
         """Keeper thread: every driver.keep_every seconds of a running job, driver.keep() renews its
         reservation (database: on the thread's own connection) or keeps the connection alive
-        (amqp). It runs until the loop has ended, warm shutdown included."""
-        period = self.driver.keep_every
-        while not self._ended.wait(period):
+        (amqp); it also says which signals arrived (a handler does not log). It runs until the
+        loop has ended, warm shutdown included."""
+        period, told, kept = self.driver.keep_every, 0, 0.0
+        while not self._ended.wait(min(period, 0.25)):
+            for signum in self._signals[told:]:
+                told += 1
+                log.info("worker %d: %s: %s", os.getpid(), signal.Signals(signum).name,
+                         "finishing the current job, then exiting (again to stop now)" if told == 1
+                         else "stopping now; the current job goes back on its queue")
             current = self.current
-            if current and time.monotonic() - current[1] >= period:
+            if current is not None and time.monotonic() - max(current.started, kept) >= period:
+                kept = time.monotonic()
                 try:
-                    self.driver.keep(current[0])
+                    self.driver.keep(current.message)
                 except Exception as exc:
-                    log.warning("could not renew the reservation of %r: %s", current[0], exc)
+                    log.warning("could not renew the reservation of %r: %s", current.message, _text(exc))
 
-    # one job
+    # one job: deciding, attempting, settling
     def process(self, message, outcome=None):
-        """Run one message (or settle the outcome of an attempt run elsewhere); return
-        'done', 'released' or 'failed'."""
+        """Run one message (or settle the outcome (exception, traceback) of an attempt run
+        elsewhere); return 'done', 'released' or 'failed'."""
         started = time.monotonic()
         try:
-            envelope = unpack(message.payload)
+            header, body = self._open(message)
         except BadPayload as exc:
-            return self._give_up(message, None, exc, started)
-        job = envelope["job"]
-        until = envelope.get("until")
-        tries = getattr(job, "tries", None) or self.attempts
-        if outcome is None and until is None and message.attempts > tries:
-            exc = MaxAttemptsExceeded(f"{message.name} was taken {message.attempts} times but may be tried {tries}: "
-                                      "an earlier attempt ended with its worker (killed, or the connection lost)")
-        elif outcome is None and until is not None and time.time() > until:
-            exc = MaxAttemptsExceeded(f"{message.name} came up for attempt {message.attempts} after its "
-                                      "retry_until deadline had passed")
-        else:
-            exc = None
-        if exc is not None:
-            return self._give_up(message, job, exc, started)
+            return self._fail(message, None, exc, None, started)
+        spent = self._spent(message, header) if outcome is None else None
+        if spent is not None:
+            return self._fail(message, body, spent, None, started)
         if outcome is None:
-            outcome = self._attempt(message, job)
-        exc, text = outcome
+            envelope, exc, text = self._attempt(message, header, body)
+        else:  # the attempt ran in another process: load the job here for its chain and failed()
+            envelope, load_exc, load_text = _guard(load, body)
+            exc, text = outcome if outcome[0] is not None or load_exc is None else (load_exc, load_text)
+        if header is None and envelope is not None:  # a Q1 payload: its settings are on the job
+            header = dict(_guard(_settings, envelope["job"])[0] or {}, until=envelope.get("until"))
+        return self._settle(message, header or {}, body, envelope, exc, text, started)
+
+    def _open(self, message):
+        """Verify a message's payload; a payload signed for another queue or job is refused."""
+        header, body = open_payload(message.payload)
+        if header is not None:
+            for key, have in (("queue", message.queue), ("name", message.name)):
+                if header.get(key) not in (None, have) and have:
+                    raise BadPayload(f"the payload was signed for {key} {header[key]!r}, not {have!r}: "
+                                     "a moved or replayed payload is not run")
+        return header, body
+
+    def _spent(self, message, header):
+        """MaxAttemptsExceeded if the message may not run again (an attempt died with its worker)."""
+        tries = (header or {}).get("tries") or self.attempts
+        until = (header or {}).get("until")
+        if until is None and message.attempts > tries:
+            return MaxAttemptsExceeded(f"{message.name} was taken {message.attempts} times but may be tried {tries}: "
+                                       "an earlier attempt ended with its worker (killed, or the connection lost)")
+        if until is not None and self.driver.clock.time() > until:
+            return MaxAttemptsExceeded(f"{message.name} came up for attempt {message.attempts} after its "
+                                       "retry_until deadline had passed")
+        return None
+
+    def _attempt(self, message, header, body):
+        """Unpickle and run the job once in this thread, with its timeout (SIGALRM, in the main
+        thread); return (envelope or None, exception or None, traceback text or None)."""
+        timeout = (header or {}).get("timeout") or self.timeout
+        alarm = bool(timeout) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        self.current = _Running(message, time.monotonic(), timeout)
+        loaded = []
+        try:
+            if alarm:
+                previous = signal.signal(signal.SIGALRM, self._on_alarm)
+                signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)  # repeats until the job gives up
+            self._in_job = True
+            try:
+                _, exc, text = _guard(self._run, body, loaded)
+            finally:
+                self._in_job = False
+                if alarm:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.signal(signal.SIGALRM, previous)
+            return (loaded[0] if loaded else None), exc, text
+        except _ColdShutdown:
+            message.attempts -= 1  # the interrupted attempt does not count
+            self.driver.release(message, 0)
+            log.info("%s #%s put back on %r: the worker was stopped", message.name, message.id, message.queue)
+            raise
+        finally:
+            self.current = None
+
+    def _run(self, body, loaded):
+        """The user code of one attempt: unpickling, the before hooks, the job's callback."""
+        envelope = load(body)
+        loaded.append(envelope)
+        if _hooks["before"]:
+            _call_hooks("before", envelope["job"])
+        getattr(envelope["job"], self.callback)()
+
+    def _settle(self, message, header, body, envelope, exc, text, started):
+        """Ack a job that succeeded (pushing the next link of its chain first), release one that
+        failed with tries left after its backoff, fail the others for good."""
+        job = envelope["job"] if envelope else None
         if exc is None:
             links = envelope.get("chain")
             if links:  # the next job of a chain, pushed before this one is acked (at least once)
                 self.driver.push([links[0]], queue=getattr(links[0], "queue", None) or message.queue, chain=links[1:])
             self.driver.ack(message)
             _call_hooks("after", job)
-            return self._finish(message, job, started, "done")
-        backoff = _backoff(job, message.attempts)
-        if until is not None:  # retry_until: fail now if the next attempt would start too late
-            exhausted = time.time() + backoff > until
+            return self._finish(message, started, "done")
+        backoff = _backoff(header.get("backoff"), message.attempts)
+        if header.get("until") is not None:  # retry_until: fail now if the next attempt would start too late
+            exhausted = self.driver.clock.time() + backoff > header["until"]
         else:
-            exhausted = message.attempts >= tries
+            exhausted = message.attempts >= (header.get("tries") or self.attempts)
         if exhausted or isinstance(exc, BadPayload):
-            return self._finish(message, job, started, self._fail(message, job, exc, text), exc)
+            return self._fail(message, body, exc, text, started, envelope)
         self.driver.release(message, backoff)
-        return self._finish(message, job, started, "released", exc)
+        return self._finish(message, started, "released", exc)
 
-    def _attempt(self, message, job):
-        """Run the job once in this thread, with its timeout; return (exception, traceback) or (None, None)."""
-        timeout = getattr(job, "timeout", None) or self.timeout
-        alarm = bool(timeout) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-        self.current = (message, time.monotonic(), timeout)
-        try:
-            if _hooks["before"]:
-                _call_hooks("before", job)
-            if alarm:
-                previous = signal.signal(signal.SIGALRM, self._on_alarm)
-                signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)  # repeats until the job gives up
-            self._in_job = True
-            try:
-                getattr(job, self.callback)()
-            finally:
-                self._in_job = False
-                if alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                    signal.signal(signal.SIGALRM, previous)
-            return None, None
-        except _ColdShutdown:
-            message.attempts -= 1  # the interrupted attempt does not count
-            self.driver.release(message, 0)
-            log.info("%s #%s put back on %r: the worker was stopped", message.name, message.id, message.queue)
-            raise
-        except BaseException as exc:
-            return exc, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        finally:
-            self.current = None
-
-    def _give_up(self, message, job, exc, started):
-        """Fail a message that is not run at all (bad payload, attempts spent)."""
-        return self._finish(message, job, started, self._fail(message, job, exc, f"{type(exc).__name__}: {exc}\n"), exc)
-
-    def _fail(self, message, job, exc, text):
-        """Fail a message for good: failed(exc), the failing hooks, the failed store, then ack."""
+    def _fail(self, message, body, exc, text, started, envelope=None):
+        """Fail a message for good: first into the failed store and acked (so that failed() runs
+        at most once, even if it ends the worker), then failed(exc) and the failing hooks."""
+        summary = _summary(exc)
+        self.driver.fail(message, f"{summary}\n\n{text or summary}")
+        if envelope is None and body is not None and not isinstance(exc, BadPayload):
+            envelope = _guard(load, body)[0]
+        job = envelope["job"] if envelope else None
         if job is not None:
-            try:
-                if hasattr(job, "failed"):
-                    job.failed(exc)
-            except Exception:
-                log.exception("%s.failed() raised", message.name)
+            _, failed_exc, failed_text = _guard(getattr(job, "failed", lambda exc: None), exc)
+            if failed_exc is not None:
+                log.error("%s.failed() raised: %s", message.name, failed_text)
             _call_hooks("failing", job, exc)
-        store = self.driver.failed_store()
-        lines = str(exc).strip().splitlines()
-        summary = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        if store is not None:
-            store.add_failed(self.driver.name, self.driver.connection_name, message, f"{summary}\n\n{text}")
-        else:
-            log.error("%s #%s failed and is dropped (failed_table is None): %s", message.name, message.id, summary)
-        self.driver.ack(message, failed=True)
-        return "failed"
+        return self._finish(message, started, "failed", exc)
 
-    def _finish(self, message, job, started, status, exc=None):
+    def _finish(self, message, started, status, exc=None):
         ms = (time.monotonic() - started) * 1000
         if status == "done":
             log.info("%s #%s done in %.1f ms", message.name, message.id, ms)
         else:
-            reason = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+            reason = f": {_summary(exc)}" if exc is not None else ""
             log.warning("%s #%s %s after %.1f ms (attempt %d)%s", message.name, message.id, status, ms,
                         message.attempts, reason)
         return status
 
 
-def _backoff(job, attempts):
-    """Seconds to wait before attempt `attempts + 1`."""
-    backoff = getattr(job, "backoff", 0) or 0
+def _backoff(backoff, attempts):
+    """Seconds to wait before attempt `attempts + 1`: backoff is a number or a list."""
+    backoff = backoff or 0
     if isinstance(backoff, (list, tuple)):
         return float(backoff[min(attempts, len(backoff)) - 1]) if backoff else 0.0
     return float(backoff)
@@ -2208,13 +2732,13 @@ def _failed_store(args):
 
 
 def _cmd_failed(args, config):
-    rows = _failed_store(args).failed_jobs()
+    rows = _failed_store(args).failed_jobs(limit=args.limit, newest_first=True, payloads=False)
     if not rows:
         print("no failed jobs")
         return 0
     print(f"{'id':>6}  {'driver/connection':<20} {'queue':<12} {'job':<24} {'failed at':<26} error")
     for r in rows:
-        first = (str(r["exception"]).strip().splitlines() or [""])[0][:80]
+        first = (_text(r["exception"]).strip().splitlines() or [""])[0][:80]
         where = f"{r['driver']}/{r['connection']}" if r["connection"] else r["driver"]
         print(f"{r['id']:>6}  {where:<20} {r['queue']:<12} {r['name']:<24} {str(r['failed_at'])[:26]:<26} {first}")
     return 0
@@ -2230,18 +2754,21 @@ def _ids(values):
 def _cmd_retry(args, config):
     store = _failed_store(args)
     ids = None if not args.ids or args.ids == ["all"] else _ids(args.ids)
-    rows = store.failed_jobs(ids)
+    if args.queue:
+        _check_queue_name(args.queue, "--queue")
     if ids:
-        missing = sorted(set(ids) - {r["id"] for r in rows})
+        missing = sorted(set(ids) - {r["id"] for r in store.failed_jobs(ids, payloads=False)})
         if missing:
             raise QueueError(f"no failed job with id {', '.join(map(str, missing))}")
-    for r in rows:
-        name = args.driver or r["driver"]
-        target = _driver(name, (args.connection or r["connection"]) if name == "database" else None)
-        target.put([Message(None, args.queue or r["queue"], r["name"], _as_bytes(r["payload"]), 0, 0.0)])
-        store.forget([r["id"]])
-        print(f"retrying {r['name']} (failed job {r['id']}) on {target.name}/{args.queue or r['queue']}")
-    if not rows:
+
+    def target(row):
+        name = args.driver or row["driver"]
+        return _driver(name, (args.connection or row["connection"]) if name == "database" else None)
+    count = 0
+    for row in store.retry_failed(ids, queue=args.queue, target=target):
+        count += 1
+        print(f"retrying {row['name']} (failed job {row['id']}) on {row['target'].name}/{row['queue']}")
+    if not count:
         print("no failed jobs")
     return 0
 
@@ -2255,7 +2782,8 @@ def _cmd_forget(args, config):
 
 
 def _cmd_flush(args, config):
-    print(f"deleted {_failed_store(args).forget(None)} failed job(s)")
+    older = None if args.hours is None else args.hours * 3600
+    print(f"deleted {_failed_store(args).forget(None, older_than=older)} failed job(s)")
     return 0
 
 
@@ -2340,8 +2868,13 @@ def _parser():
     table.add_argument("--connection")
     table.add_argument("--sql", action="store_true", help="print the DDL instead of running it")
 
-    for name, fn, text in (("failed", _cmd_failed, "list failed jobs"), ("flush", _cmd_flush, "delete every failed job")):
-        command(name, fn, text).add_argument("--connection")
+    failed = command("failed", _cmd_failed, "list failed jobs, newest first")
+    failed.add_argument("--connection")
+    failed.add_argument("--limit", type=_positive(int), default=50, help="show at most this many (default 50)")
+
+    flush = command("flush", _cmd_flush, "delete every failed job (or those older than --hours)")
+    flush.add_argument("--connection")
+    flush.add_argument("--hours", type=_positive(float), help="only failed jobs older than this many hours")
 
     retry = command("retry", _cmd_retry, "put failed jobs back on a queue (no id: all)")
     retry.add_argument("ids", nargs="*", metavar="ID", help="failed job ids, or 'all'")

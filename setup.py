@@ -22,7 +22,9 @@ setup(
     extras_require={
         "mysql": ["pymysql>=1.0"],
         "amqp": ["pika>=1.2"],
-        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "hypothesis>=6"],
+        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "hypothesis>=6",
+                 # real apps started by their launchers (tests/test_launchers.py)
+                 "flask>=2", "gunicorn>=21", "uvicorn>=0.20", "fastapi>=0.100", "django>=4"],
     },
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],
 )

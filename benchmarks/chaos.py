@@ -6,6 +6,7 @@ from a record that the jobs keep themselves (not through queue.py).
     python benchmarks/chaos.py --driver database --connection mysql --jobs 10000
     python benchmarks/chaos.py --driver amqp --jobs 10000
     python benchmarks/chaos.py --driver database --connection mysql --jobs 0 --bad 1000
+    python benchmarks/chaos.py --driver database --connection sqlite --jobs 300 --poison 60
 
 What one run does, in a temporary project (queue.py copied in, config.py with a short
 retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed afterwards):
@@ -17,6 +18,13 @@ retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed af
    plus correctly signed jobs whose class is missing, whose unpickling or __init__ raises, that
    call sys.exit() or os._exit(); every forged pickle would create a marker file if unpickled,
    and one correctly signed marker (the control) proves that the markers work;
+   with --poison P (default 2% of --jobs), P more numbered jobs, spread among the others, that do
+   what a job can do to the process that runs it (chaosjobs.POISON): failed() calling sys.exit(),
+   __setstate__ raising SystemExit or sleeping past the job's timeout, exceptions with a lone
+   surrogate or a __str__ that raises, KeyboardInterrupt / SystemExit(0) / GeneratorExit, a fork
+   whose child returns from handle() or calls sys.exit(0), SIGTERM ignored or blocked, an alarm or
+   interval timer left behind, a __repr__ that raises; each kind must be done exactly once or in
+   the failed store exactly once (failed() called at most once), and none may end its worker;
 3. runs --workers worker processes (`python queue.py work`) and one more for the long jobs; every
    --kill-every seconds SIGKILLs a random worker and starts a replacement, and starts a new
    worker for any worker that exits, as a supervisor would;
@@ -33,12 +41,20 @@ or, on amqp, when the earlier run overlapped the broker restart (a dropped conne
 unacked deliveries with it). The table is printed on stdout; the exit status is 1 if any
 "must be" limit is exceeded (loss, unexplained double run, concurrent runs, an unpickled forgery,
 a worker death without recovery, ...), else 0.
+
+Why each worker ended: SIGKILLed by the harness (it knows which), os._exit() by the jobs that do
+so on purpose (exit status 77), exit 1 at start while the server was down, or else on its own: a
+worker death caused by a job when the job record names one (the job running in that pid last:
+a `start` without its `end`, a poison job's __setstate__ under way, a failed() call, a poison or
+failed job that had just ended; for a death by SIGALRM, the last alarm/itimer job of that pid),
+an "other exit" when it names none. Both must be 0.
 """
 import argparse
 import collections
 import datetime as _dt
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -71,6 +87,8 @@ AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "gue
 KEY = "chaos-key-0123456789abcdef0123456789"
 WRONG_KEY = b"not-the-chaos-key-0123456789abcdef"
 BATCH = 500
+POISON_COLUMNS = ("pushed", "done", "failed", "lost", "wrong", "cut", "done twice", "failed twice", "failed() > 1",
+                  "worker deaths", "state left behind", "hung at the stop", "stray children", "as expected")
 
 
 def say(*parts):
@@ -173,6 +191,33 @@ def make_jobs(n, rng, project):
         items.append(Item(number, kind, expect, queue_name))
         jobs.append(classes[kind](number, project.record, seconds))
     return items, jobs
+
+
+def make_poison(count, first_number, rng, project):
+    """`count` poison jobs numbered from first_number, cycling through chaosjobs.POISON (less the
+    kinds in --skip) from a random first kind, in a random order."""
+    classes = [cls for cls in chaosjobs.POISON if cls.kind not in project.args.skip]
+    if not count or not classes:
+        return [], []
+    offset = rng.randrange(len(classes))
+    picked = [classes[(offset + i) % len(classes)] for i in range(count)]
+    rng.shuffle(picked)
+    items, jobs = [], []
+    for i, cls in enumerate(picked):
+        number = first_number + i
+        items.append(Item(number, cls.kind, cls.expect, project.queue))
+        jobs.append(cls(number, project.record))
+    return items, jobs
+
+
+def spread(items, jobs, more_items, more_jobs, rng):
+    """The (item, job) pairs of more_* inserted at random places among the others (after the
+    long jobs, which go first)."""
+    pairs = list(zip(items, jobs))
+    first = sum(1 for item in items if item.kind == "long")
+    for pair in zip(more_items, more_jobs):
+        pairs.insert(rng.randint(first, len(pairs)), pair)
+    return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
 Bad = collections.namedtuple("Bad", "index category name payload number properties")
@@ -574,6 +619,38 @@ def read_record(project):
     return done, runs
 
 
+def read_extra(project):
+    """The rest of the record: (failed() calls: number -> [(pid, time)],
+    poison loads: [(number, pid, attempt, time)], fork lines: [(what, number, child, parent, time, rest)],
+    signal state a job found left behind: [(number, pid, what, time)])."""
+    calls = collections.defaultdict(list)
+    for line in Tail(project.path("failed.log")).read():
+        number, pid, at = line.split()
+        calls[int(number)].append((int(pid), float(at)))
+    loads = []
+    for line in Tail(project.path("loads.log")).read():
+        _, number, pid, attempt, at = line.split()
+        loads.append((int(number), int(pid), int(attempt), float(at)))
+    forks = []
+    for line in Tail(project.path("forks.log")).read():
+        what, number, child, parent, at, *rest = line.split()
+        forks.append((what, int(number), int(child), int(parent), float(at), rest))
+    inherited = []
+    for line in Tail(project.path("inherited.log")).read():
+        number, pid, what, at = line.split()
+        inherited.append((int(number), int(pid), what, float(at)))
+    return calls, loads, forks, inherited
+
+
+def our_process(pid, folder):
+    """True if pid is a live process whose working directory is the project folder (a fork
+    child of one of our workers), not some other process that reuses the number."""
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == os.path.realpath(folder)
+    except OSError:
+        return False
+
+
 def failed_rows(project):
     """The failed store, through queue.py (it is the store under test): [(name, payload, summary)]."""
     store = queue.driver("database")
@@ -582,16 +659,32 @@ def failed_rows(project):
 
 
 def job_number(payload):
-    """The number of one of our own jobs in a failed payload (verified with KEY first), or None."""
-    if not isinstance(payload, bytes) or len(payload) < 34 or not payload.startswith(b"Q1"):
+    """The number of one of our own jobs in a failed payload (verified with KEY first), or None.
+    Q1: b'Q1' + HMAC + pickle; Q2: b'Q2' + HMAC + 4-byte header size + JSON header + pickle."""
+    if not isinstance(payload, bytes) or len(payload) < 34 or payload[:2] not in (b"Q1", b"Q2"):
         return None
     body = payload[34:]
     if not hmac.compare_digest(payload[2:34], hmac.new(KEY.encode(), body, hashlib.sha256).digest()):
         return None
+    if payload[:2] == b"Q2":
+        body = body[4 + int.from_bytes(body[:4], "big"):]
     try:
-        return getattr(pickle.loads(body)["job"], "number", None)
+        return getattr(_SafeUnpickler(io.BytesIO(body)).load()["job"], "number", None)
     except Exception:
         return None
+
+
+class _Shell:
+    """What a poison job unpickles to in the harness: its state, none of its behaviour."""
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if module == "chaosjobs":
+            found = getattr(chaosjobs, name, None)
+            if isinstance(found, type) and issubclass(found, chaosjobs.Poison):
+                return _Shell
+        return super().find_class(module, name)
 
 
 # The run ######################################################################################
@@ -617,12 +710,14 @@ class Chaos:
             queue.driver("database").stats()  # creates the SQLite tables
         started = time.time()
         items, jobs = make_jobs(args.jobs, self.rng, project)
-        bads = make_bad(args.bad, args.jobs, self.rng, project, self.backend) if args.bad else []
-        self.items, self.bads = items, bads
-        # push the jobs in batches, the bad payloads spread among them
-        batches = max(1, -(-len(jobs) // BATCH))
+        poison, poison_jobs = make_poison(args.poison, args.jobs, self.rng, project)
+        bads = make_bad(args.bad, args.jobs + args.poison, self.rng, project, self.backend) if args.bad else []
+        self.items, self.bads, self.poison = items, bads, poison
+        # push the jobs in batches, the poison jobs among them, the bad payloads spread among them
+        pushed, pushed_jobs = spread(items, jobs, poison, poison_jobs, self.rng)
+        batches = max(1, -(-len(pushed_jobs) // BATCH))
         for i in range(batches):
-            part = list(zip(items[i * BATCH:(i + 1) * BATCH], jobs[i * BATCH:(i + 1) * BATCH]))
+            part = list(zip(pushed[i * BATCH:(i + 1) * BATCH], pushed_jobs[i * BATCH:(i + 1) * BATCH]))
             for queue_name in (project.long_queue, project.queue):
                 group = [job for item, job in part if item.queue == queue_name]
                 if group:
@@ -631,14 +726,15 @@ class Chaos:
             if share:
                 self.backend.inject(share)
         self.timings["push"] = time.time() - started
-        say(f"pushed {len(jobs)} jobs and injected {len(bads)} bad payloads in {self.timings['push']:.1f} s")
+        say(f"pushed {len(jobs)} jobs and {len(poison)} poison jobs, injected {len(bads)} bad payloads "
+            f"in {self.timings['push']:.1f} s")
 
         sup = self.supervisor
         for _ in range(args.workers):
             sup.start("main")
         if any(item.kind == "long" for item in items):
             sup.start("long")
-        expected = {item.number: item for item in items}
+        expected = {item.number: item for item in items + poison}
         for b in bads:
             if b.number is not None:
                 expected[b.number] = Item(b.number, b.category, "failed", project.queue)
@@ -748,7 +844,23 @@ class Chaos:
             say(f"cannot count what is still queued: {exc}")
             still = -1
         ended = {w.pid: (w.ended or self.ended) for w in sup.workers}
-        deaths = {pid: at for pid, at, cause in sup.deaths if cause in ("killed", "os._exit")}
+        calls, loads, forks, inherited = read_extra(project)
+        # fork children of the fork poison jobs: which were still running later (their job, or
+        # their own watchdog, killed them), which took jobs, which still live (we end them here)
+        children = {child: number for what, number, child, _, _, _ in forks if what == "child"}
+        strays = {child: at for what, _, child, _, at, _ in forks if what == "stray"}
+        for child, at in strays.items():
+            ended[child] = at
+        left_alive = [child for child in children if our_process(child, project.folder)]
+        for child in left_alive:
+            try:
+                os.kill(child, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        # a worker death (of any cause, the strays' too) explains a rerun of the job it had completed
+        deaths = {pid: at for pid, at, cause in sup.deaths if cause != "server down"}
+        deaths.update(strays)
+        killed = {pid: at for pid, at, cause in sup.deaths if cause == "killed"}
         window = self.restart_window if self.restart_window[0] is not None else None
         amqp = args.driver == "amqp"
 
@@ -799,28 +911,90 @@ class Chaos:
         for b in self.bads:
             if b.number is not None:
                 expected[b.number] = Item(b.number, b.category, "failed", project.queue)
+        poisoned = {item.number: item for item in self.poison}
+        expected.update(poisoned)
+        kind_of = {number: item.kind for number, item in expected.items()}
+
+        # failed() calls (the job's own record): more than one is explained only by a SIGKILL of
+        # the worker that called it, after the call and before that worker began anything else
+        events = collections.defaultdict(list)  # pid -> [(time, what, number, outcome)]
+        for number, pid, attempt, start, end, outcome in runs:
+            events[pid].append((start, "start", number, None))
+            if end is not None:
+                events[pid].append((end, "end", number, outcome))
+        for number, pid, attempt, at in loads:
+            events[pid].append((at, "load", number, None))
+        for number, made in calls.items():
+            for pid, at in made:
+                events[pid].append((at, "failed", number, None))
+        for pid in events:
+            events[pid].sort(key=lambda e: e[0])
+        calls_twice = {}  # number -> "explained" or "unexplained"
+        for number, made in calls.items():
+            if len(made) > 1:
+                made = sorted(made, key=lambda m: m[1])
+                explained = all(pid in killed and killed[pid] >= at and
+                                not any(at < e[0] < killed[pid] and e[1] != "failed" for e in events[pid])
+                                for pid, at in made[:-1])
+                calls_twice[number] = "explained" if explained else "unexplained"
+                c["failed() twice " + calls_twice[number]] += 1
+                if not explained:
+                    problems["failed() run more than once"].append((number, kind_of.get(number), made))
+        poison = {cls.kind: collections.Counter() for cls in chaosjobs.POISON if any(
+            item.kind == cls.kind for item in self.poison)}
         for number, item in expected.items():
             completions = sorted(done.get(number, []), key=lambda d: d[2])
             failures = failed_by_number.get(number, [])
             spans = sorted(spans_by_number.get(number, []))
-            c["expect " + item.expect] += 1
-            if not completions and not failures:
-                c["lost"] += 1
-                problems["lost"].append((number, item.kind))
-            elif item.expect == "failed":
-                c["failed as expected"] += 1 if failures else 0
-                if completions:
-                    c["completed though they must fail"] += 1
-                    problems["completed though they must fail"].append((number, item.kind))
-            else:
-                c["completed"] += 1 if completions else 0
-                if failures and not completions:
-                    cut = any(pid in deaths and outcome == "died" for _, _, pid, outcome in spans)
+            if number in poisoned:
+                p = poison[item.kind]
+                p["pushed"] += 1
+                p["done"] += 1 if completions else 0
+                p["failed"] += 1 if failures else 0
+                p["done twice"] += 1 if len(completions) > 1 else 0
+                p["failed() > 1"] += 1 if calls_twice.get(number) == "unexplained" else 0
+                wrong = False
+                if not completions and not failures:
+                    p["lost"] += 1
+                    problems["poison lost"].append((number, item.kind))
+                elif item.expect == "failed" and completions:
+                    wrong = True
+                elif item.expect == "done" and not completions:
+                    cut = any(pid in killed and outcome == "died" for _, _, pid, outcome in spans)
                     if cut and all(f.startswith("MaxAttemptsExceeded") for f in failures):
-                        c["failed after their workers died"] += 1
+                        p["cut"] += 1
                     else:
-                        c["failed unexpectedly"] += 1
-                        problems["failed unexpectedly"].append((number, item.kind, failures[0]))
+                        wrong = True
+                if wrong:
+                    p["wrong"] += 1
+                    problems["poison with the wrong outcome"].append(
+                        (number, item.kind, f"must be {item.expect}", failures[:1], len(completions)))
+                if len(failures) > 1:
+                    p["failed twice"] += 1
+                    problems["poison in the failed store more than once"].append((number, item.kind, failures))
+                settled = completions if item.expect == "done" else failures
+                if len(settled) == 1 and not wrong and calls_twice.get(number) != "unexplained" and (
+                        item.expect == "done" or not completions) and (item.expect == "failed" or not failures):
+                    p["as expected"] += 1
+            else:
+                c["expect " + item.expect] += 1
+                if not completions and not failures:
+                    c["lost"] += 1
+                    problems["lost"].append((number, item.kind))
+                elif item.expect == "failed":
+                    c["failed as expected"] += 1 if failures else 0
+                    if completions:
+                        c["completed though they must fail"] += 1
+                        problems["completed though they must fail"].append((number, item.kind))
+                else:
+                    c["completed"] += 1 if completions else 0
+                    if failures and not completions:
+                        cut = any(pid in deaths and outcome == "died" for _, _, pid, outcome in spans)
+                        if cut and all(f.startswith("MaxAttemptsExceeded") for f in failures):
+                            c["failed after their workers died"] += 1
+                        else:
+                            c["failed unexpectedly"] += 1
+                            problems["failed unexpectedly"].append((number, item.kind, failures[0]))
             if item.kind == "slow" and any(attempt == 1 for _, attempt, _ in completions):
                 c["timeouts not enforced"] += 1
                 problems["timeouts not enforced"].append(number)
@@ -869,15 +1043,88 @@ class Chaos:
                        for w in later):
                 unrecovered += 1
                 problems["worker deaths not followed by recovery"].append((pid, cause))
+        # the workers that exited on their own while not asked to stop (not SIGKILLed by us, not
+        # os._exit by the jobs that do it on purpose, not "server down"): caused by a job when the
+        # record names one (see culprit()), else other exits; exits at the stop are other exits
+        def culprit(pid, status):
+            """(number, what it was doing) of the job that ended worker `pid`, or None."""
+            history = events.get(pid, [])
+            if not history:
+                return None
+            if status == -signal.SIGALRM:
+                for at, what, number, outcome in reversed(history):
+                    if kind_of.get(number) in chaosjobs.TIMER_KINDS:
+                        return number, "its alarm or timer fired later"
+            at, what, number, outcome = history[-1]
+            if what == "start":
+                return number, "while it ran"
+            if what == "load":
+                return number, "while it was unpickled"
+            if what == "failed":
+                return number, "in or after its failed()"
+            if outcome != "done" or number in poisoned:
+                return number, f"after it ended ({outcome})"
+            return None
+
+        during_run = {pid for pid, _, cause in sup.deaths if cause == "unexpected"}
         unexpected = [w for w in sup.workers if w.cause == "unexpected"]
+        job_deaths, other_exits = [], []
         for w in unexpected:
-            problems["unexpected worker exits"].append((w.pid, w.status, self._tail(w.log)))
+            blamed = culprit(w.pid, w.status) if w.pid in during_run else None
+            if blamed is not None:
+                number, doing = blamed
+                kind = kind_of.get(number, "?")
+                job_deaths.append({"pid": w.pid, "status": w.status, "number": number, "kind": kind, "doing": doing})
+                if kind in poison:
+                    poison[kind]["worker deaths"] += 1
+                problems["worker deaths caused by a job"].append((w.pid, w.status, number, kind, doing, self._tail(w.log, 2)))
+            else:
+                other_exits.append(w)
+                last = events.get(w.pid, [])[-1:]
+                problems["unexpected worker exits"].append((w.pid, w.status, "at the stop" if w.pid not in during_run
+                                                            else "during the run", last, self._tail(w.log)))
+        job_death_kinds = collections.Counter(d["kind"] for d in job_deaths)
+        for w in self.hung:  # a worker that ignored SIGTERM: the last SIGTERM poison it ran
+            suspects = [e for e in events.get(w.pid, []) if kind_of.get(e[2]) in ("sigign", "sigmask")]
+            if suspects:
+                poison[kind_of[suspects[-1][2]]]["hung at the stop"] += 1
+            problems["workers that ignored SIGTERM at the end"].append(
+                (w.pid, [(e[2], kind_of.get(e[2])) for e in suspects[-2:]]))
+        # signal state that a job found left behind by an earlier one in its worker: blamed on the
+        # last poison job of a kind that leaves it, run in that worker before
+        left_behind = collections.Counter()
+        for number, pid, what, at in inherited:
+            suspects = [e for e in events.get(pid, []) if e[0] < at and kind_of.get(e[2]) in chaosjobs.LEFT_BEHIND[what]]
+            blamed = kind_of[suspects[-1][2]] if suspects else "?"
+            left_behind[blamed] += 1
+            if blamed in poison:
+                poison[blamed]["state left behind"] += 1
+            problems["jobs that began with a signal state left behind"].append(
+                (number, pid, what, suspects[-1][2] if suspects else None, blamed))
+        # fork children: what they did after handle() returned in them
+        worked = sorted({pid for pid in children if pid in events})
+        for pid in worked:
+            problems["fork children that took jobs"].append((pid, children[pid], [e[2] for e in events[pid]][:5]))
+        for child, at in strays.items():
+            problems["fork children still running after their fork job (killed)"].append((child, children.get(child)))
+        for child in left_alive:
+            problems["fork children alive at the end (killed by chaos.py)"].append((child, children.get(child)))
+        for number in {children[child] for child in list(strays) + left_alive + worked if child in children}:
+            if kind_of.get(number) in poison:
+                poison[kind_of[number]]["stray children"] += 1
+        self.job_deaths = job_deaths
+        self.poison_table = [{"kind": kind, "expect": next(cls.expect for cls in chaosjobs.POISON if cls.kind == kind),
+                              **{k: counts[k] for k in POISON_COLUMNS}} for kind, counts in poison.items()]
+
         tracebacks, noisy = [], 0  # (log, the traceback) of queue.py's own; logs with pika ERROR records
         for w in sup.workers:
             with open(w.log, errors="replace") as f:
                 text = f.read()
             noisy += " ERROR " in text
             for block in text.split("Traceback (most recent call last):")[1:]:
+                frames = [line for line in block.splitlines() if line.lstrip().startswith('File "')]
+                if frames and "chaosjobs.py" in frames[-1]:
+                    continue  # a job's own exception, logged by the worker as it should be
                 block = block[:4000]
                 if 'queue.py", line' in block or "Exception in thread" in text:
                     tracebacks.append((w.log, "Traceback (most recent call last):" + block))
@@ -905,7 +1152,8 @@ class Chaos:
              ("  SIGKILLed by the chaos loop", causes["killed"], None),
              ("  ended by os._exit() jobs", causes["os._exit"], None),
              ("  exited 1 at start: server unreachable", causes["server down"], None),
-             ("  other exits (crashes)", len(unexpected), 0),
+             ("  deaths caused by a job (not os._exit; kinds below)", len(job_deaths), 0),
+             ("  other exits (crashes)", len(other_exits), 0),
              ("  ignored SIGTERM at the end", len(self.hung), 0),
              ("worker deaths not followed by recovery", unrecovered, 0),
              ("worker logs with a traceback through queue.py", len(tracebacks), 0),
@@ -915,6 +1163,27 @@ class Chaos:
                   ("  unpickled forgeries (marker files)", len(markers), 0),
                   ("  missing from the failed store", c["bad missing"], 0),
                   ("  control marker unpickled (must be 1)", int(control), None)]
+        r += [("failed() run more than once (the job's own record)", c["failed() twice explained"]
+               + c["failed() twice unexplained"], None),
+              ("  explained by a SIGKILL after failed()", c["failed() twice explained"], None),
+              ("  not explained by a SIGKILL", c["failed() twice unexplained"], 0)]
+        if self.poison:
+            total = collections.Counter()
+            for counts in poison.values():
+                total.update(counts)
+            r += [("poison jobs pushed (kinds below)", len(self.poison), None),
+                  ("  poison done or failed as their kind must", total["as expected"], None),
+                  ("  poison failed after their workers were SIGKILLed", total["cut"], None),
+                  ("  poison lost (neither done nor failed)", total["lost"], 0),
+                  ("  poison with the wrong outcome", total["wrong"], 0),
+                  ("  poison in the failed store more than once", total["failed twice"], 0),
+                  ("  poison whose failed() ran more than once", total["failed() > 1"], 0),
+                  ("  poison that caused worker deaths (not os._exit)", sum(job_death_kinds[k] for k in poison), 0),
+                  ("  poison signal state found by later jobs (SIGTERM ignored/blocked, timer)",
+                   sum(left_behind.values()), 0),
+                  ("  poison fork children left running (killed)", len(strays), 0),
+                  ("  poison fork children that took jobs", len(worked), 0),
+                  ("  poison fork children alive at the end", len(left_alive), 0)]
         r += [("still queued at the end", still, 0),
               ("unknown numbers in the record", c["unknown numbers in the record"], 0)]
         violations = [(label.strip(), value) for label, value, limit in r if limit is not None and value > limit]
@@ -940,7 +1209,8 @@ class Chaos:
                    "MariaDB restarted" if args.driver == "database" else "RabbitMQ restarted")
         if self.restart_window[0] is not None and self.restart_window[1] is not None and restart.endswith("restarted"):
             restart += f" ({self.restart_window[1] - self.restart_window[0]:.1f} s down)"
-        print(f"queue.py chaos: {target}, {args.jobs} jobs, {args.bad} bad payloads, {args.workers} workers, "
+        print(f"queue.py chaos: {target}, {args.jobs} jobs, {args.bad} bad payloads, {args.poison} poison jobs, "
+              f"{args.workers} workers, "
               f"kill every {args.kill_every:g} s, retry_after {args.retry_after:g} s, seed {args.seed}", file=out)
         print(f"restart: {restart}; push {self.timings.get('push', 0):.1f} s, run {self.timings.get('run', 0):.1f} s", file=out)
         width = max(len(label) for label, _, _ in self.rows) + 2
@@ -948,6 +1218,16 @@ class Chaos:
         for label, value, limit in self.rows:
             mark = "" if limit is None else f"  {'<=' if limit else '='} {limit}" + ("   <-- VIOLATION" if value > limit else "")
             print(f"{label:<{width}}{value:>8}{mark}", file=out)
+        if getattr(self, "poison_table", None):
+            heads = ["poison kind", "must be"] + [name.replace(" ", "_") for name in POISON_COLUMNS]
+            cells = [[row["kind"], row["expect"]] + [str(row[k]) for k in POISON_COLUMNS] for row in self.poison_table]
+            widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+            print("poison per kind (lost, wrong, failed_twice, failed()_>_1, worker_deaths, state_left_behind, "
+                  "hung_at_the_stop, stray_children: must be 0)",
+                  file=out)
+            for line in [heads] + cells:
+                print("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))),
+                      file=out)
         if self.violations:
             print("RESULT: FAIL: " + "; ".join(f"{label} {value}" for label, value in self.violations), file=out)
         else:
@@ -959,6 +1239,7 @@ class Chaos:
 
     def summary(self):
         return {"violations": self.violations, "rows": {label.strip(): value for label, value, _ in self.rows},
+                "poison": getattr(self, "poison_table", []), "worker_deaths_caused_by_jobs": getattr(self, "job_deaths", []),
                 "timings": self.timings, "restart_window": self.restart_window,
                 "problems": {k: [repr(x) for x in v[:20]] for k, v in self.problems.items()}}
 
@@ -996,22 +1277,27 @@ def parse_args(argv=None):
     p.add_argument("--kill-every", type=float, default=1.0, help="seconds between SIGKILLs (0: none; default 1)")
     p.add_argument("--no-restart", action="store_true", help="no server restart (SQLite: no kill-all)")
     p.add_argument("--bad", type=int, default=0, help="hostile payloads to inject (the bad-input run; default 0)")
+    p.add_argument("--poison", type=int, default=None,
+                   help="poison jobs to push among the others (default: 2%% of --jobs; 0: none); kinds: "
+                   + ", ".join(cls.kind for cls in chaosjobs.POISON))
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--retry-after", type=float, default=5.0, help="retry_after (and amqp heartbeat) in seconds")
     p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
     p.add_argument("--skip", default="", help="bad-payload categories to leave out, comma separated "
                    "(forged, wrongkey, truncated, flipped, extended, random, empty, missing, unloadable, "
-                   "initraises, exit, die; sqlite: text, integer; amqp: bare, badheader)")
+                   "initraises, exit, die; sqlite: text, integer; amqp: bare, badheader), or poison kinds")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary project folder")
     args = p.parse_args(argv)
-    if args.jobs < 0 or args.bad < 0 or args.workers < 1:
-        p.error("--jobs and --bad must not be negative; --workers must be at least 1")
+    if args.poison is None:
+        args.poison = max(0, round(0.02 * args.jobs))
+    if args.jobs < 0 or args.bad < 0 or args.poison < 0 or args.workers < 1:
+        p.error("--jobs, --bad and --poison must not be negative; --workers must be at least 1")
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
     if args.timeout is None:
-        args.timeout = 90 + 0.05 * (args.jobs + 5 * args.bad)
+        args.timeout = 90 + 0.05 * (args.jobs + 5 * args.bad) + 0.5 * args.poison
     return args
 
 

@@ -4,12 +4,20 @@
 Every job keeps its own record, outside queue.py, in the folder `record` it carries:
 - ``runs.log``: ``start NUMBER PID ATTEMPT TIME`` when an attempt begins and
   ``end NUMBER PID ATTEMPT TIME OUTCOME`` when it stops (returned, raised, timed out, exiting);
-- ``done.log``: ``NUMBER PID ATTEMPT TIME``, once per completed run (the last thing handle() does).
+- ``done.log``: ``NUMBER PID ATTEMPT TIME``, once per completed run (the last thing handle() does);
+- ``failed.log``: ``NUMBER PID TIME``, once per call of failed() (queue.py promises one call);
+- ``loads.log``: ``load NUMBER PID ATTEMPT TIME`` when a poison job's __setstate__ begins (it runs
+  while the worker unpickles the payload, before handle());
+- ``forks.log``: what the fork jobs' children did (``child``, ``reaped``, ``stray`` lines, below);
+- ``inherited.log``: ``NUMBER PID WHAT TIME`` when a job begins in a worker whose signal state an
+  earlier job changed (WHAT: sigterm-ignored, sigterm-blocked, timer-pending); see inherited().
 Each line is one os.write() on a file opened with O_APPEND, so lines of concurrent workers never mix.
 The attempt number is read from the worker's frame (the Message it is processing); 0 if unknown.
 """
 import os
+import signal
 import sys
+import threading
 import time
 
 from queue import Queueable  # our queue.py (chaos.py and `python queue.py` make sure of it)
@@ -35,6 +43,21 @@ def current_attempt():
     return 0
 
 
+def inherited(job):
+    """What an earlier job left in this worker's signal state, as the job begins: SIGTERM set to
+    SIG_IGN, SIGTERM blocked in this thread, or a real-time timer pending although this job has
+    no timeout of its own (a worker arms that timer only for a job with a timeout)."""
+    found = []
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        found.append("sigterm-ignored")
+    if hasattr(signal, "pthread_sigmask") and signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        found.append("sigterm-blocked")
+    if not getattr(job, "timeout", None) and hasattr(signal, "getitimer") and signal.getitimer(signal.ITIMER_REAL)[0] > 0:
+        found.append("timer-pending")
+    for what in found:
+        append(os.path.join(job.record, "inherited.log"), f"{job.number} {os.getpid()} {what} {time.time():.6f}")
+
+
 class Job(Queueable):
     """Base: a number, the record folder, and a handle() that records start, work() and end."""
 
@@ -50,6 +73,7 @@ class Job(Queueable):
     def handle(self):
         attempt = current_attempt()
         pid = os.getpid()
+        inherited(self)
         self.log(f"start {self.number} {pid} {attempt} {time.time():.6f}")
         outcome = "raised"
         try:
@@ -64,6 +88,9 @@ class Job(Queueable):
 
     def work(self, attempt):
         time.sleep(self.seconds)
+
+    def failed(self, exc):
+        append(os.path.join(self.record, "failed.log"), f"{self.number} {os.getpid()} {time.time():.6f}")
 
 
 class Work(Job):
@@ -202,3 +229,245 @@ class Marker:
 
     def __reduce__(self):
         return (touch, (self.path,))
+
+
+
+# Poison: jobs that do what a job can do to the process that runs it ############################
+# Every poison kind has one expected outcome (`expect`): "done" (it must complete, its done.log
+# line shows it) or "failed" (in the failed store exactly once, failed() called at most once).
+# None of them may take its worker down. chaos.py --poison pushes them with queue.push.
+class Poison(Job):
+    """Base of the poison kinds (chaos.py maps them to a harmless stand-in when it reads a payload)."""
+
+    tries = 2
+    expect = "failed"
+
+    def log_load(self):
+        append(os.path.join(self.record, "loads.log"),
+               f"load {self.number} {os.getpid()} {current_attempt()} {time.time():.6f}")
+
+
+class FailedExit(Poison):
+    """handle() raises; failed() calls sys.exit(3). tries 1 or 2 (by the number's parity)."""
+
+    kind = "failedexit"
+
+    def __init__(self, number, record, seconds=0.0):
+        super().__init__(number, record, seconds)
+        self.tries = 1 + number % 2
+
+    def work(self, attempt):
+        raise ValueError(f"poison job {self.number} raises so that its failed() runs")
+
+    def failed(self, exc):
+        super().failed(exc)
+        sys.exit(3)
+
+
+class SetStateExit(Poison):
+    """Unpickling it raises SystemExit (__setstate__ only runs on unpickle, not on push)."""
+
+    kind = "setstateexit"
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.log_load()
+        raise SystemExit(4)
+
+
+class Surrogate(Poison):
+    """Raises an exception whose message holds a lone surrogate (not encodable as UTF-8)."""
+
+    kind = "surrogate"
+
+    def work(self, attempt):
+        raise ValueError(f"poison job {self.number}: a lone surrogate \udcff in the message")
+
+
+class UnprintableError(Exception):
+    def __str__(self):
+        raise RuntimeError("this exception's __str__ raises")
+
+
+class BadStr(Poison):
+    """Raises an exception whose __str__ raises."""
+
+    kind = "badstr"
+
+    def work(self, attempt):
+        raise UnprintableError(self.number)
+
+
+class RaiseKeyboardInterrupt(Poison):
+    kind = "keyboardinterrupt"
+
+    def work(self, attempt):
+        raise KeyboardInterrupt()
+
+
+class RaiseSystemExit0(Poison):
+    kind = "systemexit0"
+
+    def work(self, attempt):
+        raise SystemExit(0)
+
+
+class RaiseGeneratorExit(Poison):
+    kind = "generatorexit"
+
+    def work(self, attempt):
+        raise GeneratorExit()
+
+
+class ForkReturn(Poison):
+    """os.fork()s in handle(); the child returns from handle() normally (into the worker's code),
+    the parent waits for the child, then completes. The fork record, in forks.log:
+    ``child NUMBER CHILD PARENT TIME VARIANT`` (written by the child),
+    ``reaped NUMBER CHILD PARENT TIME STATUS SECONDS`` (the child ended; STATUS as os.waitstatus_to_exitcode),
+    ``stray NUMBER CHILD PARENT TIME killed|watchdog``: the child was still running CHILD_LIMIT
+    seconds after the fork and its parent SIGKILLed it, or (its parent gone) its own watchdog
+    thread ended it WATCHDOG seconds after the fork. A correct worker ends the child at once."""
+
+    kind = "forkreturn"
+    expect = "done"
+    tries = 3
+    child_exits = False
+    CHILD_LIMIT = 5.0
+    WATCHDOG = 10.0
+
+    def forks(self, line):
+        append(os.path.join(self.record, "forks.log"), line)
+
+    def handle(self):
+        attempt, parent = current_attempt(), os.getpid()
+        inherited(self)
+        self.log(f"start {self.number} {parent} {attempt} {time.time():.6f}")
+        try:
+            child = os.fork()
+        except BaseException as exc:
+            self.log(f"end {self.number} {parent} {attempt} {time.time():.6f} {type(exc).__name__}")
+            raise
+        if child == 0:  # the child: no start/end/done lines of its own
+            me = os.getpid()
+            self.forks(f"child {self.number} {me} {parent} {time.time():.6f} "
+                       f"{'exit0' if self.child_exits else 'return'}")
+            threading.Thread(target=self._watchdog, args=(me, parent), daemon=True).start()
+            if self.child_exits:
+                sys.exit(0)
+            return None
+        outcome = "raised"
+        try:
+            self._wait(child, parent)
+            append(os.path.join(self.record, "done.log"), f"{self.number} {parent} {attempt} {time.time():.6f}")
+            outcome = "done"
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self.log(f"end {self.number} {parent} {attempt} {time.time():.6f} {outcome}")
+
+    def _wait(self, child, parent):
+        began = time.monotonic()
+        while time.monotonic() - began < self.CHILD_LIMIT:
+            pid, status = os.waitpid(child, os.WNOHANG)
+            if pid:
+                self.forks(f"reaped {self.number} {child} {parent} {time.time():.6f} "
+                           f"{os.waitstatus_to_exitcode(status)} {time.monotonic() - began:.3f}")
+                return
+            time.sleep(0.02)
+        self.forks(f"stray {self.number} {child} {parent} {time.time():.6f} killed")
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(child, 0)
+
+    def _watchdog(self, me, parent):
+        """In the child: if it is still alive after WATCHDOG seconds (its parent was killed before
+        it could end it), record that and end it, so that no stray worker outlives the run."""
+        time.sleep(self.WATCHDOG)
+        self.forks(f"stray {self.number} {me} {parent} {time.time():.6f} watchdog")
+        os._exit(0)
+
+
+class ForkExit(ForkReturn):
+    """As ForkReturn, but the child calls sys.exit(0) inside handle()."""
+
+    kind = "forkexit"
+    child_exits = True
+
+
+class IgnoreSigterm(Poison):
+    """Sets SIGTERM to SIG_IGN and returns normally."""
+
+    kind = "sigign"
+    expect = "done"
+    tries = 3
+
+    def work(self, attempt):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class BlockSigterm(Poison):
+    """Blocks SIGTERM with pthread_sigmask (in the thread running the job) and returns normally."""
+
+    kind = "sigmask"
+    expect = "done"
+    tries = 3
+
+    def work(self, attempt):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+class LeaveAlarm(Poison):
+    """Leaves signal.alarm(2) behind and returns normally (no timeout of its own)."""
+
+    kind = "alarm"
+    expect = "done"
+    tries = 3
+
+    def work(self, attempt):
+        signal.alarm(2)
+
+
+class LeaveTimer(Poison):
+    """Leaves a repeating ITIMER_REAL (2 s, then every 2 s) behind and returns normally."""
+
+    kind = "itimer"
+    expect = "done"
+    tries = 3
+
+    def work(self, attempt):
+        signal.setitimer(signal.ITIMER_REAL, 2.0, 2.0)
+
+
+class SlowLoad(Poison):
+    """Its __setstate__ sleeps 3 s, longer than its timeout (1 s); handle() itself is quick.
+    Unpickling is the job's own code and its timeout (signed into the payload's header, so known
+    before unpickling) covers it: the job must end in the failed store, once."""
+
+    kind = "slowload"
+    timeout = 1
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.log_load()
+        time.sleep(3.0)
+
+
+class BadRepr(Poison):
+    """Its __repr__ raises; it must complete."""
+
+    kind = "badrepr"
+    expect = "done"
+    tries = 3
+
+    def __repr__(self):
+        raise RuntimeError(f"job {self.number}: __repr__ raises")
+
+
+POISON = [FailedExit, SetStateExit, Surrogate, BadStr, RaiseKeyboardInterrupt, RaiseSystemExit0,
+          RaiseGeneratorExit, ForkReturn, ForkExit, IgnoreSigterm, BlockSigterm, LeaveAlarm, LeaveTimer,
+          SlowLoad, BadRepr]
+TIMER_KINDS = ("alarm", "itimer")  # a worker killed by SIGALRM: blame the last of these it ran
+LEFT_BEHIND = {"sigterm-ignored": ("sigign",), "sigterm-blocked": ("sigmask",), "timer-pending": TIMER_KINDS}

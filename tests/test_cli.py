@@ -253,7 +253,7 @@ def test_table_sql_prints_the_ddl_of_the_configured_tables(project):
     project.drivers["database"].update(table="my_jobs", failed_table="my_failed")
     project.write_config()
     ddl = ok(project.cli("table", "--sql"))
-    assert "CREATE TABLE IF NOT EXISTS my_jobs" in ddl and "CREATE TABLE IF NOT EXISTS my_failed" in ddl
+    assert 'CREATE TABLE IF NOT EXISTS "my_jobs"' in ddl and 'CREATE TABLE IF NOT EXISTS "my_failed"' in ddl
     db = os.path.join(project.folder, "queue.sqlite3")
     assert not os.path.exists(db) or not tables_of(db), "--sql must print the DDL instead of running it"
     conn = sqlite3.connect(":memory:")  # the printed DDL is valid SQL that makes the tables
@@ -268,7 +268,7 @@ def test_table_on_mysql(mysql_project):
     ok(mysql_project.cli("table"))
     ok(mysql_project.cli("table"))  # idempotent (the fixture created them already)
     ddl = ok(mysql_project.cli("table", "--sql"))
-    assert f"CREATE TABLE IF NOT EXISTS {table} " in ddl and f"CREATE TABLE IF NOT EXISTS {table}_failed " in ddl
+    assert f"CREATE TABLE IF NOT EXISTS `{table}` " in ddl and f"CREATE TABLE IF NOT EXISTS `{table}_failed` " in ddl
     import pymysql
     conn = pymysql.connect(**{k: v for k, v in MYSQL.items() if k != "driver"})
     try:
@@ -530,7 +530,7 @@ def test_work_attempts_and_timeout_options(project, tmp_path):
     assert time.monotonic() - started < 15, "--timeout did not stop the job"
     assert values(slow) == ["slow"] and values(out)[-1] == "after"
     errors = [row[5] for row in failed_rows(project)]
-    assert errors[0] == "ValueError: boom f" and "JobTimeout" in errors[1], errors
+    assert errors[1] == "ValueError: boom f" and "JobTimeout" in errors[0], errors  # newest first
 
 
 def test_connection_option_selects_another_database(project, tmp_path):

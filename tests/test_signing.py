@@ -1,4 +1,6 @@
-"""Signed payloads: b"Q1" + HMAC-SHA256(key, body) + body, where body is a pickle.
+"""Signed payloads: b"Q2" + HMAC-SHA256(key, signed) + signed, where signed is a length, a JSON
+header (the job's class, queue and settings) and a pickle; b"Q1" payloads of queue.py 1.0 (MAC +
+pickle) are still read.
 
 A payload whose signature fails is never unpickled: forged payloads below carry a
 testjobs.Marker, whose unpickling appends to a marker file, so "never unpickled" is proven by
@@ -41,11 +43,13 @@ def test_pack_unpack_round_trip(sqlite_project, tmp_path):
     job = testjobs.Record(tmp_path / "out", "first", tries=5, backoff=[1, 2], queue="mail")
     job.extra = {"order": 42, "items": [1.5, None, ("a", b"b")]}
     chain = [testjobs.Record(tmp_path / "out", "second"), testjobs.Fail(tmp_path / "out", "third")]
-    payload = queue.pack(job, chain=chain, until=1234.5)
-    assert isinstance(payload, bytes) and payload[:2] == b"Q1"
+    payload = queue.pack(job, chain=chain, until=1234.5, queue="mail")
+    assert isinstance(payload, bytes) and payload[:2] == b"Q2"
     assert payload[2:34] == mac(KEY, payload[34:])
     envelope = queue.unpack(payload)
-    assert envelope["v"] == 1 and envelope["until"] == 1234.5
+    assert envelope["v"] == 2 and envelope["until"] == 1234.5
+    assert envelope["header"] == {"name": "Record", "queue": "mail", "tries": 5, "timeout": None,
+                                  "backoff": [1, 2], "until": 1234.5}
     loaded = envelope["job"]
     assert type(loaded) is testjobs.Record and vars(loaded) == vars(job)
     assert [type(j) for j in envelope["chain"]] == [testjobs.Record, testjobs.Fail]
