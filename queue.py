@@ -179,11 +179,12 @@ DEFAULTS = {
     "DRIVERS": {
         "default": "database",
         "database": {"connection": "sqlite", "table": "jobs", "failed_table": "failed_jobs",
-                     "attempts": 3, "poll": 1, "tz": "UTC", "retry_after": 90,
+                     "state_table": "queue_state", "attempts": 3, "poll": 1, "tz": "UTC", "retry_after": 90,
                      "queue": "default", "callback": "handle"},
         "amqp": {"username": "guest", "password": "guest", "host": "localhost", "port": 5672,
                  "vhost": "", "channel": "default", "queue": "default", "exchange": "",
                  "connection_options": {}, "heartbeat": 60, "prefetch": 20, "queue_type": "quorum", "attempts": 3,
+                 "max_message_size": 134217728,
                  "poll": 1, "callback": "handle", "tz": "UTC"},
         "async": {"blocking": False, "callback": "handle", "mode": "threading", "workers": 1,
                   "attempts": 3, "queue": "default", "tz": "UTC"},
@@ -234,12 +235,12 @@ def _kind_name(kind):
 
 
 _DRIVER_KEYS = {  # key -> kind; keys of the Masonite seeds keep their meaning
-    "connection": str, "table": str, "failed_table": (str, type(None)), "attempts": int,
+    "connection": str, "table": str, "failed_table": (str, type(None)), "state_table": str, "attempts": int,
     "poll": _NUMBER, "tz": str, "retry_after": _NUMBER, "queue": str, "callback": str,
     "username": str, "password": str, "host": str, "port": (int, str), "vhost": str,
     "channel": str, "exchange": str, "connection_options": dict, "heartbeat": _NUMBER,
     "management_port": (int, str),
-    "prefetch": int, "queue_type": {"quorum", "classic"}, "blocking": bool, "mode": {"threading", "multiprocess"}, "workers": int,
+    "prefetch": int, "queue_type": {"quorum", "classic"}, "max_message_size": int, "blocking": bool, "mode": {"threading", "multiprocess"}, "workers": int,
 }
 _DATABASE_KEYS = {
     "driver": {"sqlite", "mysql"}, "database": str, "synchronous": {"off", "normal", "full", "extra"},
@@ -296,7 +297,7 @@ class Config:
             for key, value in opts.items():
                 if key in _DRIVER_KEYS:
                     _check(where, key, value, _DRIVER_KEYS[key])
-            for key in ("table", "failed_table"):
+            for key in ("table", "failed_table", "state_table"):
                 if opts.get(key) is not None and not re.match(_IDENT, opts[key]):
                     raise ConfigError(f"{where}[{key!r}] must be a plain table name of at most "
                                       f"{_MAX_TABLE} characters (letters, digits, _), not {opts[key]!r}")
@@ -553,28 +554,42 @@ def _read_signing_key(config):
     if key:
         return key.encode() if isinstance(key, str) else bytes(key)
     path = os.path.join(config.folder, ".queue.key")
-    try:
-        with open(path, "rb") as f:
-            key = f.read().strip()
-    except FileNotFoundError:
-        key = secrets.token_hex(32).encode()
-        tmp = f"{path}.{os.getpid()}.tmp"
+    with _config_lock:  # threads of one process create it once; processes race through link()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(key)
-            try:
-                os.link(tmp, path)  # atomic: the first process to create the key wins
-            except FileExistsError:
-                with open(path, "rb") as f:
-                    key = f.read().strip()
-            finally:
-                os.unlink(tmp)
-        except OSError as exc:
-            raise ConfigError(f"cannot create the signing key file {path}: {exc}; set QUEUE_KEY") from None
+            key = _read_key_file(path)
+        except FileNotFoundError:
+            key = _create_key_file(path)
     if len(key) < 16:
         raise ConfigError(f"signing key file {path} is too short; delete it or set QUEUE_KEY")
     return key
+
+
+def _read_key_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"cannot read the signing key file {path}: {exc.strerror}; fix it or set QUEUE_KEY") from None
+
+
+def _create_key_file(path):
+    """Write a new random key to path, atomically: the first process to link it wins."""
+    tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.{os.urandom(4).hex()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_hex(32).encode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the signing key file {path}: {exc.strerror}; set QUEUE_KEY") from None
+    return _read_key_file(path)
 
 
 def _sign(signed, magic=_MAGIC):
@@ -839,11 +854,12 @@ def chain(*jobs, driver=None, queue=None, delay=None, connection=None):
 class Message:
     """One job as a driver holds it: its id, queue, payload and how often it was reserved."""
 
-    __slots__ = ("id", "queue", "name", "payload", "attempts", "delay", "token")
+    __slots__ = ("id", "queue", "name", "payload", "attempts", "delay", "receipt")
 
-    def __init__(self, id=None, queue="default", name="", payload=b"", attempts=0, delay=0.0, token=None):
+    def __init__(self, id=None, queue="default", name="", payload=b"", attempts=0, delay=0.0, receipt=None):
         self.id, self.queue, self.name, self.payload = id, queue, name, payload
-        self.attempts, self.delay, self.token = attempts, delay, token
+        self.attempts, self.delay = attempts, delay
+        self.receipt = receipt  # what the driver that handed it out needs to ack it (its own type)
 
     def __repr__(self):
         return f"<Message {self.name} #{self.id} on {self.queue!r}, attempt {self.attempts}>"
@@ -1551,7 +1567,7 @@ class DatabaseDriver(Driver):
                 if rows:
                     id_, name, payload, attempts = rows[0]
                     d.script(cur, [(sql["reserve"], (now, now, until, id_)), ("COMMIT", ())])
-                    return Message(id_, queue_name, name, _as_bytes(payload), attempts + 1, token=now)
+                    return Message(id_, queue_name, name, _as_bytes(payload), attempts + 1, receipt=now)
             d.script(cur, [("COMMIT", ())])
             return None
 
@@ -1580,7 +1596,7 @@ class DatabaseDriver(Driver):
         self._execute(lambda cur: cur.execute(self._sql["release"], values), retry="forever")
 
     def keep(self, message):
-        values = (self.clock.now(self.retry_after), message.id, message.token)
+        values = (self.clock.now(self.retry_after), message.id, message.receipt)  # the reservation's time
         self._execute(lambda cur: cur.execute(self._sql["keep"], values))
 
     def stats(self, queues=None):
@@ -1854,6 +1870,11 @@ class AMQPDriver(Driver):
         self._consumer = None
         self._connected_once = False
 
+    limit_name = "the broker's max_message_size (DRIVERS['amqp']['max_message_size'])"
+
+    def max_payload(self):
+        return self.options.get("max_message_size", 134217728)
+
     @property
     def connection_name(self):
         return self.where
@@ -1881,7 +1902,7 @@ class AMQPDriver(Driver):
             raise ConnectionFailed(f"RabbitMQ at {self.where} refused the username or password") from None
         except pika.exceptions.ProbableAccessDeniedError:
             raise ConnectionFailed(f"RabbitMQ at {self.where} denied access to vhost {self.options.get('vhost') or '/'!r}") from None
-        except (pika.exceptions.AMQPError, OSError, ValueError) as exc:
+        except Exception as exc:  # pika's connector errors are not all AMQPErrors
             raise ConnectionFailed(f"cannot connect to RabbitMQ at {self.where}: {exc!r}") from None
         self._connected_once = True
         return connection
@@ -1927,26 +1948,26 @@ class AMQPDriver(Driver):
             publisher.close()
 
     def put(self, messages, forever=False):
-        """Publish persistent messages; return once the broker confirmed them all."""
+        """Publish persistent messages; return once the broker confirmed them all. After a lost
+        connection the unconfirmed batch is published again (a copy is possible, at least once)."""
         pika = _import_optional("pika", "amqp")
-        delay, deadline = 0.1, time.monotonic() + 30
+        policy = _Retry(None if forever else 30.0, self.interrupt if forever else None)
         while True:
             try:
                 return self._publisher().publish(messages)
-            except ConnectionFailed:
+            except ConnectionFailed as exc:
                 self._drop_publisher()
-                if not (forever or (self._connected_once and time.monotonic() < deadline)):
+                if not ((forever or self._connected_once) and policy.again()):
                     raise
+                log.warning("amqp %s: %s; publishing again", self.where, _text(exc))
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._drop_publisher()
                 raise QueueError(f"RabbitMQ at {self.where} refused: {exc.reply_text}") from None
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._drop_publisher()
-                if not (forever or time.monotonic() < deadline):
+                if not policy.again():
                     raise ConnectionFailed(f"lost the connection to RabbitMQ at {self.where}: {exc!r}") from None
                 log.warning("amqp %s: %r; publishing again", self.where, exc)
-            time.sleep(delay)
-            delay = min(delay * 2, 5)
 
     # consuming
     def pop(self, queues, wait=0.0):
@@ -1957,11 +1978,11 @@ class AMQPDriver(Driver):
             consumer = self._consumer = _Consumer(self, list(queues))
         while True:
             message = consumer.take(wait)
-            if message is None or not message.token[2]:
+            if message is None or not message.receipt.uncounted:
                 return message
             # redelivered from a classic queue: its worker died (or its connection dropped) before
             # the ack. Count that attempt for good by publishing it again, then ack this delivery.
-            again = Message(None, message.queue, message.name, message.payload, message.attempts, 0.0, message.token[3])
+            again = Message(message.id, message.queue, message.name, message.payload, message.attempts, 0.0)
             self.put([again], forever=True)
             consumer.settle(message, remember=False, now=True)
 
@@ -1975,7 +1996,7 @@ class AMQPDriver(Driver):
             consumer.service()
 
     def release(self, message, delay=0.0):
-        again = Message(None, message.queue, message.name, message.payload, message.attempts, delay, message.token[3])
+        again = Message(message.id, message.queue, message.name, message.payload, message.attempts, delay)
         self.put([again], forever=True)
         self._consumer.settle(message, remember=False, now=True)
 
@@ -2080,8 +2101,8 @@ class _Publisher:
                 exchange, key = "", driver._delay_queue(channel, m.queue, m.delay, self.declared)
             else:
                 exchange, key = driver.exchange, m.queue
-            m.token = m.token or _new_id()
-            properties = pika.BasicProperties(delivery_mode=2, message_id=m.token, type=m.name,
+            m.id = m.id or _new_id()
+            properties = pika.BasicProperties(delivery_mode=2, message_id=m.id, type=m.name,
                                               headers={"x-attempts": m.attempts})
             channel._impl.basic_publish(exchange, key, m.payload, properties, mandatory=True)
             self.sent += 1
@@ -2107,6 +2128,16 @@ def _round_up(ms):
         return max(ms, 1)
     scale = 10 ** (len(str(ms)) - 3)
     return -(-ms // scale) * scale
+
+
+class _Delivery:
+    """The receipt of an amqp message: the connection (generation) and delivery tag to ack it
+    on, and whether it is a redelivery the broker did not count (classic queues)."""
+
+    __slots__ = ("generation", "tag", "uncounted")
+
+    def __init__(self, generation, tag, uncounted):
+        self.generation, self.tag, self.uncounted = generation, tag, uncounted
 
 
 class _Consumer:
@@ -2217,12 +2248,12 @@ class _Consumer:
             # a quorum queue counts deliveries itself; on a classic queue a redelivered message is
             # published again to count the attempt that died (pop), as far as the flag tells
             uncounted = method.redelivered and "x-delivery-count" not in headers
-            token = (self.generation, method.delivery_tag, uncounted, properties.message_id)
+            receipt = _Delivery(self.generation, method.delivery_tag, uncounted)
             if method.redelivered and properties.message_id and properties.message_id in self.done:
                 channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
                 return
             self.buffer[queue_name].append(
-                Message(properties.message_id, queue_name, properties.type or "", body, attempts, token=token))
+                Message(properties.message_id, queue_name, properties.type or "", body, attempts, receipt=receipt))
         return deliver
 
     def settle(self, message, remember=True, now=False):
@@ -2232,14 +2263,14 @@ class _Consumer:
         reads the connection: a worker killed in between runs those few jobs again (at least
         once). now: send it at once (after a failure, or to complete a republish: were that ack
         lost, the job would be failed twice, or exist twice)."""
-        if remember and message.token[3]:
-            self.done.append(message.token[3])
+        if remember and message.id:
+            self.done.append(message.id)
         pika = _import_optional("pika", "amqp")
         with self.lock:
-            if self.channel is None or message.token[0] != self.generation:
+            if self.channel is None or message.receipt.generation != self.generation:
                 return
             try:
-                self.channel._impl.basic_ack(message.token[1])
+                self.channel._impl.basic_ack(message.receipt.tag)
                 self.unsent += 1
                 if now:
                     self._service(0, fetch=False)
@@ -2483,7 +2514,7 @@ class Worker:
         if until is None and message.attempts > tries:
             return MaxAttemptsExceeded(f"{message.name} was taken {message.attempts} times but may be tried {tries}: "
                                        "an earlier attempt ended with its worker (killed, or the connection lost)")
-        if until is not None and self.driver.clock.time() > until:
+        if until is not None and self.driver.clock.time() > until + _LATE:
             return MaxAttemptsExceeded(f"{message.name} came up for attempt {message.attempts} after its "
                                        "retry_until deadline had passed")
         return None
@@ -2569,6 +2600,9 @@ class Worker:
             log.warning("%s #%s %s after %.1f ms (attempt %d)%s", message.name, message.id, status, ms,
                         message.attempts, reason)
         return status
+
+
+_LATE = 2.0  # seconds a retry released before its retry_until deadline may arrive late and still run
 
 
 def _backoff(backoff, attempts):

@@ -107,7 +107,7 @@ class Bench:
         databases["mysql"] = dict(MYSQL, driver="mysql")
         drivers = {"default": "database",
                    "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
-                                "retry_after": 90, "queue": QUEUE},
+                                "state_table": self.table + "_state", "retry_after": 90, "queue": QUEUE},
                    "amqp": dict(AMQP, queue=self.amqp_queue, queue_type=self.args.amqp_queue_type),
                    "async": {}}
         with open(os.path.join(self.folder, "config.py"), "w") as f:
@@ -593,7 +593,7 @@ def bench_mysql(bench):
     import pymysql
     say(f"mysql: N={bench.n}")
     d = queue.driver("database", "mysql")
-    ours_tables = (d.table, d.failed_table)
+    ours_tables = (d.table, d.failed_table, d.state_table)
     side = pymysql.connect(autocommit=True, charset="utf8mb4", **MYSQL)
     bench.cleanups.append(("a pymysql connection", lambda: close_quietly(side)))
 

@@ -141,8 +141,8 @@ class Project:
         r = args.retry_after
         drivers = {"default": args.driver,
                    "database": {"connection": args.connection, "table": self.table,
-                                "failed_table": self.table + "_failed", "attempts": 5, "poll": 0.1,
-                                "retry_after": r},
+                                "failed_table": self.table + "_failed", "state_table": self.table + "_state",
+                                "attempts": 5, "poll": 0.1, "retry_after": r},
                    "amqp": dict(AMQP, queue=self.queue, prefetch=10, poll=0.1, attempts=5,
                                 heartbeat=max(2, int(r)))}
         databases = {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"},
@@ -395,7 +395,8 @@ class MySQLBackend(SQLiteBackend):
         conn = self.connect()
         try:
             with conn.cursor() as cur:
-                cur.execute(f"DROP TABLE IF EXISTS {self.project.table}, {self.project.table}_failed")
+                cur.execute(f"DROP TABLE IF EXISTS {self.project.table}, {self.project.table}_failed, "
+                            f"{self.project.table}_state")
         finally:
             conn.close()
 

@@ -23,6 +23,10 @@ import queue  # noqa: E402  (our file, shadowing the standard library's)
 assert hasattr(queue, "Queueable"), f"tests imported {queue.__file__}, not queue.py of {ROOT}"
 
 CI = os.environ.get("CI") == "true"
+# Tests that stop or restart MariaDB or RabbitMQ run only when asked (.ci/run asks), so that the
+# README's test command never stops a developer's own servers.
+restarts_a_server = pytest.mark.skipif(os.environ.get("QUEUE_TEST_RESTARTS") != "1",
+                                       reason="stops a server: set QUEUE_TEST_RESTARTS=1 (.ci/run does)")
 MYSQL = {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
 AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
 
@@ -111,7 +115,7 @@ def mysql_project(tmp_path):
     table = unique("jobs")
     drivers = {"default": "database",
                "database": {"connection": "mysql", "table": table, "failed_table": table + "_failed",
-                            "attempts": 3, "poll": 0.05, "retry_after": 2}}
+                            "state_table": table + "_state", "attempts": 3, "poll": 0.05, "retry_after": 2}}
     project = Project(tmp_path, drivers, {"mysql": dict(MYSQL)})
     project.configure()
     queue.driver().create_tables()
@@ -120,7 +124,7 @@ def mysql_project(tmp_path):
     import pymysql
     conn = pymysql.connect(**{k: v for k, v in MYSQL.items() if k != "driver"})
     with conn.cursor() as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {table}, {table}_failed")
+        cur.execute(f"DROP TABLE IF EXISTS {table}, {table}_failed, {table}_state")
     conn.close()
 
 

@@ -17,7 +17,7 @@ pika = pytest.importorskip("pika")
 
 import queue  # noqa: E402
 import testjobs  # noqa: E402
-from conftest import AMQP  # noqa: E402
+from conftest import restarts_a_server, AMQP  # noqa: E402
 from test_cli import one_line_error, status  # noqa: E402
 from test_mysql import log_lines, no_loss, stop, wait_worker  # noqa: E402
 from testjobs import failures, lines, runs, values, wait_for  # noqa: E402
@@ -152,6 +152,7 @@ def test_a_shorter_delay_pushed_later_runs_first_and_none_runs_early(amqp, tmp_p
         assert r.at >= pushed[r.value], f"{r.value} ran {pushed[r.value] - r.at:.3f} s before it was due"
 
 
+@restarts_a_server
 def test_a_delayed_job_survives_a_broker_restart(amqp, tmp_path, spawn):
     path, delay = str(tmp_path / "record"), 8
     due = time.time() + delay
@@ -169,6 +170,7 @@ def test_a_delayed_job_survives_a_broker_restart(amqp, tmp_path, spawn):
     assert runs(path)[0].at >= due
 
 
+@restarts_a_server
 def test_a_worker_survives_a_broker_restart(amqp, tmp_path, spawn):
     path, held, gate = str(tmp_path / "record"), str(tmp_path / "held"), str(tmp_path / "gate")
     prefetch = amqp.drivers["amqp"]["prefetch"]

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import AMQP, MYSQL, ROOT, require
+from conftest import restarts_a_server, AMQP, MYSQL, ROOT, require
 
 CHAOS = os.path.join(ROOT, "benchmarks", "chaos.py")
 SEED = int(os.environ.get("CHAOS_SEED", "20240601"))
@@ -68,6 +68,7 @@ def test_sqlite_bad_input():
 
 
 # MariaDB: one server restart #################################################################
+@restarts_a_server
 def test_mysql_chaos_kills_and_server_restart():
     require("MariaDB", MYSQL["host"], MYSQL["port"])
     status, rows, header, output = chaos("--driver", "database", "--connection", "mysql", "--jobs", 300)
@@ -84,6 +85,7 @@ def test_mysql_bad_input():
 
 
 # RabbitMQ: one broker restart ################################################################
+@restarts_a_server
 def test_amqp_chaos_kills_and_broker_restart():
     require("RabbitMQ", AMQP["host"], AMQP["port"])
     status, rows, header, output = chaos("--driver", "amqp", "--jobs", 300)

@@ -17,7 +17,7 @@ import pytest
 
 import queue
 import testjobs
-from conftest import MYSQL
+from conftest import restarts_a_server, MYSQL
 from test_cli import one_line_error
 from testjobs import lines, runs, values, wait_for
 
@@ -209,6 +209,7 @@ def test_a_worker_whose_connections_are_killed_recovers_by_itself(mysql_project,
     table_empty(mysql_project)
 
 
+@restarts_a_server
 def test_a_worker_survives_a_server_restart(mysql_project, tmp_path, spawn):
     path, gate_path, gate = str(tmp_path / "record"), str(tmp_path / "gate-record"), str(tmp_path / "gate")
     names = push_records(path, 500, "a")
