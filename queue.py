@@ -675,6 +675,8 @@ def load(body):
     """Unpickle a verified body into its envelope {"job", "chain", ...}; BadPayload if it cannot."""
     try:
         envelope = pickle.loads(body)
+    except (_ColdShutdown, JobTimeout):
+        raise  # the worker's own: it stops, or the attempt ran out of time
     except BaseException as exc:  # __setstate__ and friends are user code: even SystemExit
         raise BadPayload(f"cannot load the job: {type(exc).__name__}: {_text(exc)}") from None
     if not isinstance(envelope, dict) or envelope.get("v") not in (1, 2) or "job" not in envelope:
@@ -1400,8 +1402,8 @@ class DatabaseDriver(Driver):
                 kind = self.dialect.error_kind(exc)
                 if kind == "busy":  # deadlock: the transaction was rolled back; run it again
                     continue
-                if kind in ("lost", "locked") and retry and self._lost(exc, policy):
-                    continue
+                if (kind == "lost" and retry or kind == "locked" and retry == "forever") and self._lost(exc, policy):
+                    continue  # a push waits for a lock as long as the busy timeout says; a worker for ever
                 self._drop()
                 raise self._error(kind, exc) from None
 
@@ -2352,6 +2354,7 @@ class Worker:
         self.processed = 0
         self.current = None                 # the _Running job
         self._in_job = False
+        self._limit = None                  # the timeout of the user code running
         self._signals = []                  # the signals received, in order
         self._old_handlers = {}
 
@@ -2454,7 +2457,7 @@ class Worker:
 
     def _on_alarm(self, signum, frame):
         if self._in_job:
-            raise JobTimeout(f"the job ran past its timeout of {self.current.timeout:g} s")
+            raise JobTimeout(f"the job ran past its timeout of {self._limit:g} s")
 
     def _keep(self):
         """Keeper thread: every driver.keep_every seconds of a running job, driver.keep() renews its
@@ -2487,7 +2490,7 @@ class Worker:
             return self._fail(message, None, exc, None, started)
         spent = self._spent(message, header) if outcome is None else None
         if spent is not None:
-            return self._fail(message, body, spent, None, started)
+            return self._fail(message, body, spent, None, started, header=header, load_for_failed=True)
         if outcome is None:
             envelope, exc, text = self._attempt(message, header, body)
         else:  # the attempt ran in another process: load the job here for its chain and failed()
@@ -2520,24 +2523,13 @@ class Worker:
         return None
 
     def _attempt(self, message, header, body):
-        """Unpickle and run the job once in this thread, with its timeout (SIGALRM, in the main
-        thread); return (envelope or None, exception or None, traceback text or None)."""
+        """Unpickle and run the job once in this thread, with its timeout; return (envelope or
+        None, exception or None, traceback text or None)."""
         timeout = (header or {}).get("timeout") or self.timeout
-        alarm = bool(timeout) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
         self.current = _Running(message, time.monotonic(), timeout)
         loaded = []
         try:
-            if alarm:
-                previous = signal.signal(signal.SIGALRM, self._on_alarm)
-                signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)  # repeats until the job gives up
-            self._in_job = True
-            try:
-                _, exc, text = _guard(self._run, body, loaded)
-            finally:
-                self._in_job = False
-                if alarm:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                    signal.signal(signal.SIGALRM, previous)
+            _, exc, text = self._timed(timeout, self._run, body, loaded)
             return (loaded[0] if loaded else None), exc, text
         except _ColdShutdown:
             message.attempts -= 1  # the interrupted attempt does not count
@@ -2546,6 +2538,22 @@ class Worker:
             raise
         finally:
             self.current = None
+
+    def _timed(self, timeout, fn, *args):
+        """_guard(fn, *args) under a timeout: SIGALRM raises JobTimeout inside it (main thread
+        only), and again every second until it gives up."""
+        alarm = bool(timeout) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        if alarm:
+            previous = signal.signal(signal.SIGALRM, self._on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
+        self._in_job, self._limit = True, timeout
+        try:
+            return _guard(fn, *args)
+        finally:
+            self._in_job = False
+            if alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
 
     def _run(self, body, loaded):
         """The user code of one attempt: unpickling, the before hooks, the job's callback."""
@@ -2576,13 +2584,13 @@ class Worker:
         self.driver.release(message, backoff)
         return self._finish(message, started, "released", exc)
 
-    def _fail(self, message, body, exc, text, started, envelope=None):
+    def _fail(self, message, body, exc, text, started, envelope=None, header=None, load_for_failed=False):
         """Fail a message for good: first into the failed store and acked (so that failed() runs
         at most once, even if it ends the worker), then failed(exc) and the failing hooks."""
         summary = _summary(exc)
         self.driver.fail(message, f"{summary}\n\n{text or summary}")
-        if envelope is None and body is not None and not isinstance(exc, BadPayload):
-            envelope = _guard(load, body)[0]
+        if envelope is None and load_for_failed:  # the job was not run: load it for failed()
+            envelope = self._timed((header or {}).get("timeout") or self.timeout, load, body)[0]
         job = envelope["job"] if envelope else None
         if job is not None:
             _, failed_exc, failed_text = _guard(getattr(job, "failed", lambda exc: None), exc)
