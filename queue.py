@@ -175,28 +175,9 @@ def _import_optional(module, extra):
 
 
 # Configuration ################################################################################
-DEFAULTS = {
-    "DRIVERS": {
-        "default": "database",
-        "database": {"connection": "sqlite", "table": "jobs", "failed_table": "failed_jobs",
-                     "state_table": "queue_state", "attempts": 3, "poll": 1, "tz": "UTC", "retry_after": 90,
-                     "queue": "default", "callback": "handle"},
-        "amqp": {"username": "guest", "password": "guest", "host": "localhost", "port": 5672,
-                 "vhost": "", "channel": "default", "queue": "default", "exchange": "",
-                 "connection_options": {}, "heartbeat": 60, "prefetch": 20, "queue_type": "quorum", "attempts": 3,
-                 "max_message_size": 134217728,
-                 "poll": 1, "callback": "handle", "tz": "UTC"},
-        "async": {"blocking": False, "callback": "handle", "mode": "threading", "workers": 1,
-                  "attempts": 3, "queue": "default", "tz": "UTC"},
-    },
-    "DATABASES": {
-        "sqlite": {"driver": "sqlite", "database": "queue.sqlite3", "synchronous": "full", "timeout": 60},
-        "mysql": {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root",
-                  "password": "", "database": "test"},
-    },
-}
-
-_NUMBER = (int, float)
+# Each driver class (and each SQL dialect) declares the keys of its section: `defaults` and
+# `kinds`. A kind checks one value: it returns None when the value is right, else what the
+# value must be, for a one-line error that names the key.
 _MAX_TABLE = 40      # MySQL names are at most 64 characters, and an index name adds 19
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,%d}$" % (_MAX_TABLE - 1)
 _MAX_QUEUE = 200     # bytes of UTF-8: room for the suffixes a driver adds (255 in AMQP)
@@ -214,51 +195,55 @@ def _check_queue_name(name, where="queue", error=None):
     return name
 
 
-def _check(where, key, value, kind):
-    """Raise ConfigError unless value is of kind (a type, a tuple of types or a set of choices)."""
-    if isinstance(kind, set):
-        if not isinstance(value, str) or value not in kind:
-            raise ConfigError(f"{where}[{key!r}] must be one of {sorted(kind)}, not {value!r}")
-        return value
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-        raise ConfigError(f"{where}[{key!r}] must be {_kind_name(kind)}, not {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where}[{key!r}] must be a finite number, not {value!r}")
-    return value
+def _kind(test, must):
+    """A kind of configuration value: test(value) says whether it is right; `must` says what it must be."""
+    def check(value):
+        try:
+            return None if test(value) else must
+        except Exception:
+            return must
+    check.must = must
+    return check
 
 
-def _kind_name(kind):
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join({int: "a number", float: "a number", str: "a string", bool: "True or False",
-                        dict: "a dict", type(None): "None"}.get(k, k.__name__) for k in dict.fromkeys(kinds))
+def _choice(*options):
+    return _kind(lambda v: isinstance(v, str) and v in options, f"one of {', '.join(map(repr, options))}")
 
 
-_DRIVER_KEYS = {  # key -> kind; keys of the Masonite seeds keep their meaning
-    "connection": str, "table": str, "failed_table": (str, type(None)), "state_table": str, "attempts": int,
-    "poll": _NUMBER, "tz": str, "retry_after": _NUMBER, "queue": str, "callback": str,
-    "username": str, "password": str, "host": str, "port": (int, str), "vhost": str,
-    "channel": str, "exchange": str, "connection_options": dict, "heartbeat": _NUMBER,
-    "management_port": (int, str),
-    "prefetch": int, "queue_type": {"quorum", "classic"}, "max_message_size": int, "blocking": bool, "mode": {"threading", "multiprocess"}, "workers": int,
-}
-_DATABASE_KEYS = {
-    "driver": {"sqlite", "mysql"}, "database": str, "synchronous": {"off", "normal", "full", "extra"},
-    "host": str, "port": (int, str), "user": str, "password": str, "charset": str,
-    "unix_socket": str, "ssl": dict, "connect_timeout": _NUMBER, "timeout": _NUMBER,
-}
+_string = _kind(lambda v: isinstance(v, str), "a string")
+_flag = _kind(lambda v: isinstance(v, bool), "True or False")
+_mapping = _kind(lambda v: isinstance(v, dict), "a dict")
+_whole = _kind(lambda v: type(v) is int and v >= 1, "a whole number of at least 1")
+_seconds = _kind(lambda v: _is_number(v) and 0 <= v <= _MAX_DELAY, "a number of seconds from 0 to 100 years")
+_port = _kind(lambda v: not isinstance(v, bool) and str(v).isdigit() and 0 < int(v) < 65536, "a port number")
+_table = _kind(lambda v: re.match(_IDENT, v), f"a plain table name of at most {_MAX_TABLE} characters (letters, digits, _)")
+_maybe_table = _kind(lambda v: v is None or re.match(_IDENT, v), f"None or {_table.must}")
+_zone = _kind(lambda v: _timezone(v), "a time zone name such as 'UTC' or 'Europe/Paris'")
+_queue_kind = _kind(lambda v: _check_queue_name(v), f"a queue name of at most {_MAX_QUEUE} bytes, without surrounding spaces")
 
 
-def _check_port(where, opts):
-    port = opts.get("port")
-    if port is not None and not (str(port).isdigit() and 0 < int(port) < 65536):
-        raise ConfigError(f"{where}['port'] must be a port number, not {port!r}")
+def _options(where, given, defaults, kinds):
+    """A section of the configuration: its given keys over the defaults, each known and of its kind."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"{where} must be a dict, not {given!r}")
+    for key, value in given.items():
+        if key not in kinds and key not in defaults:
+            import difflib
+            names = sorted(set(kinds) | set(defaults))
+            near = difflib.get_close_matches(str(key), names, 1, 0.6)
+            hint = f"did you mean {near[0]!r}?" if near else f"known: {', '.join(names)}"
+            raise ConfigError(f"{where}[{key!r}]: unknown key ({hint})")
+        problem = kinds[key](value) if key in kinds else None
+        if problem:
+            raise ConfigError(f"{where}[{key!r}] must be {problem}, not {value!r}")
+    return dict(defaults, **given)
 
 
 class Config:
-    """Validated configuration: the Masonite 4 shape (DRIVERS, DATABASES) over built-in defaults.
-    Only what queue.py reads is validated: the DRIVERS sections, and a DATABASES entry when a
-    driver uses it; the app's own settings in the same file are left alone."""
+    """Validated configuration: the Masonite 4 shape (DRIVERS, DATABASES) over the defaults that
+    the driver and dialect classes declare. Only what queue.py reads is validated: the DRIVERS
+    sections, and a DATABASES entry when a driver uses it; the app's own settings in the same
+    file are left alone."""
 
     def __init__(self, drivers=None, databases=None, key=None, path=None, jobs="jobs"):
         for name, value in (("DRIVERS", drivers), ("DATABASES", databases)):
@@ -273,45 +258,18 @@ class Config:
         self.key = key
         self.jobs = jobs
         self.signing_key = None  # resolved on first use (see _signing_key)
-        self.drivers = {name: dict(opts) for name, opts in DEFAULTS["DRIVERS"].items() if name != "default"}
-        self.default = DEFAULTS["DRIVERS"]["default"]
-        for name, opts in (drivers or {}).items():
-            if name == "default":
-                self.default = opts
-                continue
-            if not isinstance(opts, dict):
-                raise ConfigError(f"DRIVERS[{name!r}] must be a dict, not {opts!r}")
-            self.drivers.setdefault(name, {}).update(opts)
-            _unknown_keys(f"DRIVERS[{name!r}]", opts, DEFAULTS["DRIVERS"].get(name, {}), _DRIVER_EXTRA_KEYS)
+        drivers = dict(drivers or {})
+        self.default = drivers.pop("default", "database")
+        known = Driver.registry
+        if not isinstance(self.default, str) or self.default not in known:
+            raise ConfigError(f"DRIVERS['default'] must be one of {sorted(known)}, not {self.default!r}")
+        for name in drivers:
+            if name not in known:
+                raise ConfigError(f"DRIVERS[{name!r}]: unknown driver (known: {', '.join(sorted(known))})")
+        self.drivers = {name: _options(f"DRIVERS[{name!r}]", drivers.get(name, {}), cls.defaults, cls.kinds)
+                        for name, cls in known.items()}
         self.given_databases = dict(databases or {})
         self.databases = {}
-        self._validate()
-
-    def _validate(self):
-        if not isinstance(self.default, str) or self.default not in DRIVER_CLASSES:
-            raise ConfigError(f"DRIVERS['default'] must be one of {sorted(DRIVER_CLASSES)}, not {self.default!r}")
-        for name, opts in self.drivers.items():
-            if name not in DRIVER_CLASSES:
-                raise ConfigError(f"DRIVERS[{name!r}]: unknown driver (known: {', '.join(sorted(DRIVER_CLASSES))})")
-            where = f"DRIVERS[{name!r}]"
-            for key, value in opts.items():
-                if key in _DRIVER_KEYS:
-                    _check(where, key, value, _DRIVER_KEYS[key])
-            for key in ("table", "failed_table", "state_table"):
-                if opts.get(key) is not None and not re.match(_IDENT, opts[key]):
-                    raise ConfigError(f"{where}[{key!r}] must be a plain table name of at most "
-                                      f"{_MAX_TABLE} characters (letters, digits, _), not {opts[key]!r}")
-            for key in ("attempts", "workers", "prefetch"):
-                if key in opts and opts[key] < 1:
-                    raise ConfigError(f"{where}[{key!r}] must be at least 1, not {opts[key]!r}")
-            for key in ("poll", "retry_after", "heartbeat"):
-                if key in opts and not 0 <= opts[key] <= _MAX_DELAY:
-                    raise ConfigError(f"{where}[{key!r}] must be between 0 and 100 years of seconds, not {opts[key]!r}")
-            if "queue" in opts:
-                _check_queue_name(opts["queue"], f"{where}['queue']", ConfigError)
-            if "tz" in opts:
-                _timezone(opts["tz"], f"{where}['tz']")
-            _check_port(where, opts)
         self.database(self.drivers["database"]["connection"], "DRIVERS['database']['connection']")
 
     def driver(self, name=None):
@@ -322,62 +280,46 @@ class Config:
         return name, self.drivers[name]
 
     def database(self, name, where="--connection"):
-        """Return the validated options of DATABASES[name] (a Django-style entry is translated)."""
+        """Return the validated options of DATABASES[name] (a Django entry is translated). A
+        connection named like a dialect (`sqlite`, `mysql`) needs no entry: its defaults serve."""
         if name not in self.databases:
             if name in self.given_databases:
                 opts = self.given_databases[name]
-            elif name in DEFAULTS["DATABASES"]:
-                opts = {}
+            elif name in _Dialect.registry:
+                opts = {"driver": name}
             else:
-                known = sorted(set(self.given_databases) | set(DEFAULTS["DATABASES"]))
+                known = sorted(set(self.given_databases) | set(_Dialect.registry))
                 raise ConfigError(f"{where}: no connection {name!r} in DATABASES (known: {', '.join(known)})")
-            self.databases[name] = _database_options(name, opts)
+            self.databases[name] = _database_options(f"DATABASES[{name!r}]", opts)
         return self.databases[name]
 
 
-_DRIVER_EXTRA_KEYS = {"management_port", "table", "failed_table", "retry_after", "connection"}
-_DJANGO_ENGINES = {"sqlite3": "sqlite", "mysql": "mysql", "postgresql": "postgres"}
+_DJANGO_ENGINES = {"sqlite3": "sqlite", "mysql": "mysql"}
 _DJANGO_KEYS = {"NAME": "database", "USER": "user", "PASSWORD": "password", "HOST": "host", "PORT": "port"}
 
 
-def _database_options(name, opts):
-    """DATABASES[name] over the defaults of its driver, checked; Django's ENGINE/NAME/... too."""
-    where = f"DATABASES[{name!r}]"
-    if not isinstance(opts, dict):
-        raise ConfigError(f"{where} must be a dict, not {opts!r}")
-    if "ENGINE" in opts:  # a Django DATABASES entry, used as it is
+def _database_options(where, opts):
+    """A DATABASES entry over the defaults of its dialect, checked; a Django entry (ENGINE,
+    NAME, HOST, ... and OPTIONS) is read as it is."""
+    if isinstance(opts, dict) and "ENGINE" in opts:
         engine = str(opts["ENGINE"]).rsplit(".", 1)[-1]
         if engine not in _DJANGO_ENGINES:
             raise ConfigError(f"{where}['ENGINE'] {opts['ENGINE']!r}: queue.py speaks sqlite3 and mysql")
-        translated = {"driver": _DJANGO_ENGINES[engine]}
+        dialect = _Dialect.registry[_DJANGO_ENGINES[engine]]
+        translated = {"driver": dialect.name}
         translated.update((ours, opts[theirs]) for theirs, ours in _DJANGO_KEYS.items() if opts.get(theirs) not in (None, ""))
-        translated.update((k, v) for k, v in (opts.get("OPTIONS") or {}).items() if k in _DATABASE_KEYS)
-        if "port" in translated and str(translated["port"]).isdigit():
+        translated.update((k, v) for k, v in (opts.get("OPTIONS") or {}).items() if k in dialect.kinds)
+        if str(translated.get("port", "")).isdigit():
             translated["port"] = int(translated["port"])
         opts = translated
-    driver = opts.get("driver", DEFAULTS["DATABASES"].get(name, {}).get("driver"))
-    if driver is None:
-        raise ConfigError(f"{where}['driver'] is missing (sqlite or mysql)")
-    _check(where, "driver", driver, _DATABASE_KEYS["driver"])
-    defaults = next(d for d in DEFAULTS["DATABASES"].values() if d["driver"] == driver)
-    _unknown_keys(where, opts, defaults, _DATABASE_KEYS)
-    merged = dict(defaults, **opts)
-    for key, value in merged.items():
-        if key in _DATABASE_KEYS:
-            _check(where, key, value, _DATABASE_KEYS[key])
-    _check_port(where, merged)
-    return merged
-
-
-def _unknown_keys(where, opts, *known):
-    """Refuse a key that queue.py does not know, naming the nearest known one."""
-    names = set().union(*known)
-    for key in opts:
-        if key not in names:
-            import difflib
-            near = difflib.get_close_matches(str(key), sorted(names), 1, 0.6)
-            hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(sorted(names))})"
-            raise ConfigError(f"{where}[{key!r}]: unknown key{hint}")
+    if not isinstance(opts, dict):
+        raise ConfigError(f"{where} must be a dict, not {opts!r}")
+    name = opts.get("driver")
+    if not isinstance(name, str) or name not in _Dialect.registry:
+        raise ConfigError(f"{where}['driver'] must be one of {', '.join(map(repr, sorted(_Dialect.registry)))}, "
+                          f"not {name!r}")
+    dialect = _Dialect.registry[name]
+    return _options(where, opts, dialect.defaults, dialect.kinds)
 
 
 _config = None
@@ -500,11 +442,17 @@ class Clock:
         self.sleep = sleep or time.sleep
         self._anchor = None     # (server time, monotonic time) of the last sync
         self.synced = None      # monotonic time of the last sync
+        self.offset = 0.0       # seconds added by advance()
 
     def time(self):
         """Seconds since the epoch: the server's once synced, else this host's."""
         anchor = self._anchor
-        return self.timefunc() if anchor is None else anchor[0] + self.monotonic() - anchor[1]
+        now = self.timefunc() if anchor is None else anchor[0] + self.monotonic() - anchor[1]
+        return now + self.offset
+
+    def advance(self, seconds):
+        """Move this clock forward: a simulation, or a test that lets a reservation lapse now."""
+        self.offset += seconds
 
     def sync(self, server_time, sent, received):
         """Take a server's time, read between monotonic times sent and received."""
@@ -896,22 +844,30 @@ class Driver:
     pop(), ack() and release() from one worker thread.
     """
 
-    name = None
+    name = None        # the name in DRIVERS; a subclass with a name is registered under it
+    registry = {}      # name -> driver class
+    defaults = {"queue": "default", "attempts": 3, "poll": 1, "tz": "UTC", "callback": "handle"}
+    kinds = {"queue": _queue_kind, "attempts": _whole, "poll": _seconds, "tz": _zone, "callback": _string}
     keep_every = 30.0  # seconds between keep() calls while a job runs
-    interrupt = None   # a worker's stop Event: reconnect loops give up soon after it is set
+    interrupt = None   # a worker's stop flag: reconnect loops give up soon after it is set
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            Driver.registry[cls.name] = cls
 
     def __init__(self, options, config):
         self.options = options
         self.config = config
-        self.clock = Clock(options.get("tz", "UTC"))
-        self.default_queue = options.get("queue", "default")
+        self.clock = Clock(options["tz"])
+        self.default_queue = options["queue"]
 
     # pushing, shared by every driver
     def push(self, jobs, queue=None, delay=None, chain=()):
         """Pack jobs into messages and put() them: all of them, or (raising) none. Every job and
         every link of a chain is checked here, where a mistake is written, not in a worker."""
         base_delay = seconds(delay, self.clock.tz)
-        callback = self.options.get("callback", "handle")
+        callback = self.options["callback"]
         for job in list(jobs) + list(chain):
             if isinstance(job, type) or not callable(getattr(job, callback, None)):
                 raise QueueError(f"cannot push {_text(job)[:80]!r}: it has no {callback}() method "
@@ -1009,7 +965,7 @@ def _driver(name=None, connection=None):
         with _drivers_lock:
             instance = _drivers.get(key)
             if instance is None:
-                instance = _drivers[key] = DRIVER_CLASSES[name](options, config)
+                instance = _drivers[key] = Driver.registry[name](options, config)
     return instance
 
 
@@ -1070,7 +1026,10 @@ class _Dialect:
     middle of a statement, so a write that must happen once carries a marker, and the driver's
     clock is the server's."""
 
-    name = None
+    name = None                       # the `driver` of a DATABASES entry; subclasses register under it
+    registry = {}                     # name -> dialect class
+    defaults = {}                     # the keys of a DATABASES entry, with their defaults
+    kinds = {"driver": _string}
     param = "?"
     begin = "BEGIN"
     skip_locked = ""                  # appended to the claim's SELECT
@@ -1081,6 +1040,11 @@ class _Dialect:
     auto_create = False               # tables are created on first use (else: `python queue.py table`)
     max_payload = None                # the largest payload it stores (known after check_server)
     limit_name = "the database's largest value"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            _Dialect.registry[cls.name] = cls
 
     def __init__(self, options, folder):
         self.options = options
@@ -1142,6 +1106,9 @@ class _SQLite(_Dialect):
     again: a WAL recovers a prefix of its commits, never a later one without an earlier one."""
 
     name = "sqlite"
+    defaults = {"driver": "sqlite", "database": "queue.sqlite3", "synchronous": "full", "timeout": 60}
+    kinds = dict(_Dialect.kinds, database=_string, synchronous=_choice("off", "normal", "full", "extra"),
+                 timeout=_seconds)
     begin = "BEGIN IMMEDIATE"         # takes the write lock, so two workers never claim one job
     blob, text, stamp, key = "BLOB", "TEXT", "TEXT", "INTEGER PRIMARY KEY AUTOINCREMENT"
     auto_create = True
@@ -1150,17 +1117,17 @@ class _SQLite(_Dialect):
 
     def __init__(self, options, folder):
         super().__init__(options, folder)
-        path = options.get("database") or "queue.sqlite3"
+        path = options["database"] or "queue.sqlite3"
         self.path = path if path == ":memory:" or os.path.isabs(path) else os.path.join(folder, path)
         self.where = self.path
 
     def connect(self):
         import sqlite3
         try:
-            conn = sqlite3.connect(self.path, timeout=self.options.get("timeout", 60), isolation_level=None,
+            conn = sqlite3.connect(self.path, timeout=self.options["timeout"], isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.options.get('synchronous', 'full')}")
+            conn.execute(f"PRAGMA synchronous={self.options['synchronous']}")
         except sqlite3.Error as exc:
             raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
         return conn
@@ -1179,7 +1146,7 @@ class _SQLite(_Dialect):
         return None
 
     def worker_session(self, cur):
-        if self.options.get("synchronous", "full") in ("full", "extra"):
+        if self.options["synchronous"] in ("full", "extra"):
             cur.execute("PRAGMA synchronous=normal")
 
 
@@ -1189,6 +1156,9 @@ class _MySQL(_Dialect):
     query at most max_allowed_packet long."""
 
     name = "mysql"
+    defaults = {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
+    kinds = dict(_Dialect.kinds, host=_string, port=_port, user=_string, password=_string, database=_string,
+                 charset=_string, unix_socket=_string, ssl=_mapping, connect_timeout=_seconds)
     param = "%s"
     skip_locked = " FOR UPDATE SKIP LOCKED"
     blob, text, stamp, key = "LONGBLOB", "LONGTEXT", "DATETIME(6)", "BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY"
@@ -1203,7 +1173,7 @@ class _MySQL(_Dialect):
 
     def __init__(self, options, folder):
         super().__init__(options, folder)
-        self.where = f"{options.get('host', '127.0.0.1')}:{options.get('port', 3306)}/{options.get('database')}"
+        self.where = f"{options['host']}:{options['port']}/{options['database']}"
         self.packet = 4 * 1024 * 1024  # max_allowed_packet, read by check_server
 
     def connect(self):
@@ -1285,9 +1255,6 @@ class _MySQL(_Dialect):
             cur.execute(f"ALTER TABLE {self.quote(driver.table)} MODIFY {column} {self.name_type} NOT NULL")
 
 
-_DIALECTS = {"sqlite": _SQLite, "mysql": _MySQL}
-
-
 class DatabaseDriver(Driver):
     """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
     worker finished since its last claim, selects the next ready job in queue priority order and
@@ -1297,16 +1264,20 @@ class DatabaseDriver(Driver):
     that make writes exactly once)."""
 
     name = "database"
+    defaults = dict(Driver.defaults, connection="sqlite", table="jobs", failed_table="failed_jobs",
+                    state_table="queue_state", retry_after=90)
+    kinds = dict(Driver.kinds, connection=_string, table=_table, failed_table=_maybe_table, state_table=_table,
+                 retry_after=_seconds)
 
     def __init__(self, options, config):
         super().__init__(options, config)
         self.connection = options["connection"]
         db = config.database(self.connection, "DRIVERS['database']['connection']")
-        self.dialect = _DIALECTS[db["driver"]](db, config.folder)
-        self.table = options.get("table", "jobs")
-        self.failed_table = options.get("failed_table", "failed_jobs")
-        self.state_table = options.get("state_table", "queue_state")
-        self.retry_after = float(options.get("retry_after", 90))
+        self.dialect = _Dialect.registry[db["driver"]](db, config.folder)
+        self.table = options["table"]
+        self.failed_table = options["failed_table"]
+        self.state_table = options["state_table"]
+        self.retry_after = float(options["retry_after"])
         self.keep_every = max(0.05, self.retry_after / 3)
         self.limit_name = self.dialect.limit_name
         self._local = threading.local()
@@ -1723,13 +1694,15 @@ class AsyncDriver(Driver):
     jobs (and their pending retries) are finished first."""
 
     name = "async"
+    defaults = dict(Driver.defaults, blocking=False, mode="threading", workers=1)
+    kinds = dict(Driver.kinds, blocking=_flag, mode=_choice("threading", "multiprocess"), workers=_whole)
 
     def __init__(self, options, config):
         super().__init__(options, config)
-        self.blocking = options.get("blocking", False)
-        self.mode = options.get("mode", "threading")
-        self.workers = options.get("workers", 1)
-        self.worker = Worker(self, attempts=options.get("attempts", 3), callback=options.get("callback", "handle"))
+        self.blocking = options["blocking"]
+        self.mode = options["mode"]
+        self.workers = options["workers"]
+        self.worker = Worker(self, attempts=options["attempts"], callback=options["callback"])
         self._pool = None
         self._pending = 0
         self._idle = threading.Condition()
@@ -1860,14 +1833,21 @@ class AMQPDriver(Driver):
     """RabbitMQ through pika: queues are durable, messages persistent, push() confirmed."""
 
     name = "amqp"
+    defaults = dict(Driver.defaults, username="guest", password="guest", host="localhost", port=5672, vhost="",
+                    channel="default", exchange="", connection_options={}, heartbeat=60, prefetch=20,
+                    queue_type="quorum", max_message_size=134217728, management_port=15672)
+    kinds = dict(Driver.kinds, username=_string, password=_string, host=_string, port=_port, vhost=_string,
+                 channel=_string, exchange=_string, connection_options=_mapping, heartbeat=_seconds,
+                 prefetch=_whole, queue_type=_choice("quorum", "classic"), max_message_size=_whole,
+                 management_port=_port)
 
     def __init__(self, options, config):
         super().__init__(options, config)
-        self.exchange = options.get("exchange", "")
-        self.prefetch = int(options.get("prefetch", 20))
-        self.queue_type = options.get("queue_type", "quorum")
-        self.where = f"{options.get('host', 'localhost')}:{options.get('port', 5672)}"
-        self.keep_every = min(5.0, max(0.1, float(options.get("heartbeat", 60)) / 4))
+        self.exchange = options["exchange"]
+        self.prefetch = int(options["prefetch"])
+        self.queue_type = options["queue_type"]
+        self.where = f"{options['host']}:{options['port']}"
+        self.keep_every = min(5.0, max(0.1, float(options["heartbeat"]) / 4))
         self._local = threading.local()
         self._consumer = None
         self._connected_once = False
@@ -1875,7 +1855,7 @@ class AMQPDriver(Driver):
     limit_name = "the broker's max_message_size (DRIVERS['amqp']['max_message_size'])"
 
     def max_payload(self):
-        return self.options.get("max_message_size", 134217728)
+        return self.options["max_message_size"]
 
     @property
     def connection_name(self):
@@ -1886,12 +1866,12 @@ class AMQPDriver(Driver):
         pika = _import_optional("pika", "amqp")
         from urllib.parse import quote, urlencode
         o = self.options
-        query = dict(o.get("connection_options") or {})
-        query.setdefault("heartbeat", int(o.get("heartbeat", 60)))
+        query = dict(o["connection_options"] or {})
+        query.setdefault("heartbeat", int(o["heartbeat"]))
         query.setdefault("connection_attempts", 1)
         query.setdefault("socket_timeout", 10)
-        url = (f"amqp://{quote(str(o.get('username', 'guest')), safe='')}:{quote(str(o.get('password', 'guest')), safe='')}"
-               f"@{o.get('host', 'localhost')}:{int(o.get('port', 5672))}/{quote(o.get('vhost') or '/', safe='')}"
+        url = (f"amqp://{quote(str(o['username']), safe='')}:{quote(str(o['password']), safe='')}"
+               f"@{o['host']}:{int(o['port'])}/{quote(o['vhost'] or '/', safe='')}"
                f"?{urlencode(query)}")
         return pika.URLParameters(url)
 
@@ -1903,7 +1883,7 @@ class AMQPDriver(Driver):
         except pika.exceptions.ProbableAuthenticationError:
             raise ConnectionFailed(f"RabbitMQ at {self.where} refused the username or password") from None
         except pika.exceptions.ProbableAccessDeniedError:
-            raise ConnectionFailed(f"RabbitMQ at {self.where} denied access to vhost {self.options.get('vhost') or '/'!r}") from None
+            raise ConnectionFailed(f"RabbitMQ at {self.where} denied access to vhost {self.options['vhost'] or '/'!r}") from None
         except Exception as exc:  # pika's connector errors are not all AMQPErrors
             raise ConnectionFailed(f"cannot connect to RabbitMQ at {self.where}: {exc!r}") from None
         self._connected_once = True
@@ -2036,10 +2016,10 @@ class AMQPDriver(Driver):
         import urllib.parse
         import urllib.request
         o = self.options
-        vhost = urllib.parse.quote(o.get("vhost") or "/", safe="")
-        url = (f"http://{o.get('host', 'localhost')}:{int(o.get('management_port', 15672))}/api/queues/{vhost}"
+        vhost = urllib.parse.quote(o["vhost"] or "/", safe="")
+        url = (f"http://{o['host']}:{int(o['management_port'])}/api/queues/{vhost}"
                "?columns=name,messages,messages_ready,messages_unacknowledged")
-        auth = base64.b64encode(f"{o.get('username', 'guest')}:{o.get('password', 'guest')}".encode()).decode()
+        auth = base64.b64encode(f"{o['username']}:{o['password']}".encode()).decode()
         request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
         try:
             with urllib.request.urlopen(request, timeout=3) as response:
@@ -2291,7 +2271,78 @@ class _Consumer:
                     pass
 
 
-DRIVER_CLASSES = {"database": DatabaseDriver, "async": AsyncDriver, "amqp": AMQPDriver}
+# The memory driver ############################################################################
+class MemoryDriver(Driver):
+    """Jobs in this process's memory: the worked example of a driver (README: Writing a driver)
+    and a backend for tests and scripts that push and work in one process. Nothing survives
+    the process, and `python queue.py work` cannot see another process's jobs. A reservation
+    lapses after `retry_after` seconds unless keep() renews it, as on the database driver."""
+
+    name = "memory"
+    defaults = dict(Driver.defaults, retry_after=90)
+    kinds = dict(Driver.kinds, retry_after=_seconds)
+
+    _changed = threading.Condition()  # every instance of a process shares the jobs
+    _jobs = {}                        # id -> Message, its .delay holding when it is available
+    _last_id = [0]
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.retry_after = float(options["retry_after"])
+        self.keep_every = max(0.05, self.retry_after / 3)
+
+    def put(self, messages):
+        now = self.clock.time()
+        with self._changed:
+            for m in messages:
+                self._last_id[0] += 1
+                job_id = self._last_id[0]
+                self._jobs[job_id] = Message(job_id, m.queue, m.name, m.payload, m.attempts, now + m.delay)
+            self._changed.notify_all()
+
+    def pop(self, queues, wait=0.0):
+        deadline = self.clock.monotonic() + wait
+        with self._changed:
+            while True:
+                now = self.clock.time()
+                for queue_name in queues:
+                    ready = [m for m in self._jobs.values() if m.queue == queue_name and m.delay <= now]
+                    if ready:
+                        job = min(ready, key=lambda m: (m.delay, m.id))
+                        job.attempts, job.delay, job.receipt = job.attempts + 1, now + self.retry_after, now
+                        return Message(job.id, job.queue, job.name, job.payload, job.attempts, receipt=now)
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(min(left, 0.05))  # a delayed job comes due without a notify
+
+    def ack(self, message, failed=False):
+        with self._changed:
+            self._jobs.pop(message.id, None)
+
+    def release(self, message, delay=0.0):
+        with self._changed:
+            job = self._jobs.get(message.id)
+            if job is not None:
+                job.attempts, job.delay, job.receipt = message.attempts, self.clock.time() + delay, None
+                self._changed.notify_all()
+
+    def keep(self, message):
+        with self._changed:
+            job = self._jobs.get(message.id)
+            if job is not None and job.receipt == message.receipt:
+                job.delay = self.clock.time() + self.retry_after
+
+    def stats(self, queues=None):
+        now = self.clock.time()
+        result = {q: {"ready": 0, "delayed": 0, "reserved": 0} for q in queues or ()}
+        with self._changed:
+            for job in self._jobs.values():
+                if queues and job.queue not in queues:
+                    continue
+                kind = "ready" if job.delay <= now else "delayed" if job.receipt is None else "reserved"
+                result.setdefault(job.queue, {"ready": 0, "delayed": 0, "reserved": 0})[kind] += 1
+        return result
 
 
 # Worker #######################################################################################
@@ -2342,11 +2393,11 @@ class Worker:
                  once=False, stop_when_empty=False, max_jobs=None, max_time=None):
         self.driver = driver
         options = driver.options
-        self.queues = [_check_queue_name(q, "--queue") for q in queues or [options.get("queue", "default")]]
-        self.attempts = attempts or options.get("attempts", 3)
+        self.queues = [_check_queue_name(q, "--queue") for q in queues or [options["queue"]]]
+        self.attempts = attempts or options["attempts"]
         self.timeout = timeout
-        self.poll = options.get("poll", 1) if poll is None else poll
-        self.callback = callback or options.get("callback", "handle")
+        self.poll = options["poll"] if poll is None else poll
+        self.callback = callback or options["callback"]
         self.once, self.stop_when_empty = once, stop_when_empty
         self.max_jobs, self.max_time = max_jobs, max_time
         self.stopping = _Flag()             # set by a signal or a limit: no new job is taken

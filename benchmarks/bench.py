@@ -727,7 +727,7 @@ def bench_amqp(bench):
             channel.queue_delete(q)
         c.close()
     bench.cleanups.append((f"RabbitMQ queues {', '.join(names)}", delete))
-    prefetch = queue.DEFAULTS["DRIVERS"]["amqp"]["prefetch"]
+    prefetch = queue.AMQPDriver.defaults["prefetch"]
     raw = RawPika(bench, pika, params, names[0])
     bench.cleanups.append(("a pika connection", lambda: close_quietly(raw.conn)))
     status = amqp_ours_status(bench)
@@ -926,7 +926,7 @@ def parse_args(argv=None):
     parser.add_argument("--driver", action="append", choices=DRIVERS,
                         help="run this driver (repeatable; default: every available one)")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per measurement (default 5000)")
-    default_sync = queue.DEFAULTS["DATABASES"]["sqlite"].get("synchronous", "normal")
+    default_sync = queue._SQLite.defaults["synchronous"]
     parser.add_argument("--synchronous", default=default_sync,
                         help="SQLite synchronous setting(s) of the driver, and of its floor: normal, full, "
                              f"or a comma list such as normal,full (default: the driver's, {default_sync})")
@@ -939,7 +939,7 @@ def parse_args(argv=None):
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project folder")
     parser.add_argument("--amqp-queue-type", choices=["quorum", "classic"],
-                        default=queue.DEFAULTS["DRIVERS"]["amqp"]["queue_type"],
+                        default=queue.AMQPDriver.defaults["queue_type"],
                         help="RabbitMQ queue type of our driver and of its floor (default: the driver's)")
     args = parser.parse_args(argv)
     args.synchronous = [s.strip() for s in args.synchronous.split(",") if s.strip()]

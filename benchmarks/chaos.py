@@ -416,7 +416,7 @@ class AMQPBackend(Backend):
             channel = conn.channel()
             channel.confirm_delivery()
             channel.queue_declare(self.project.queue, durable=True,  # as the driver declares it
-                                  arguments={"x-queue-type": queue.DEFAULTS["DRIVERS"]["amqp"]["queue_type"]})
+                                  arguments={"x-queue-type": queue.AMQPDriver.defaults["queue_type"]})
             for b in bads:
                 if b.properties == "none":
                     properties = None

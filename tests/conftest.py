@@ -109,6 +109,18 @@ def sqlite_project(tmp_path):
 
 
 @pytest.fixture
+def memory_project(tmp_path):
+    """A project on the in-memory driver; failed jobs go to SQLite."""
+    drivers = {"default": "memory", "memory": {"poll": 0.05, "retry_after": 2},
+               "database": {"connection": "sqlite", "poll": 0.05, "retry_after": 2}}
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}})
+    project.configure()
+    queue.MemoryDriver._jobs.clear()  # the jobs of the process: none left by an earlier test
+    yield project
+    queue._close_drivers()
+
+
+@pytest.fixture
 def mysql_project(tmp_path):
     """A project on the database driver with MariaDB, on tables of its own, dropped afterwards."""
     require("MariaDB", MYSQL["host"], MYSQL["port"])

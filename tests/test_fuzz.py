@@ -195,8 +195,8 @@ VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**20, 10**20),
                   st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12), st.binary(max_size=8),
                   st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
                   st.sampled_from(NAMES))
-DRIVER_OPTIONS = st.dictionaries(st.sampled_from(sorted(queue._DRIVER_KEYS) + ["unknown_key"]), VALUE, max_size=4)
-DATABASE_OPTIONS = st.dictionaries(st.sampled_from(sorted(queue._DATABASE_KEYS) + ["unknown_key"]), VALUE, max_size=4)
+DRIVER_OPTIONS = st.dictionaries(st.sampled_from(sorted({k for cls in queue.Driver.registry.values() for k in cls.kinds}) + ["unknown_key"]), VALUE, max_size=4)
+DATABASE_OPTIONS = st.dictionaries(st.sampled_from(sorted({k for cls in queue._Dialect.registry.values() for k in cls.kinds}) + ["unknown_key"]), VALUE, max_size=4)
 SETTINGS = st.fixed_dictionaries({}, optional={
     "DRIVERS": st.one_of(st.fixed_dictionaries({}, optional={
         "default": st.one_of(st.sampled_from(["database", "amqp", "async"]), VALUE),
