@@ -122,9 +122,9 @@ log = _Lazy("log", "logging", _logger)
 __version__ = "1.0.0"
 __all__ = list(_stdlib_queue.__all__) + [
     "Queueable", "push", "chain", "before", "after", "failing", "looping", "configure",
-    "driver", "Worker", "Message", "Driver", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
-    "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload", "JobTimeout",
-    "main",
+    "driver", "Worker", "Message", "Driver", "FailedStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
+    "MemoryDriver", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload",
+    "JobTimeout", "MaxAttemptsExceeded", "status", "failed_jobs", "retry", "forget", "flush", "restart", "main",
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -825,23 +825,14 @@ def _new_id():
 
 
 class Driver:
-    """What every driver does. A driver stores messages (signed payloads) and hands them to workers.
+    """The driver contract. A driver stores messages (signed payloads) and hands them to workers.
 
-    Subclasses implement the methods below and keep these promises:
-    - put(): the messages are stored durably before it returns (or it raises).
-    - pop(): reserves the next ready message of `queues`, taking the first queue that has one
-      (a strict priority order), and counts an attempt; no other pop() returns it while reserved.
-      Returns None if nothing is ready (it may wait up to `wait` seconds first).
-    - ack(): the message is done and is removed; may be completed by the next pop() or close().
-      failed=True: it was failed for good (its ack must not wait in a buffer).
-    - release(): the message becomes ready again after `delay` seconds, with message.attempts
-      as its count of attempts so far.
-    - keep(): called every `keep_every` seconds while a job runs, from the worker's keeper
-      thread: renews the reservation (database) or keeps the connection alive (amqp).
-    - stats(): {queue: {"ready": n, "delayed": n, "reserved": n}} (None where a count is unknown).
-    - close(): finishes pending acks and closes this thread's connections.
-    One driver instance serves a process: push() from any thread (connections are per thread);
-    pop(), ack() and release() from one worker thread.
+    A new driver is a subclass with a `name` (it registers itself), its `defaults` and `kinds`
+    (the keys of its DRIVERS section), and the seven methods of "the interface" below, each of
+    which states its promise. push(), the failed store and the worker are shared. One driver
+    instance serves a process: push() from any thread (connections are per thread); pop(),
+    ack(), release() and close() from one worker thread, keep() from its keeper thread.
+    README's "Writing a driver" walks through MemoryDriver, the smallest complete one.
     """
 
     name = None        # the name in DRIVERS; a subclass with a name is registered under it
@@ -849,6 +840,7 @@ class Driver:
     defaults = {"queue": "default", "attempts": 3, "poll": 1, "tz": "UTC", "callback": "handle"}
     kinds = {"queue": _queue_kind, "attempts": _whole, "poll": _seconds, "tz": _zone, "callback": _string}
     keep_every = 30.0  # seconds between keep() calls while a job runs
+    shared = True      # other processes (`python queue.py work`) see the jobs it stores
     interrupt = None   # a worker's stop flag: reconnect loops give up soon after it is set
 
     def __init_subclass__(cls, **kwargs):
@@ -904,25 +896,37 @@ class Driver:
 
     # the interface
     def put(self, messages):
+        """Store the messages (each is ready after its .delay seconds, with .attempts attempts so
+        far) durably before returning, all of them or, raising, none."""
         raise NotImplementedError
 
     def pop(self, queues, wait=0.0):
+        """Reserve and return the next ready message of the first of `queues` that has one (a
+        strict priority order), its .attempts counting this attempt and its .receipt set; no
+        other pop() returns it while it is reserved. None if nothing is ready within `wait` s."""
         raise NotImplementedError
 
     def ack(self, message, failed=False):
+        """The message is done: remove it. This may complete in the next pop() or close() of the
+        thread; failed=True (it went to the failed store) completes it at once."""
         raise NotImplementedError
 
     def release(self, message, delay=0.0):
+        """Make the message ready again after `delay` seconds, with message.attempts as its
+        count of attempts so far."""
         raise NotImplementedError
 
     def keep(self, message):
-        """Renew the reservation of a running message."""
+        """Called every `keep_every` seconds while a job runs, from the keeper thread: renew the
+        message's reservation (database) or keep the connection alive (amqp)."""
 
     def stats(self, queues=None):
+        """{queue: {"ready": n, "delayed": n, "reserved": n}} for `queues` (default: every queue
+        the driver can list); None where a count cannot be known."""
         raise NotImplementedError
 
     def close(self):
-        """Finish pending work and close this thread's connections."""
+        """Finish pending acks and close this thread's connections."""
 
     # where this driver's failed jobs go
     def failed_store(self):
@@ -943,7 +947,33 @@ class Driver:
 
     @property
     def connection_name(self):
+        """The connection a failed job is recorded with (the database driver's, the broker's)."""
         return ""
+
+
+class FailedStore:
+    """Where failed jobs of every driver are kept: the interface that the worker (through
+    Driver.fail) and the commands use. DatabaseDriver implements it on its failed_table."""
+
+    def add_failed(self, driver_name, connection, message, exception):
+        """Keep a failed job: its payload, and its exception with the full traceback."""
+        raise NotImplementedError
+
+    def failed_jobs(self, ids=None, limit=None, newest_first=False, payloads=True):
+        """The failed jobs (all, or those of `ids`) as dicts, at most `limit` of them."""
+        raise NotImplementedError
+
+    def forget(self, ids=None, older_than=None):
+        """Delete failed jobs (those of `ids`, or those over `older_than` s old, or all); how many."""
+        raise NotImplementedError
+
+    def failed_counts(self):
+        """{queue: number of failed jobs}."""
+        raise NotImplementedError
+
+    def retry_failed(self, ids=None, queue=None, target=None):
+        """Put failed jobs back on their queue; yield each row moved."""
+        raise NotImplementedError
 
 
 _drivers = {}
@@ -1014,9 +1044,14 @@ class _Retry:
                 return False
         elif self.deadline is not None and now >= self.deadline:
             return False
-        time.sleep(self.delay if self.grace is None else min(self.delay, 0.2))
-        self.delay = min(self.delay * 2, 5.0)
+        wait = self.next_wait()
+        time.sleep(wait if self.grace is None else min(wait, 0.2))
         return True
+
+    def next_wait(self):
+        """The next wait: 0.1 s, doubling up to 5 s."""
+        wait, self.delay = self.delay, min(self.delay * 2, 5.0)
+        return wait
 
 
 class _Dialect:
@@ -1255,7 +1290,7 @@ class _MySQL(_Dialect):
             cur.execute(f"ALTER TABLE {self.quote(driver.table)} MODIFY {column} {self.name_type} NOT NULL")
 
 
-class DatabaseDriver(Driver):
+class DatabaseDriver(Driver, FailedStore):
     """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
     worker finished since its last claim, selects the next ready job in queue priority order and
     reserves it by moving `available_at` to now + retry_after. A job whose worker died becomes
@@ -1694,6 +1729,7 @@ class AsyncDriver(Driver):
     jobs (and their pending retries) are finished first."""
 
     name = "async"
+    shared = False
     defaults = dict(Driver.defaults, blocking=False, mode="threading", workers=1)
     kinds = dict(Driver.kinds, blocking=_flag, mode=_choice("threading", "multiprocess"), workers=_whole)
 
@@ -2134,7 +2170,7 @@ class _Consumer:
         self.buffer = {q: collections.deque() for q in queues}
         self.connection = self.channel = None
         self.generation = 0            # which connection a delivery tag belongs to
-        self.lost, self.retry_at, self.backoff = False, 0.0, 0.1
+        self.lost, self.retry_at, self.retry = False, 0.0, _Retry(None)
         self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
         self.unsent = 0                # acks written to the connection's buffer, not yet sent
         self.send_every = max(1, driver.prefetch // 4)
@@ -2207,7 +2243,7 @@ class _Consumer:
         self.generation += 1
         if self.lost:
             log.warning("amqp %s: reconnected", self.driver.where)
-            self.lost, self.backoff = False, 0.1
+            self.lost, self.retry = False, _Retry(None)
 
     def _lost(self, exc):
         self.connection = self.channel = None
@@ -2217,8 +2253,7 @@ class _Consumer:
         if not self.lost:
             log.warning("amqp %s: %r; reconnecting", self.driver.where, exc)
             self.lost = True
-        self.retry_at = time.monotonic() + self.backoff
-        self.backoff = min(self.backoff * 2, 5)
+        self.retry_at = time.monotonic() + self.retry.next_wait()  # the worker's loop waits, not this
 
     def _on_message(self, queue_name):
         def deliver(channel, method, properties, body):
@@ -2279,6 +2314,7 @@ class MemoryDriver(Driver):
     lapses after `retry_after` seconds unless keep() renews it, as on the database driver."""
 
     name = "memory"
+    shared = False
     defaults = dict(Driver.defaults, retry_after=90)
     kinds = dict(Driver.kinds, retry_after=_seconds)
 
@@ -2680,6 +2716,68 @@ def _restart_mark(path):
         return None
 
 
+# Operating it #################################################################################
+# What the commands (and a dashboard, or your own code) do, as functions that return data.
+def _failed_store(connection=None):
+    store = _driver("database", connection)
+    if not store.failed_table:
+        raise QueueError("failed jobs are not kept: DRIVERS['database']['failed_table'] is None")
+    return store
+
+
+def status(driver=None, queues=None, connection=None):
+    """{queue: {"ready", "delayed", "reserved", "failed"}} of a driver's queues (default: every
+    queue it can list), sorted by name; None where the backend cannot tell a count."""
+    target = _driver(driver, connection)
+    stats = target.stats(queues)
+    store = target.failed_store()
+    failed = store.failed_counts() if store else {}
+    names = sorted(set(stats) | (set(failed) if not queues else set()))
+    zero = {"ready": 0, "delayed": 0, "reserved": 0}
+    return {q: dict(stats.get(q, zero), failed=failed.get(q, 0)) for q in names}
+
+
+def failed_jobs(limit=50, connection=None):
+    """The failed jobs, newest first, at most `limit`, without their payloads, as dicts: id,
+    driver, connection, queue, name, exception (with its traceback), failed_at."""
+    return _failed_store(connection).failed_jobs(limit=limit, newest_first=True, payloads=False)
+
+
+def retry(ids=None, queue=None, driver=None, connection=None):
+    """Put failed jobs (those of `ids`, else all) back at the end of their queue (or `queue`), on
+    the driver they failed on (or `driver`); return the rows moved, each with its "target"."""
+    store = _failed_store(connection)
+    if queue is not None:
+        _check_queue_name(queue, "queue")
+    if ids:
+        missing = sorted(set(ids) - {r["id"] for r in store.failed_jobs(ids, payloads=False)})
+        if missing:
+            raise QueueError(f"no failed job with id {', '.join(map(str, missing))}")
+
+    def target(row):
+        name = driver or row["driver"]
+        return _driver(name, (connection or row["connection"]) if name == "database" else None)
+    return list(store.retry_failed(ids, queue=queue, target=target))
+
+
+def forget(ids, connection=None):
+    """Delete the failed jobs of `ids`; return how many there were."""
+    return _failed_store(connection).forget(list(ids))
+
+
+def flush(hours=None, connection=None):
+    """Delete every failed job (or those failed over `hours` hours ago); return how many."""
+    return _failed_store(connection).forget(None, older_than=None if hours is None else hours * 3600)
+
+
+def restart():
+    """Make every running worker of this project exit after its current job."""
+    path = os.path.join(_get_config().folder, ".queue.restart")
+    with open(path, "w") as f:
+        f.write(f"{time.time()}\n")
+    os.utime(path, None)
+
+
 # Command line #################################################################################
 JOBS_INIT = '''"""Job classes, one per module. Importing this package makes `queue` mean queue.py even when a
 launcher (gunicorn, uvicorn, celery, ipython, ...) imported the standard library's queue first.
@@ -2750,8 +2848,8 @@ def _literal(text):
 def _cmd_work(args, config):
     queues = [q.strip() for q in args.queue.split(",") if q.strip()] if args.queue else None
     name, _ = config.driver(args.driver)
-    if name == "async":
-        raise QueueError("the async driver runs jobs inside the program that pushes them: "
+    if not Driver.registry[name].shared:
+        raise QueueError(f"the {name} driver keeps jobs inside the program that pushes them: "
                          "`work` needs the database or amqp driver")
     _import_jobs(config)
     worker = Worker(_driver(args.driver, args.connection), queues, attempts=args.attempts, timeout=args.timeout,
@@ -2817,15 +2915,8 @@ def _cmd_table(args, config):
     return 0
 
 
-def _failed_store(args):
-    store = _driver("database", args.connection)
-    if not store.failed_table:
-        raise QueueError("failed jobs are not kept: DRIVERS['database']['failed_table'] is None")
-    return store
-
-
 def _cmd_failed(args, config):
-    rows = _failed_store(args).failed_jobs(limit=args.limit, newest_first=True, payloads=False)
+    rows = failed_jobs(limit=args.limit, connection=args.connection)
     if not rows:
         print("no failed jobs")
         return 0
@@ -2845,20 +2936,9 @@ def _ids(values):
 
 
 def _cmd_retry(args, config):
-    store = _failed_store(args)
     ids = None if not args.ids or args.ids == ["all"] else _ids(args.ids)
-    if args.queue:
-        _check_queue_name(args.queue, "--queue")
-    if ids:
-        missing = sorted(set(ids) - {r["id"] for r in store.failed_jobs(ids, payloads=False)})
-        if missing:
-            raise QueueError(f"no failed job with id {', '.join(map(str, missing))}")
-
-    def target(row):
-        name = args.driver or row["driver"]
-        return _driver(name, (args.connection or row["connection"]) if name == "database" else None)
     count = 0
-    for row in store.retry_failed(ids, queue=args.queue, target=target):
+    for row in retry(ids, queue=args.queue, driver=args.driver, connection=args.connection):
         count += 1
         print(f"retrying {row['name']} (failed job {row['id']}) on {row['target'].name}/{row['queue']}")
     if not count:
@@ -2867,40 +2947,30 @@ def _cmd_retry(args, config):
 
 
 def _cmd_forget(args, config):
-    count = _failed_store(args).forget(_ids([args.id]))
-    if not count:
+    if not forget(_ids([args.id]), connection=args.connection):
         raise QueueError(f"no failed job with id {args.id}")
     print(f"forgot failed job {args.id}")
     return 0
 
 
 def _cmd_flush(args, config):
-    older = None if args.hours is None else args.hours * 3600
-    print(f"deleted {_failed_store(args).forget(None, older_than=older)} failed job(s)")
+    print(f"deleted {flush(args.hours, connection=args.connection)} failed job(s)")
     return 0
 
 
 def _cmd_restart(args, config):
-    path = os.path.join(config.folder, ".queue.restart")
-    with open(path, "w") as f:
-        f.write(f"{time.time()}\n")
-    os.utime(path, None)
+    restart()
     print("workers will exit after their current job")
     return 0
 
 
 def _cmd_status(args, config):
-    target = _driver(args.driver, args.connection)
     queues = [q.strip() for q in args.queue.split(",")] if args.queue else None
-    stats = target.stats(queues)
-    store = target.failed_store()
-    failed = store.failed_counts() if store else {}
-    names = sorted(set(stats) | (set(failed) if not queues else set()))
+    counts = status(args.driver, queues, connection=args.connection)
     print(f"{'queue':<20} {'ready':>8} {'delayed':>8} {'reserved':>8} {'failed':>8}")
-    for q in names:
-        s = stats.get(q, {"ready": 0, "delayed": 0, "reserved": 0})
-        counts = ["-" if s[k] is None else s[k] for k in ("ready", "delayed", "reserved")]
-        print(f"{q:<20} {counts[0]:>8} {counts[1]:>8} {counts[2]:>8} {failed.get(q, 0):>8}")
+    for name, c in counts.items():
+        shown = ["-" if c[k] is None else c[k] for k in ("ready", "delayed", "reserved", "failed")]
+        print(f"{name:<20} {shown[0]:>8} {shown[1]:>8} {shown[2]:>8} {shown[3]:>8}")
     return 0
 
 
@@ -2918,6 +2988,44 @@ def _positive(kind):
     return parse
 
 
+def _arg(*flags, **options):
+    return flags, options
+
+
+_CONNECTION = _arg("--connection", help="database connection (a name in DATABASES)")
+_DRIVER = _arg("--driver", help="driver (default: DRIVERS['default'])")
+_COMMANDS = [  # name, function, help, arguments
+    ("work", _cmd_work, "run a worker", [
+        _DRIVER, _CONNECTION,
+        _arg("--queue", help="queues in priority order, comma separated (e.g. high,low)"),
+        _arg("--poll", type=_positive(float), help="seconds to wait when no job is ready"),
+        _arg("--attempts", type=_positive(int), help="tries of jobs that do not set `tries`"),
+        _arg("--timeout", type=_positive(float), help="seconds a job may run if it sets no timeout"),
+        _arg("--once", action="store_true", help="run at most one job, then exit"),
+        _arg("--stop-when-empty", action="store_true", help="exit when no job is ready"),
+        _arg("--max-jobs", type=_positive(int), help="exit after this many jobs"),
+        _arg("--max-time", type=_positive(float), help="exit after this many seconds (after the current job)")]),
+    ("job", _cmd_job, "write jobs/Name.py with a job skeleton", [_arg("name", help="class name of the job")]),
+    ("push", _cmd_push, "push a job class from jobs/ (arguments are Python literals, or key=value)", [
+        _arg("name", help="job class name"), _arg("args", nargs="*", help="arguments of the job's constructor"),
+        _DRIVER, _CONNECTION, _arg("--queue"), _arg("--delay", help="seconds, or a time like '10 minutes'")]),
+    ("table", _cmd_table, "create the jobs, failed-jobs and state tables (idempotent)", [
+        _CONNECTION, _arg("--sql", action="store_true", help="print the DDL instead of running it")]),
+    ("failed", _cmd_failed, "list failed jobs, newest first", [
+        _CONNECTION, _arg("--limit", type=_positive(int), default=50, help="show at most this many (default 50)")]),
+    ("retry", _cmd_retry, "put failed jobs back on a queue (no id: all)", [
+        _arg("ids", nargs="*", metavar="ID", help="failed job ids, or 'all'"),
+        _arg("--driver", help="push onto this driver (default: the one it failed on)"),
+        _arg("--queue", help="push onto this queue (default: the one it failed on)"), _CONNECTION]),
+    ("forget", _cmd_forget, "delete one failed job", [_arg("id"), _CONNECTION]),
+    ("flush", _cmd_flush, "delete every failed job (or those older than --hours)", [
+        _CONNECTION, _arg("--hours", type=_positive(float), help="only failed jobs older than this many hours")]),
+    ("restart", _cmd_restart, "make every running worker exit after its current job", []),
+    ("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed", [
+        _DRIVER, _CONNECTION, _arg("--queue", help="only these queues, comma separated")]),
+]
+
+
 def _parser():
     import argparse
     common = argparse.ArgumentParser(add_help=False)
@@ -2928,63 +3036,11 @@ def _parser():
     parser.add_argument("--version", action="version", version=f"queue.py {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-
-    def command(name, fn, text):
+    for name, fn, text, arguments in _COMMANDS:
         sub = commands.add_parser(name, parents=[common], help=text, description=text)
         sub.set_defaults(fn=fn)
-        return sub
-
-    work = command("work", _cmd_work, "run a worker")
-    work.add_argument("--driver", help="driver (default: DRIVERS['default'])")
-    work.add_argument("--connection", help="database connection (a name in DATABASES)")
-    work.add_argument("--queue", help="queues in priority order, comma separated (e.g. high,low)")
-    work.add_argument("--poll", type=_positive(float), help="seconds to wait when no job is ready")
-    work.add_argument("--attempts", type=_positive(int), help="tries of jobs that do not set `tries`")
-    work.add_argument("--timeout", type=_positive(float), help="seconds a job may run if it sets no timeout")
-    work.add_argument("--once", action="store_true", help="run at most one job, then exit")
-    work.add_argument("--stop-when-empty", action="store_true", help="exit when no job is ready")
-    work.add_argument("--max-jobs", type=_positive(int), help="exit after this many jobs")
-    work.add_argument("--max-time", type=_positive(float), help="exit after this many seconds (after the current job)")
-
-    job = command("job", _cmd_job, "write jobs/Name.py with a job skeleton")
-    job.add_argument("name", help="class name of the job")
-
-    push_ = command("push", _cmd_push, "push a job class from jobs/ (arguments are Python literals, or key=value)")
-    push_.add_argument("name", help="job class name")
-    push_.add_argument("args", nargs="*", help="arguments of the job's constructor")
-    push_.add_argument("--driver")
-    push_.add_argument("--connection")
-    push_.add_argument("--queue")
-    push_.add_argument("--delay", help="seconds, or a time like '10 minutes'")
-
-    table = command("table", _cmd_table, "create the jobs and failed-jobs tables (idempotent)")
-    table.add_argument("--connection")
-    table.add_argument("--sql", action="store_true", help="print the DDL instead of running it")
-
-    failed = command("failed", _cmd_failed, "list failed jobs, newest first")
-    failed.add_argument("--connection")
-    failed.add_argument("--limit", type=_positive(int), default=50, help="show at most this many (default 50)")
-
-    flush = command("flush", _cmd_flush, "delete every failed job (or those older than --hours)")
-    flush.add_argument("--connection")
-    flush.add_argument("--hours", type=_positive(float), help="only failed jobs older than this many hours")
-
-    retry = command("retry", _cmd_retry, "put failed jobs back on a queue (no id: all)")
-    retry.add_argument("ids", nargs="*", metavar="ID", help="failed job ids, or 'all'")
-    retry.add_argument("--driver", help="push onto this driver (default: the one it failed on)")
-    retry.add_argument("--queue", help="push onto this queue (default: the one it failed on)")
-    retry.add_argument("--connection")
-
-    forget = command("forget", _cmd_forget, "delete one failed job")
-    forget.add_argument("id")
-    forget.add_argument("--connection")
-
-    command("restart", _cmd_restart, "make every running worker exit after its current job")
-
-    status = command("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed")
-    status.add_argument("--driver")
-    status.add_argument("--connection")
-    status.add_argument("--queue", help="only these queues, comma separated")
+        for flags, options in arguments:
+            sub.add_argument(*flags, **options)
     return parser
 
 
