@@ -124,7 +124,8 @@ __all__ = list(_stdlib_queue.__all__) + [
     "Queueable", "push", "chain", "before", "after", "failing", "looping", "configure",
     "driver", "Worker", "Message", "Driver", "FailedStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
     "MemoryDriver", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload",
-    "JobTimeout", "MaxAttemptsExceeded", "status", "failed_jobs", "retry", "forget", "flush", "restart", "main",
+    "JobTimeout", "MaxAttemptsExceeded", "JobFailed", "status", "failed_jobs", "retry", "forget", "flush", "clear",
+    "restart", "run_now", "call", "task", "released", "stopping", "main",
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -544,9 +545,11 @@ def _sign(signed, magic=_MAGIC):
     return magic + hmac.digest(_signing_key(), signed, "sha256") + signed
 
 
-def pack(job, chain=None, until=None, queue=None):
+def pack(job, chain=None, until=None, queue=None, chain_queue=None):
     """Sign and serialize a job (and the rest of its chain) into a payload for `queue`."""
     header = dict(_settings(job), name=_job_name(job), queue=queue, until=until)
+    if chain_queue is not None:
+        header["chain_queue"] = chain_queue
     try:
         body = pickle.dumps({"v": 2, "job": job, "chain": list(chain or ())}, _PICKLE_PROTOCOL)
     except Exception as exc:
@@ -650,17 +653,23 @@ def _as_bytes(value):
 
 
 def _job_name(job):
-    return type(job).__qualname__
+    return getattr(job, "_queue_job_name", None) or type(job).__qualname__
 
 
 # Jobs #########################################################################################
 class Queueable:
-    """Base class of jobs: override handle(); set the class attributes to change the defaults."""
+    """Base class of jobs: override handle(); set the class attributes to change the defaults.
+    Inside handle(), a job can steer itself (Laravel's InteractsWithQueue): release(), fail(),
+    delete(), and read `attempts` and `job_id`."""
 
-    tries = None     # attempts before the job is failed (None: the driver's `attempts`)
-    timeout = None   # seconds one attempt may run (None: the worker's --timeout, else no limit)
-    backoff = 0      # seconds before attempt 2, 3, ... (a number, or a list; its last value repeats)
-    queue = None     # default queue of this class (None: the driver's `queue`)
+    tries = None           # attempts before the job is failed (None: the driver's `attempts`)
+    timeout = None         # seconds one attempt may run (None: the worker's --timeout, else no limit)
+    backoff = 0            # seconds before attempt 2, 3, ... (a number, or a list; its last value repeats)
+    queue = None           # default queue of this class (None: the driver's `queue`)
+    delay = None           # default delay of this class's pushes (seconds, timedelta, '10 minutes')
+    max_exceptions = None  # fail after this many attempts that raised (releases do not count)
+    attempts = 0           # set by the worker: the number of this attempt (1 on the first run)
+    job_id = None          # set by the worker: the id the driver gave the job
 
     def handle(self):
         """Do the job's work."""
@@ -673,11 +682,24 @@ class Queueable:
         """Return a deadline (datetime, timedelta or seconds from now) to retry until, instead of `tries`."""
         return None
 
+    def release(self, delay=0):
+        """Put this job back on its queue, to run again after `delay` (any form push() takes),
+        when handle() returns; this attempt counts."""
+        self._queue_steer = ("release", delay)
+
+    def fail(self, exc=None):
+        """Fail this job for good when handle() returns: failed() runs once, it goes to the failed store."""
+        self._queue_steer = ("fail", exc)
+
+    def delete(self):
+        """End this job when handle() returns, without running it again and without failing (a chain stops)."""
+        self._queue_steer = ("delete", None)
+
     def __repr__(self):
         return f"<{type(self).__qualname__} job>"
 
 
-_hooks = {"before": [], "after": [], "failing": [], "looping": []}
+_hooks = {"before": [], "after": [], "failing": [], "looping": [], "released": [], "stopping": []}
 
 
 def before(fn):
@@ -695,6 +717,19 @@ def after(fn):
 def failing(fn):
     """Register fn(job, exc), called when a job is failed for good."""
     _hooks["failing"].append(fn)
+    return fn
+
+
+def released(fn):
+    """Register fn(job, delay), called when a job is put back on its queue (a retry, or release())."""
+    _hooks["released"].append(fn)
+    return fn
+
+
+def stopping(fn):
+    """Register fn(reason), called when a worker stops ('signal SIGTERM', 'restart', 'max-jobs',
+    'max-time', 'memory', 'empty', ...)."""
+    _hooks["stopping"].append(fn)
     return fn
 
 
@@ -778,26 +813,89 @@ def _settings(job):
     steps = list(backoff) if isinstance(backoff, (list, tuple)) else [backoff]
     if not all(_is_number(b) and 0 <= b <= _MAX_DELAY for b in steps):
         raise QueueError(f"{name}.backoff must be seconds (a number or a list of numbers), not {backoff!r}")
-    return {"tries": tries, "timeout": timeout, "backoff": steps if isinstance(backoff, (list, tuple)) else backoff}
+    most = getattr(job, "max_exceptions", None)
+    if most is not None and (type(most) is not int or most < 1):
+        raise QueueError(f"{name}.max_exceptions must be a whole number of at least 1 (or None), not {most!r}")
+    settings = {"tries": tries, "timeout": timeout, "backoff": steps if isinstance(backoff, (list, tuple)) else backoff}
+    if most is not None:
+        settings["max_exceptions"] = most
+    return settings
 
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+class JobFailed(Exception):
+    """What failed() receives when a job called self.fail() without an exception."""
+
+
 def push(*jobs, driver=None, queue=None, delay=None, connection=None):
     """Push jobs: onto `driver` (default: DRIVERS['default']) and `queue` (default: the job's class
-    `queue`, else the driver's), runnable after `delay` (seconds, timedelta, datetime or '10 minutes')."""
+    `queue`, else the driver's), runnable after `delay` (seconds, timedelta, datetime or '10
+    minutes'; default: the class's `delay`). A class is pushed as an instance made without
+    arguments. Returns True."""
     if not jobs:
         raise QueueError("push() needs at least one job")
     _driver(driver, connection).push(jobs, queue=queue, delay=delay)
+    return True
 
 
 def chain(*jobs, driver=None, queue=None, delay=None, connection=None):
-    """Push jobs as a chain: each runs only after the previous one succeeded; a failure stops it."""
+    """Push jobs as a chain: each runs only after the previous one succeeded; a failure stops it.
+    `queue` and `driver` apply to every link that names no queue of its own."""
     if not jobs:
         raise QueueError("chain() needs at least one job")
-    _driver(driver, connection).push([jobs[0]], queue=queue, delay=delay, chain=jobs[1:])
+    _driver(driver, connection).push([jobs[0]], delay=delay, chain=jobs[1:], chain_queue=queue)
+    return True
+
+
+def run_now(job):
+    """Run a job at once in this process (Laravel's dispatchNow), with its tries (retried at once,
+    without backoff), failed() and the failed store; return 'done' or 'failed'."""
+    return _driver("async").run_now(job)
+
+
+class _Call(Queueable):
+    """A module-level function (or bound method, or functools.partial) pushed as a job."""
+
+    def __init__(self, fn, args, kwargs):
+        name = getattr(fn, "__qualname__", "") or getattr(getattr(fn, "func", None), "__qualname__", "")
+        if "<lambda>" in name or "<locals>" in name:
+            raise QueueError(f"cannot push {name}: a lambda or a function defined inside another cannot be "
+                             "pickled; define it at module level in a module of jobs/")
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+        for attribute in ("tries", "timeout", "backoff", "queue", "delay"):
+            if hasattr(fn, f"queue_{attribute}"):
+                setattr(self, attribute, getattr(fn, f"queue_{attribute}"))
+
+    @property
+    def _queue_job_name(self):
+        fn = getattr(self.fn, "func", self.fn)
+        return getattr(fn, "__qualname__", type(fn).__qualname__)
+
+    def handle(self):
+        result = self.fn(*self.args, **self.kwargs)
+        if hasattr(result, "__await__"):
+            import asyncio
+            asyncio.run(result)
+
+
+def call(fn, *args, **kwargs):
+    """A job that calls fn(*args, **kwargs): push it, `queue.push(queue.call(send_mail, to))`."""
+    return _Call(fn, args, kwargs)
+
+
+def task(fn=None, **settings):
+    """Decorate a module-level function so that fn.push(*args, **kwargs) pushes a call of it;
+    settings (tries, timeout, backoff, queue, delay) apply to its jobs: @queue.task(tries=5)."""
+    def decorate(fn):
+        for key, value in settings.items():
+            setattr(fn, f"queue_{key}", value)
+        fn.push = lambda *args, **kwargs: push(_Call(fn, args, kwargs))
+        fn.call = lambda *args, **kwargs: _Call(fn, args, kwargs)
+        return fn
+    return decorate(fn) if fn is not None else decorate
 
 
 # Drivers ######################################################################################
@@ -855,25 +953,41 @@ class Driver:
         self.default_queue = options["queue"]
 
     # pushing, shared by every driver
-    def push(self, jobs, queue=None, delay=None, chain=()):
-        """Pack jobs into messages and put() them: all of them, or (raising) none. Every job and
-        every link of a chain is checked here, where a mistake is written, not in a worker."""
-        base_delay = seconds(delay, self.clock.tz)
-        callback = self.options["callback"]
-        for job in list(jobs) + list(chain):
-            if isinstance(job, type) or not callable(getattr(job, callback, None)):
-                raise QueueError(f"cannot push {_text(job)[:80]!r}: it has no {callback}() method "
-                                 "(subclass queue.Queueable)")
+    def push(self, jobs, queue=None, delay=None, chain=(), chain_queue=None):
+        """Pack jobs into messages and put() them: all of them, or (raising) none."""
+        self.put(self.messages(jobs, queue, delay, chain, chain_queue))
+
+    def messages(self, jobs, queue=None, delay=None, chain=(), chain_queue=None):
+        """The messages of jobs to push. Every job and every link of a chain is checked here,
+        where a mistake is written, not in a worker. A class is made into a job by calling it
+        without arguments; `chain_queue` is the queue of every link (the head included) that
+        names none of its own."""
+        jobs, chain = [self._job(job) for job in jobs], [self._job(job) for job in chain]
         messages = []
         for job in jobs:
             until = getattr(job, "retry_until", None)
             until = until() if callable(until) else None
             if until is not None:
                 until = self.clock.time() + seconds(until, self.clock.tz)
-            name = _check_queue_name(queue or getattr(job, "queue", None) or self.default_queue)
-            payload = pack(job, chain, until, name)
-            messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, base_delay))
-        self.put(messages)
+            name = _check_queue_name(queue or getattr(job, "queue", None) or chain_queue or self.default_queue)
+            payload = pack(job, chain, until, name, chain_queue)
+            wait = seconds(delay if delay is not None else getattr(job, "delay", None), self.clock.tz)
+            messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, wait))
+        return messages
+
+    def _job(self, job):
+        """A job to push, checked: an object with the driver's callback (a class is instantiated)."""
+        callback = self.options["callback"]
+        if isinstance(job, type) and callable(getattr(job, callback, None)):
+            try:
+                job = job()
+            except Exception as exc:
+                raise QueueError(f"cannot push the class {job.__qualname__}: {job.__qualname__}() raised "
+                                 f"{_summary(exc)}; push an instance") from None
+        if isinstance(job, type) or not callable(getattr(job, callback, None)):
+            raise QueueError(f"cannot push {_text(job)[:80]!r}: it has no {callback}() method "
+                             "(subclass queue.Queueable, or push queue.call(function, ...))")
+        return job
 
     def check_size(self, payload):
         """The payload, if this driver can store it; else one line that names the limit."""
@@ -923,6 +1037,10 @@ class Driver:
     def stats(self, queues=None):
         """{queue: {"ready": n, "delayed": n, "reserved": n}} for `queues` (default: every queue
         the driver can list); None where a count cannot be known."""
+        raise NotImplementedError
+
+    def clear(self, queue):
+        """Delete the ready and delayed messages of `queue` (not the reserved ones); return how many."""
         raise NotImplementedError
 
     def close(self):
@@ -1073,6 +1191,10 @@ class _Dialect:
     table_options = ""                # after CREATE TABLE (...)
     networked = False
     auto_create = False               # tables are created on first use (else: `python queue.py table`)
+    # add to a counter of the state table, restarting it when it had expired
+    upsert_add = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON CONFLICT (name) DO UPDATE "
+                  "SET value = CASE WHEN {state}.expires_at < {p} THEN {p} ELSE CAST({state}.value AS REAL) + {p} END, "
+                  "expires_at = {p}")
     max_payload = None                # the largest payload it stores (known after check_server)
     limit_name = "the database's largest value"
 
@@ -1200,6 +1322,8 @@ class _MySQL(_Dialect):
     name_type = "VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
     table_options = " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"
     networked = True
+    upsert_add = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON DUPLICATE KEY UPDATE "
+                  "value = IF(expires_at < {p}, {p}, value + {p}), expires_at = {p}")
     limit_name = "the server's max_allowed_packet"
     _pass = ("host", "port", "user", "password", "database", "charset", "unix_socket", "ssl", "connect_timeout")
     _codes = {1146: "missing", 1054: "column", 1213: "busy", 1205: "locked", 2003: "lost", 2006: "lost",
@@ -1332,6 +1456,7 @@ class DatabaseDriver(Driver, FailedStore):
             "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p}, attempts = {p} WHERE id = {p}",
             "keep": f"UPDATE {t} SET available_at = {p} WHERE id = {p} AND reserved_at = {p}",
             "delete": f"DELETE FROM {t} WHERE id IN ",
+            "clear": f"DELETE FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p})",
             "stats": f"SELECT queue, SUM(CASE WHEN available_at <= {p} THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NULL THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NOT NULL THEN 1 ELSE 0 END) "
@@ -1345,6 +1470,8 @@ class DatabaseDriver(Driver, FailedStore):
             "mark": f"INSERT INTO {s} (name, expires_at) VALUES ({p}, {p})",
             "marked": f"SELECT 1 FROM {s} WHERE name = {p}",
             "prune": f"DELETE FROM {s} WHERE expires_at < {p}",
+            "add": self.dialect.upsert_add.format(state=s, p=p),
+            "value": f"SELECT value FROM {s} WHERE name = {p}",
         }
 
     @property
@@ -1617,10 +1744,32 @@ class DatabaseDriver(Driver, FailedStore):
                                       "reserved": int(reserved or 0)}
         return result
 
+    def clear(self, queue):
+        now = self.clock.now()
+
+        def delete(cur):
+            cur.execute(self._sql["clear"], (queue, now))
+            return cur.rowcount
+        return self._execute(delete)
+
+    # shared state: the state table, seen by every worker of every host that shares the database
     def prune(self):
         """Delete expired entries of the state table (a worker does it every few minutes)."""
         now = self.clock.now()
         self._execute(lambda cur: cur.execute(self._sql["prune"], (now,)))
+
+    def add_to(self, name, amount=1, ttl=3600.0):
+        """Add `amount` to the counter `name` (0 if missing or expired), keep it `ttl` seconds
+        more, and return its new value, atomically across processes and hosts."""
+        now, until = self.clock.now(0, ttl)
+        d = self.dialect
+
+        def add(cur):
+            rows = d.script(cur, [(d.begin, ()), (self._sql["add"], (name, amount, until, now, amount, amount, until)),
+                                  (self._sql["value"], (name,))])
+            d.script(cur, [("COMMIT", ())])
+            return int(float(rows[0][0]))
+        return self._execute(lambda cur: self._transaction(cur, add, begin=False))
 
     def close(self):
         done = self._acked()
@@ -1759,10 +1908,24 @@ class AsyncDriver(Driver):
         for message in messages:
             message.id = message.id or _new_id()
             if self.blocking:
-                message.attempts += 1
-                self.worker.process(message)
+                self._run_inline(message)
             else:
                 self._schedule(message, message.delay)
+
+    def _run_inline(self, message):
+        """Every attempt of a message now, in this thread, without backoff; the last status."""
+        while True:
+            message.attempts += 1
+            status = self.worker.process(message)
+            if status != "released":
+                return status
+
+    def run_now(self, job):
+        """Run a job at once in this thread (queue.run_now); 'done' or 'failed' (or 'deleted')."""
+        inline = self if self.blocking else AsyncDriver(dict(self.options, blocking=True), self.config)
+        [message] = inline.messages([job])
+        message.id = _new_id()
+        return inline._run_inline(message)
 
     def _schedule(self, message, delay):
         with self._idle:
@@ -1814,10 +1977,18 @@ class AsyncDriver(Driver):
         pass
 
     def release(self, message, delay=0.0):
-        if self.blocking:  # debugging mode: every attempt runs inside push(), without the backoff
-            self.put([message])
-        else:
+        if not self.blocking:  # blocking: _run_inline runs it again at once, without the backoff
             self._schedule(message, delay)
+
+    def clear(self, queue):
+        count = 0
+        for timer in list(self._timers):
+            if timer.args[0].queue == queue:
+                timer.cancel()
+                self._timers.discard(timer)
+                self._finished()
+                count += 1
+        return count
 
     def stats(self, queues=None):
         return {self.default_queue: {"ready": self._pending, "delayed": len(self._timers), "reserved": 0}}
@@ -2044,6 +2215,23 @@ class AMQPDriver(Driver):
         finally:
             connection.close()
         return result
+
+    def clear(self, queue):
+        """Purge the queue and its delay queues (those this process declared, and those the
+        management API lists)."""
+        pika = _import_optional("pika", "amqp")
+        publisher = getattr(self._local, "publisher", None)
+        known = set(publisher.declared if publisher else ()) | {q["name"] for q in self._management_queues() or ()}
+        count, connection = 0, self.connect()
+        try:
+            for name in [queue] + sorted(k for k in known if k.startswith(f"{queue}.delay.")):
+                try:
+                    count += connection.channel().queue_purge(name).method.message_count
+                except pika.exceptions.ChannelClosedByBroker:
+                    pass  # no such queue
+        finally:
+            connection.close()
+        return count
 
     def _management_queues(self):
         """The queues of our vhost from the management HTTP API, or None when it does not answer."""
@@ -2369,6 +2557,14 @@ class MemoryDriver(Driver):
             if job is not None and job.receipt == message.receipt:
                 job.delay = self.clock.time() + self.retry_after
 
+    def clear(self, queue):
+        now = self.clock.time()
+        with self._changed:
+            gone = [i for i, job in self._jobs.items() if job.queue == queue and (job.receipt is None or job.delay <= now)]
+            for job_id in gone:
+                del self._jobs[job_id]
+        return len(gone)
+
     def stats(self, queues=None):
         now = self.clock.time()
         result = {q: {"ready": 0, "delayed": 0, "reserved": 0} for q in queues or ()}
@@ -2426,7 +2622,7 @@ class Worker:
     it (cold shutdown: it goes back on its queue). Either way the worker exits 0."""
 
     def __init__(self, driver, queues=None, *, attempts=None, timeout=None, poll=None, callback=None,
-                 once=False, stop_when_empty=False, max_jobs=None, max_time=None):
+                 once=False, stop_when_empty=False, max_jobs=None, max_time=None, backoff=None, memory=None):
         self.driver = driver
         options = driver.options
         self.queues = [_check_queue_name(q, "--queue") for q in queues or [options["queue"]]]
@@ -2436,6 +2632,8 @@ class Worker:
         self.callback = callback or options["callback"]
         self.once, self.stop_when_empty = once, stop_when_empty
         self.max_jobs, self.max_time = max_jobs, max_time
+        self.backoff = backoff or 0         # for jobs that set none
+        self.memory = memory                # MB of RSS after which the worker exits (between jobs)
         self.stopping = _Flag()             # set by a signal or a limit: no new job is taken
         self._ended = threading.Event()     # set when the loop has ended: the keeper stops
         self.processed = 0
@@ -2453,35 +2651,38 @@ class Worker:
         self.driver.interrupt = self.stopping
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
+        reason = "error"
         try:
-            self._loop()
+            reason = self._loop()
         except _ColdShutdown:
-            pass
+            reason = "signal " + signal.Signals(self._signals[-1]).name + " (cold)"
         except ConnectionFailed as exc:
             if not self.stopping.is_set():
                 raise
+            reason = "signal while the server is unreachable"
             log.warning("worker %d: stopped while %s; its reserved jobs come back after retry_after",
                         os.getpid(), _text(exc))
         finally:
             self.stopping.set()
             self._ended.set()
+            _call_hooks("stopping", reason)
             self._close()
             self._restore_signals()
             self.driver.interrupt = None
-        log.info("worker %d: stopped after %d job(s)", os.getpid(), self.processed)
+        log.info("worker %d: stopped after %d job(s): %s", os.getpid(), self.processed, reason)
         return 0
 
     def _loop(self):
+        """Take and run jobs until a limit or a signal says stop; return why it stopped."""
         started = time.monotonic()
         restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
         restart_mark = _restart_mark(restart_path)
         announced = False
         while not self.stopping.is_set():
             if _restart_mark(restart_path) != restart_mark:  # one stat() per job
-                log.info("worker %d: restart requested; exiting", os.getpid())
-                return
+                return "restart"
             if self.max_time is not None and time.monotonic() - started >= self.max_time:
-                return
+                return "max-time"
             if False in _call_hooks("looping"):
                 self.driver.close()
                 self.stopping.wait(self.poll)
@@ -2493,14 +2694,17 @@ class Worker:
                 announced = True
             if message is None:
                 if self.once or self.stop_when_empty:
-                    return
+                    return "empty"
                 self.stopping.wait(self.poll - (time.monotonic() - asked))  # drivers that do not wait
                 continue
             self.process(message)
             self._reset_signals()
             self.processed += 1
             if self.once or (self.max_jobs and self.processed >= self.max_jobs):
-                return
+                return "max-jobs"
+            if self.memory and _rss_mb() > self.memory:
+                return "memory"
+        return "signal " + signal.Signals(self._signals[0]).name if self._signals else "stopped"
 
     def _close(self):
         try:
@@ -2571,21 +2775,27 @@ class Worker:
         """Run one message (or settle the outcome (exception, traceback) of an attempt run
         elsewhere); return 'done', 'released' or 'failed'."""
         started = time.monotonic()
+        envelope = None
         try:
             header, body = self._open(message)
         except BadPayload as exc:
             return self._fail(message, None, exc, None, started)
+        if header is None or outcome is not None:
+            # a Q1 payload, whose settings are on the job, or an attempt that ran in another
+            # process (its chain and failed() are settled here): load the job first
+            envelope, exc, text = self._timed(self.timeout, load, body)
+            if exc is not None:
+                return self._fail(message, body, exc, text, started)
+            if header is None:
+                header = dict(_guard(_settings, envelope["job"])[0] or {}, until=envelope.get("until"))
         spent = self._spent(message, header) if outcome is None else None
         if spent is not None:
-            return self._fail(message, body, spent, None, started, header=header, load_for_failed=True)
+            return self._fail(message, body, spent, None, started, envelope, header, load_for_failed=True)
         if outcome is None:
-            envelope, exc, text = self._attempt(message, header, body)
-        else:  # the attempt ran in another process: load the job here for its chain and failed()
-            envelope, load_exc, load_text = _guard(load, body)
-            exc, text = outcome if outcome[0] is not None or load_exc is None else (load_exc, load_text)
-        if header is None and envelope is not None:  # a Q1 payload: its settings are on the job
-            header = dict(_guard(_settings, envelope["job"])[0] or {}, until=envelope.get("until"))
-        return self._settle(message, header or {}, body, envelope, exc, text, started)
+            envelope, exc, text = self._attempt(message, header, body, envelope)
+        else:
+            exc, text = outcome
+        return self._settle(message, header, body, envelope, exc, text, started)
 
     def _open(self, message):
         """Verify a message's payload; a payload signed for another queue or job is refused."""
@@ -2609,14 +2819,14 @@ class Worker:
                                        "retry_until deadline had passed")
         return None
 
-    def _attempt(self, message, header, body):
+    def _attempt(self, message, header, body, envelope=None):
         """Unpickle and run the job once in this thread, with its timeout; return (envelope or
         None, exception or None, traceback text or None)."""
         timeout = (header or {}).get("timeout") or self.timeout
         self.current = _Running(message, time.monotonic(), timeout)
         loaded = []
         try:
-            _, exc, text = self._timed(timeout, self._run, body, loaded)
+            _, exc, text = self._timed(timeout, self._run, message, envelope or body, loaded)
             return (loaded[0] if loaded else None), exc, text
         except _ColdShutdown:
             message.attempts -= 1  # the interrupted attempt does not count
@@ -2642,34 +2852,72 @@ class Worker:
                 signal.setitimer(signal.ITIMER_REAL, 0)
                 signal.signal(signal.SIGALRM, previous)
 
-    def _run(self, body, loaded):
-        """The user code of one attempt: unpickling, the before hooks, the job's callback."""
-        envelope = load(body)
+    def _run(self, message, body, loaded):
+        """The user code of one attempt: unpickling, the before hooks, the job's callback. The
+        job learns its attempt number and id (Queueable.attempts, job_id)."""
+        envelope = body if isinstance(body, dict) else load(body)
         loaded.append(envelope)
+        job = envelope["job"]
+        try:
+            job.attempts, job.job_id, job._queue_steer = message.attempts, message.id, None
+        except Exception:
+            pass  # a job object that takes no attributes
         if _hooks["before"]:
-            _call_hooks("before", envelope["job"])
-        getattr(envelope["job"], self.callback)()
+            _call_hooks("before", job)
+        getattr(job, self.callback)()
 
     def _settle(self, message, header, body, envelope, exc, text, started):
         """Ack a job that succeeded (pushing the next link of its chain first), release one that
-        failed with tries left after its backoff, fail the others for good."""
+        failed with tries left after its backoff, fail the others for good; a job that called
+        release(), fail() or delete() gets what it asked for."""
         job = envelope["job"] if envelope else None
+        steer = getattr(job, "_queue_steer", None)
+        if steer:
+            return self._steer(message, header, body, envelope, steer, exc, text, started)
         if exc is None:
             links = envelope.get("chain")
             if links:  # the next job of a chain, pushed before this one is acked (at least once)
-                self.driver.push([links[0]], queue=getattr(links[0], "queue", None) or message.queue, chain=links[1:])
+                self.driver.push(links[:1], chain=links[1:], chain_queue=header.get("chain_queue"))
             self.driver.ack(message)
             _call_hooks("after", job)
             return self._finish(message, started, "done")
-        backoff = _backoff(header.get("backoff"), message.attempts)
+        backoff = _backoff(header.get("backoff") or self.backoff, message.attempts)
         if header.get("until") is not None:  # retry_until: fail now if the next attempt would start too late
             exhausted = self.driver.clock.time() + backoff > header["until"]
         else:
             exhausted = message.attempts >= (header.get("tries") or self.attempts)
+        most = header.get("max_exceptions")
+        if most and not exhausted and not isinstance(exc, BadPayload):
+            exhausted = self._count_exception(message) >= most
         if exhausted or isinstance(exc, BadPayload):
             return self._fail(message, body, exc, text, started, envelope)
-        self.driver.release(message, backoff)
+        return self._release(message, job, backoff, started, exc)
+
+    def _steer(self, message, header, body, envelope, steer, exc, text, started):
+        """What a job asked for in handle(): release(delay), fail(exc) or delete()."""
+        action, value = steer
+        if exc is not None:
+            log.warning("%s #%s raised after it called %s(): %s", message.name, message.id, action, _summary(exc))
+        if action == "release":
+            delay, error, _ = _guard(seconds, value, self.driver.clock.tz)
+            return self._release(message, envelope["job"], delay or 0.0, started, error)
+        if action == "fail":
+            failure = value if isinstance(value, BaseException) else JobFailed(
+                f"{message.name} failed itself" + (f": {_text(value)}" if value is not None else ""))
+            return self._fail(message, body, failure, _format(failure), started, envelope)
+        self.driver.ack(message)
+        return self._finish(message, started, "deleted")
+
+    def _release(self, message, job, delay, started, exc=None):
+        self.driver.release(message, delay)
+        _call_hooks("released", job, delay)
         return self._finish(message, started, "released", exc)
+
+    def _count_exception(self, message):
+        """How many attempts of this job raised, this one included (for max_exceptions): a counter
+        in the state table of the failed store's database, seen by every worker."""
+        store = self.driver.failed_store() or _driver("database")
+        return store.add_to(f"exceptions:{self.driver.name}:{message.queue}:{message.id}", 1, 7 * 86400)
 
     def _fail(self, message, body, exc, text, started, envelope=None, header=None, load_for_failed=False):
         """Fail a message for good: first into the failed store and acked (so that failed() runs
@@ -2680,7 +2928,7 @@ class Worker:
             envelope = self._timed((header or {}).get("timeout") or self.timeout, load, body)[0]
         job = envelope["job"] if envelope else None
         if job is not None:
-            _, failed_exc, failed_text = _guard(getattr(job, "failed", lambda exc: None), exc)
+            _, failed_exc, failed_text = _guard(_call_failed, job, exc, self.callback)
             if failed_exc is not None:
                 log.error("%s.failed() raised: %s", message.name, failed_text)
             _call_hooks("failing", job, exc)
@@ -2697,6 +2945,18 @@ class Worker:
         return status
 
 
+def _call_failed(job, exc, callback):
+    """job.failed(exc); a Masonite 4 job's failed(payload, exc) gets its payload as Masonite's
+    dict {"obj": job, "callback": ..., "args": ()} first."""
+    failed = getattr(job, "failed", None)
+    if not callable(failed):
+        return None
+    code = getattr(getattr(failed, "__func__", failed), "__code__", None)
+    if code is not None and code.co_argcount - hasattr(failed, "__self__") == 2:
+        return failed({"obj": job, "callback": callback, "args": ()}, exc)
+    return failed(exc)
+
+
 _LATE = 2.0  # seconds a retry released before its retry_until deadline may arrive late and still run
 
 
@@ -2706,6 +2966,16 @@ def _backoff(backoff, attempts):
     if isinstance(backoff, (list, tuple)):
         return float(backoff[min(attempts, len(backoff)) - 1]) if backoff else 0.0
     return float(backoff)
+
+
+def _rss_mb():
+    """This process's resident memory in MB (now, from /proc; else its peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _restart_mark(path):
@@ -2768,6 +3038,13 @@ def forget(ids, connection=None):
 def flush(hours=None, connection=None):
     """Delete every failed job (or those failed over `hours` hours ago); return how many."""
     return _failed_store(connection).forget(None, older_than=None if hours is None else hours * 3600)
+
+
+def clear(queue=None, driver=None, connection=None):
+    """Delete the ready and delayed jobs of a queue (default: the driver's); return how many.
+    Reserved (running) jobs are left to finish."""
+    target = _driver(driver, connection)
+    return target.clear(_check_queue_name(queue or target.default_queue))
 
 
 def restart():
@@ -2854,7 +3131,7 @@ def _cmd_work(args, config):
     _import_jobs(config)
     worker = Worker(_driver(args.driver, args.connection), queues, attempts=args.attempts, timeout=args.timeout,
                     poll=args.poll, once=args.once, stop_when_empty=args.stop_when_empty,
-                    max_jobs=args.max_jobs, max_time=args.max_time)
+                    max_jobs=args.max_jobs, max_time=args.max_time, backoff=args.backoff, memory=args.memory)
     return worker.run()
 
 
@@ -2964,6 +3241,16 @@ def _cmd_restart(args, config):
     return 0
 
 
+def _cmd_clear(args, config):
+    name = args.queue or config.driver(args.driver)[1]["queue"]
+    if not args.force:
+        answer = input(f"delete every ready and delayed job of queue {name!r}? [y/N] ") if sys.stdin.isatty() else ""
+        if answer.strip().lower() not in ("y", "yes"):
+            raise QueueError("nothing deleted (give --force to clear without asking)")
+    print(f"deleted {clear(name, driver=args.driver, connection=args.connection)} job(s) from {name!r}")
+    return 0
+
+
 def _cmd_status(args, config):
     queues = [q.strip() for q in args.queue.split(",")] if args.queue else None
     counts = status(args.driver, queues, connection=args.connection)
@@ -2998,8 +3285,10 @@ _COMMANDS = [  # name, function, help, arguments
     ("work", _cmd_work, "run a worker", [
         _DRIVER, _CONNECTION,
         _arg("--queue", help="queues in priority order, comma separated (e.g. high,low)"),
-        _arg("--poll", type=_positive(float), help="seconds to wait when no job is ready"),
-        _arg("--attempts", type=_positive(int), help="tries of jobs that do not set `tries`"),
+        _arg("--poll", "--sleep", type=_positive(float), dest="poll", help="seconds to wait when no job is ready"),
+        _arg("--attempts", "--tries", type=_positive(int), dest="attempts", help="tries of jobs that do not set `tries`"),
+        _arg("--backoff", type=_positive(float), help="seconds before a retry, for jobs that set no backoff"),
+        _arg("--memory", type=_positive(float), metavar="MB", help="exit after the current job once RSS is above MB"),
         _arg("--timeout", type=_positive(float), help="seconds a job may run if it sets no timeout"),
         _arg("--once", action="store_true", help="run at most one job, then exit"),
         _arg("--stop-when-empty", action="store_true", help="exit when no job is ready"),
@@ -3021,6 +3310,9 @@ _COMMANDS = [  # name, function, help, arguments
     ("flush", _cmd_flush, "delete every failed job (or those older than --hours)", [
         _CONNECTION, _arg("--hours", type=_positive(float), help="only failed jobs older than this many hours")]),
     ("restart", _cmd_restart, "make every running worker exit after its current job", []),
+    ("clear", _cmd_clear, "delete the ready and delayed jobs of a queue", [
+        _DRIVER, _CONNECTION, _arg("--queue", help="the queue (default: the driver's)"),
+        _arg("--force", action="store_true", help="do not ask")]),
     ("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed", [
         _DRIVER, _CONNECTION, _arg("--queue", help="only these queues, comma separated")]),
 ]
