@@ -467,6 +467,15 @@ class Clock:
         return stamps if more else stamps[0]
 
 
+def _epoch(stamp):
+    """Seconds since the epoch of a UTC timestamp string (or datetime) as the database gives it back."""
+    if not isinstance(stamp, str):
+        stamp = str(stamp)
+    whole, _, fraction = stamp.partition(".")
+    import calendar
+    return calendar.timegm(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + (float("0." + fraction) if fraction else 0.0)
+
+
 def _stamp(epoch):
     """A UTC timestamp string of epoch seconds."""
     whole = math.floor(epoch)
@@ -1195,6 +1204,13 @@ class _Dialect:
     upsert_add = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON CONFLICT (name) DO UPDATE "
                   "SET value = CASE WHEN {state}.expires_at < {p} THEN {p} ELSE CAST({state}.value AS REAL) + {p} END, "
                   "expires_at = {p}")
+    insert_ignore = "INSERT INTO {state} (name, value, expires_at) VALUES ({p}, '', {p}) ON CONFLICT (name) DO NOTHING"
+    # lease a free slot (one of the names that follow) to a holder: one statement, atomic
+    take_slot = ("UPDATE {state} SET value = {p}, expires_at = {p} WHERE name = (SELECT name FROM {state} "
+                 "WHERE expires_at <= {p} AND name IN ({names}) ORDER BY expires_at LIMIT 1)")
+    # take a lock that is free or expired; the row count says whether it was taken
+    upsert_lock = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON CONFLICT (name) DO UPDATE "
+                   "SET value = excluded.value, expires_at = excluded.expires_at WHERE {state}.expires_at < {p}")
     max_payload = None                # the largest payload it stores (known after check_server)
     limit_name = "the database's largest value"
 
@@ -1234,13 +1250,11 @@ class _Dialect:
         """The placeholders of an IN list of `count` values."""
         return ", ".join([self.param] * count)
 
-    def index_ddl(self, table):
-        """The claim's index, if it is created apart from its table."""
-        return f"CREATE INDEX IF NOT EXISTS {self.quote(table + '_queue_available_at')} ON {self.quote(table)} (queue, available_at)"
-
-    def inline_index(self, table):
-        """The claim's index inside CREATE TABLE, if it is created there."""
-        return ""
+    def index(self, table, columns):
+        """(statement, clause) that create an index of a table: a statement of its own, or a
+        clause inside CREATE TABLE (MySQL 8 has no CREATE INDEX IF NOT EXISTS)."""
+        name = self.quote(f"{table}_{columns.replace(', ', '_')}")
+        return f"CREATE INDEX IF NOT EXISTS {name} ON {self.quote(table)} ({columns})", ""
 
     def script(self, cur, statements):
         """Run [(sql, params), ...] in order; return the rows of the last statement."""
@@ -1324,6 +1338,12 @@ class _MySQL(_Dialect):
     networked = True
     upsert_add = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON DUPLICATE KEY UPDATE "
                   "value = IF(expires_at < {p}, {p}, value + {p}), expires_at = {p}")
+    insert_ignore = "INSERT IGNORE INTO {state} (name, value, expires_at) VALUES ({p}, '', {p})"
+    take_slot = ("UPDATE {state} SET value = {p}, expires_at = {p} WHERE expires_at <= {p} AND name IN ({names}) "
+                 "ORDER BY expires_at LIMIT 1")
+    upsert_lock = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON DUPLICATE KEY UPDATE "
+                   "value = IF(expires_at < {p}, VALUES(value), value), "
+                   "expires_at = IF(value = VALUES(value), VALUES(expires_at), expires_at)")
     limit_name = "the server's max_allowed_packet"
     _pass = ("host", "port", "user", "password", "database", "charset", "unix_socket", "ssl", "connect_timeout")
     _codes = {1146: "missing", 1054: "column", 1213: "busy", 1205: "locked", 2003: "lost", 2006: "lost",
@@ -1375,11 +1395,8 @@ class _MySQL(_Dialect):
     def quote(self, name):
         return f"`{name}`"
 
-    def index_ddl(self, table):
-        return None  # MySQL 8 has no CREATE INDEX IF NOT EXISTS: see inline_index
-
-    def inline_index(self, table):
-        return f", INDEX {self.quote(table + '_queue_available_at')} (queue, available_at)"
+    def index(self, table, columns):
+        return None, f", INDEX {self.quote(table + '_' + columns.replace(', ', '_'))} ({columns})"
 
     def payload_size(self, payload):
         # pymysql sends a value escaped inside the query text: these bytes take two
@@ -1412,6 +1429,9 @@ class _MySQL(_Dialect):
                     (driver.table,))
         for (column,) in cur.fetchall():
             cur.execute(f"ALTER TABLE {self.quote(driver.table)} MODIFY {column} {self.name_type} NOT NULL")
+
+
+_MARK_TTL = 300.0  # seconds a write's marker is kept: far longer than a write is retried
 
 
 class DatabaseDriver(Driver, FailedStore):
@@ -1472,6 +1492,13 @@ class DatabaseDriver(Driver, FailedStore):
             "prune": f"DELETE FROM {s} WHERE expires_at < {p}",
             "add": self.dialect.upsert_add.format(state=s, p=p),
             "value": f"SELECT value FROM {s} WHERE name = {p}",
+            "slots": f"SELECT name, expires_at FROM {s} WHERE name IN ",
+            "new_slot": self.dialect.insert_ignore.format(state=s, p=p),
+            "take": self.dialect.take_slot.format(state=s, p=p, names="{names}"),
+            "taken": f"SELECT name FROM {s} WHERE value = {p} AND name IN ",
+            "hold": f"UPDATE {s} SET expires_at = {p} WHERE name = {p} AND value = {p}",
+            "lock": self.dialect.upsert_lock.format(state=s, p=p),
+            "unlock": f"DELETE FROM {s} WHERE name = {p}",
         }
 
     @property
@@ -1599,7 +1626,7 @@ class DatabaseDriver(Driver, FailedStore):
         mark = f"once:{os.urandom(12).hex()}" if d.networked else None
         script = [(d.begin, ())] + list(statements)
         if mark:
-            script.append((self._sql["mark"], (mark, self.clock.now(3600))))
+            script.append((self._sql["mark"], (mark, self.clock.now(_MARK_TTL))))
         script.append(("COMMIT", ()))
         tried = []
 
@@ -1615,14 +1642,15 @@ class DatabaseDriver(Driver, FailedStore):
         """The statements that create this driver's tables (idempotent)."""
         d = self.dialect
         t, f, s, n = d.quote(self.table), d.quote(self.failed_table or ""), d.quote(self.state_table), d.name_type
+        claim, claim_clause = d.index(self.table, "queue, available_at")
+        expiry, expiry_clause = d.index(self.state_table, "expires_at")
         statements = [
             f"CREATE TABLE IF NOT EXISTS {t} (id {d.key}, name {n} NOT NULL, queue {n} NOT NULL, "
             f"payload {d.blob} NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, ran_at {d.stamp} NULL, "
             f"available_at {d.stamp} NOT NULL, reserved_at {d.stamp} NULL, created_at {d.stamp} NOT NULL"
-            f"{d.inline_index(self.table)}){d.table_options}",
-            d.index_ddl(self.table),
+            f"{claim_clause}){d.table_options}", claim,
             f"CREATE TABLE IF NOT EXISTS {s} (name {n} NOT NULL PRIMARY KEY, value {d.text} NULL, "
-            f"expires_at {d.stamp} NULL){d.table_options}",
+            f"expires_at {d.stamp} NULL{expiry_clause}){d.table_options}", expiry,
         ]
         if self.failed_table:
             statements.append(
@@ -1757,6 +1785,60 @@ class DatabaseDriver(Driver, FailedStore):
         """Delete expired entries of the state table (a worker does it every few minutes)."""
         now = self.clock.now()
         self._execute(lambda cur: cur.execute(self._sql["prune"], (now,)))
+
+    def take_slot(self, names, hold, holder):
+        """Lease one of the slots `names` that is free (never used, or its lease ended) to
+        `holder` for `hold` seconds; return its name, or None when every slot is held. One
+        statement decides, so every worker of every host agrees."""
+        d = self.dialect
+        now, until = self.clock.now(0, hold)
+        marks = d.marks(len(names))
+        take = (self._sql["take"].replace("({names})", f"({marks})"), (holder, until, now, *names))
+        which = (self._sql["taken"] + f"({marks})", (holder, *names))
+
+        def attempt(cur):
+            rows = d.script(cur, [take, which])
+            if not rows and self._missing_slots(cur, names):  # first use, or pruned: make them, then again
+                rows = d.script(cur, [take, which])
+            return rows[0][0] if rows else None
+        return self._execute(attempt)
+
+    def _missing_slots(self, cur, names):
+        have = {row[0] for row in self.dialect.script(cur, [(self._sql["slots"] + f"({self.dialect.marks(len(names))})",
+                                                             tuple(names))])}
+        missing = [name for name in names if name not in have]
+        if missing:
+            free = _stamp(0)
+            self.dialect.script(cur, [(self._sql["new_slot"], (name, free)) for name in missing])
+        return bool(missing)
+
+    def hold_slot(self, name, holder, hold):
+        """Extend (hold > 0) or end (hold = 0) a lease that `holder` has on slot `name`."""
+        values = (self.clock.now(hold), name, holder)
+        self._execute(lambda cur: cur.execute(self._sql["hold"], values))
+
+    def slots_free_in(self, names):
+        """Seconds until the first of the slots `names` is free (0 if one is)."""
+        sql = self._sql["slots"] + f"({self.dialect.marks(len(names))})"
+        rows = self._execute(lambda cur: (cur.execute(sql, tuple(names)), cur.fetchall())[1])
+        if len(rows) < len(names):
+            return 0.0
+        first = min(_epoch(str(row[1])) for row in rows)
+        return max(0.0, first - self.clock.time())
+
+    def lock(self, name, holder, ttl):
+        """Take the lock `name` for `ttl` seconds if it is free or expired; True if taken."""
+        now, until = self.clock.now(0, ttl)
+
+        def take(cur):  # the row count cannot tell (pymysql counts found rows): read the holder back
+            rows = self.dialect.script(cur, [(self._sql["lock"], (name, holder, until, now)),
+                                             (self._sql["value"], (name,))])
+            return bool(rows) and rows[0][0] == holder
+        return self._execute(take)
+
+    def unlock(self, name):
+        """Free the lock `name`."""
+        self._execute(lambda cur: cur.execute(self._sql["unlock"], (name,)))
 
     def add_to(self, name, amount=1, ttl=3600.0):
         """Add `amount` to the counter `name` (0 if missing or expired), keep it `ttl` seconds
