@@ -125,7 +125,8 @@ __all__ = list(_stdlib_queue.__all__) + [
     "driver", "Worker", "Message", "Driver", "FailedStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
     "MemoryDriver", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload",
     "JobTimeout", "MaxAttemptsExceeded", "JobFailed", "status", "failed_jobs", "retry", "forget", "flush", "clear",
-    "restart", "run_now", "call", "task", "released", "stopping", "main",
+    "restart", "run_now", "call", "task", "released", "stopping", "throttle", "funnel", "RateLimited",
+    "WithoutOverlapping", "ThrottlesExceptions", "main",
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -554,11 +555,13 @@ def _sign(signed, magic=_MAGIC):
     return magic + hmac.digest(_signing_key(), signed, "sha256") + signed
 
 
-def pack(job, chain=None, until=None, queue=None, chain_queue=None):
+def pack(job, chain=None, until=None, queue=None, chain_queue=None, lock=None):
     """Sign and serialize a job (and the rest of its chain) into a payload for `queue`."""
     header = dict(_settings(job), name=_job_name(job), queue=queue, until=until)
     if chain_queue is not None:
         header["chain_queue"] = chain_queue
+    if lock is not None:
+        header["unique"] = list(lock[:2])  # the lock it holds while queued or running
     try:
         body = pickle.dumps({"v": 2, "job": job, "chain": list(chain or ())}, _PICKLE_PROTOCOL)
     except Exception as exc:
@@ -677,6 +680,7 @@ class Queueable:
     queue = None           # default queue of this class (None: the driver's `queue`)
     delay = None           # default delay of this class's pushes (seconds, timedelta, '10 minutes')
     max_exceptions = None  # fail after this many attempts that raised (releases do not count)
+    unique_for = None      # seconds: while one is queued or running, another push of it stores nothing
     attempts = 0           # set by the worker: the number of this attempt (1 on the first run)
     job_id = None          # set by the worker: the id the driver gave the job
 
@@ -690,6 +694,14 @@ class Queueable:
     def retry_until(self):
         """Return a deadline (datetime, timedelta or seconds from now) to retry until, instead of `tries`."""
         return None
+
+    def middleware(self):
+        """Job middleware, run around each attempt: queue.RateLimited, WithoutOverlapping, ThrottlesExceptions."""
+        return []
+
+    def unique_id(self):
+        """What makes two jobs of this class the same job, for unique_for (default: the class alone)."""
+        return ""
 
     def release(self, delay=0):
         """Put this job back on its queue, to run again after `delay` (any form push() takes),
@@ -846,8 +858,7 @@ def push(*jobs, driver=None, queue=None, delay=None, connection=None):
     arguments. Returns True."""
     if not jobs:
         raise QueueError("push() needs at least one job")
-    _driver(driver, connection).push(jobs, queue=queue, delay=delay)
-    return True
+    return _driver(driver, connection).push(jobs, queue=queue, delay=delay)
 
 
 def chain(*jobs, driver=None, queue=None, delay=None, connection=None):
@@ -907,16 +918,166 @@ def task(fn=None, **settings):
     return decorate(fn) if fn is not None else decorate
 
 
+# Flow control #################################################################################
+# Rate limits, concurrency limits and unique jobs live in the state table of the database
+# driver's connection (the one that keeps failed jobs), so they hold across every worker process
+# and host that shares it, whatever driver runs the jobs. Hosts that share limits must point
+# that connection at one MySQL/MariaDB server, not at a SQLite file of their own.
+_leases = {}  # slot name -> (holder, seconds): funnel slots held in this process (a worker renews them)
+
+
+def _state():
+    """The database driver whose state table keeps the counters, slots and locks."""
+    return _driver("database")
+
+
+def _holder():
+    return f"{os.getpid()}-{os.urandom(8).hex()}"
+
+
+class _Limit:
+    """A context manager that takes one of `count` slots of a key for `hold` seconds; entering
+    it says whether a slot was free. `retry_after`: seconds until one frees, when none was."""
+
+    kind = ""
+
+    def __init__(self, key, count, hold):
+        if not isinstance(key, str) or not key or len(key) > 160:
+            raise QueueError(f"a {self.kind} key is a string of 1 to 160 characters, not {key!r}")
+        for name, value in (("count", count), ("hold", hold)):
+            if not (_is_number(value) and value > 0):
+                raise QueueError(f"{self.kind}({key!r}): {name} must be a number above 0, not {value!r}")
+        self.names = [f"{self.kind}:{key}:{i}" for i in range(int(count))]
+        self.hold, self.holder, self.slot, self.retry_after = float(hold), _holder(), None, 0.0
+
+    def __enter__(self):
+        store = _state()
+        self.slot = store.take_slot(self.names, self.hold, self.holder)
+        if self.slot is None:
+            self.retry_after = store.slots_free_in(self.names)
+        return self.slot is not None
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+class _Throttle(_Limit):
+    kind = "throttle"  # a start leases its slot for the whole period: never more than `allow` per period
+
+
+class _Funnel(_Limit):
+    kind = "funnel"
+
+    def __enter__(self):
+        taken = super().__enter__()
+        if taken:
+            _leases[self.slot] = (self.holder, self.hold)
+        return taken
+
+    def __exit__(self, *exc_info):
+        if self.slot is not None:
+            _leases.pop(self.slot, None)
+            _state().hold_slot(self.slot, self.holder, 0)  # free at once
+            self.slot = None
+        return False
+
+
+def throttle(key, allow, every):
+    """At most `allow` starts per `every` seconds for `key`, across every worker and host:
+    `with queue.throttle("mailgun", allow=10, every=60) as ok:` (ok False: no slot now)."""
+    return _Throttle(key, allow, every)
+
+
+def funnel(key, limit=1, hold=None):
+    """At most `limit` holders of `key` at once: `with queue.funnel("invoice-42", limit=1) as ok:`.
+    A slot is held until the block ends; if its holder dies, it frees after `hold` seconds
+    (default: the database driver's retry_after), renewed meanwhile while a worker runs the job."""
+    return _Funnel(key, limit, hold or _state().retry_after)
+
+
+def _renew_leases():
+    """Renew the funnel slots this process holds (the worker's keeper calls it)."""
+    for slot, (holder, hold) in list(_leases.items()):
+        _state().hold_slot(slot, holder, hold)
+
+
+class RateLimited:
+    """Job middleware: at most `allow` jobs with this key start per `every` seconds; a job over the
+    limit is released (the attempt counts) until a slot frees."""
+
+    def __init__(self, key, allow, every):
+        self.limit = throttle(key, allow, every)
+
+    def enter(self, job):
+        """None to go on, else the seconds after which the job should run again."""
+        return None if self.limit.__enter__() else max(self.limit.retry_after, 0.01)
+
+    def exit(self, job, exc):
+        """Called after the job ran (exc: what it raised, or None)."""
+
+
+class WithoutOverlapping(RateLimited):
+    """Job middleware: one job with this key runs at a time; another is released after
+    `release_after` seconds (default: when the running one's slot would lapse). The slot lapses
+    `expire_after` seconds after its holder died (default retry_after)."""
+
+    def __init__(self, key, release_after=None, expire_after=None):
+        self.limit, self.release_after = funnel(key, 1, expire_after), release_after
+
+    def enter(self, job):
+        if self.limit.__enter__():
+            return None
+        return self.release_after if self.release_after is not None else max(self.limit.retry_after, 0.01)
+
+    def exit(self, job, exc):
+        self.limit.__exit__()
+
+
+class ThrottlesExceptions(RateLimited):
+    """Job middleware: after `max_exceptions` attempts that raised within `decay` seconds, jobs
+    with this key (default: the job's class) are released until `decay` has passed; a success
+    starts the count again."""
+
+    def __init__(self, max_exceptions, decay, key=None):
+        self.most, self.decay, self.key = max_exceptions, decay, key
+
+    def _name(self, job):
+        return f"exceptions:{self.key or _job_name(job)}"
+
+    def enter(self, job):
+        count = _state().value_of(self._name(job))
+        return self.decay if count is not None and float(count) >= self.most else None
+
+    def exit(self, job, exc):
+        if exc is None:
+            _state().unlock(self._name(job))
+        elif not isinstance(exc, (_ColdShutdown,)):
+            _state().add_to(self._name(job), 1, self.decay)
+
+
+def _unique_lock(job):
+    """(name, holder, seconds) of the lock a unique job takes at push, or None."""
+    seconds_ = getattr(job, "unique_for", None)
+    if not seconds_:
+        return None
+    if not _is_number(seconds_) or seconds_ <= 0:
+        raise QueueError(f"{_job_name(job)}.unique_for must be seconds above 0, not {seconds_!r}")
+    unique_id = getattr(job, "unique_id", None)
+    return f"unique:{_job_name(job)}:{_text(unique_id() if callable(unique_id) else '')}", _holder(), float(seconds_)
+
+
 # Drivers ######################################################################################
 class Message:
     """One job as a driver holds it: its id, queue, payload and how often it was reserved."""
 
-    __slots__ = ("id", "queue", "name", "payload", "attempts", "delay", "receipt")
+    __slots__ = ("id", "queue", "name", "payload", "attempts", "delay", "receipt", "lock")
 
-    def __init__(self, id=None, queue="default", name="", payload=b"", attempts=0, delay=0.0, receipt=None):
+    def __init__(self, id=None, queue="default", name="", payload=b"", attempts=0, delay=0.0, receipt=None,
+                 lock=None):
         self.id, self.queue, self.name, self.payload = id, queue, name, payload
         self.attempts, self.delay = attempts, delay
         self.receipt = receipt  # what the driver that handed it out needs to ack it (its own type)
+        self.lock = lock        # a unique job's lock (name, holder, seconds), taken by push()
 
     def __repr__(self):
         return f"<Message {self.name} #{self.id} on {self.queue!r}, attempt {self.attempts}>"
@@ -963,8 +1124,22 @@ class Driver:
 
     # pushing, shared by every driver
     def push(self, jobs, queue=None, delay=None, chain=(), chain_queue=None):
-        """Pack jobs into messages and put() them: all of them, or (raising) none."""
-        self.put(self.messages(jobs, queue, delay, chain, chain_queue))
+        """Pack jobs into messages and put() them: all of them, or (raising) none. A unique job
+        whose twin is queued or running is left out; returns False when one was."""
+        messages = self.messages(jobs, queue, delay, chain, chain_queue)
+        locked = [m for m in messages if m.lock]
+        if locked:
+            store = _state()
+            messages = [m for m in messages if not m.lock or store.lock(*m.lock)]
+            try:
+                self.put(messages) if messages else None
+            except BaseException:
+                for m in messages:
+                    store.unlock(*m.lock[:2]) if m.lock else None
+                raise
+            return len(messages) == len(jobs)
+        self.put(messages)
+        return True
 
     def messages(self, jobs, queue=None, delay=None, chain=(), chain_queue=None):
         """The messages of jobs to push. Every job and every link of a chain is checked here,
@@ -979,9 +1154,10 @@ class Driver:
             if until is not None:
                 until = self.clock.time() + seconds(until, self.clock.tz)
             name = _check_queue_name(queue or getattr(job, "queue", None) or chain_queue or self.default_queue)
-            payload = pack(job, chain, until, name, chain_queue)
+            lock = _unique_lock(job)
+            payload = pack(job, chain, until, name, chain_queue, lock)
             wait = seconds(delay if delay is not None else getattr(job, "delay", None), self.clock.tz)
-            messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, wait))
+            messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, wait, lock=lock))
         return messages
 
     def _job(self, job):
@@ -1499,6 +1675,8 @@ class DatabaseDriver(Driver, FailedStore):
             "hold": f"UPDATE {s} SET expires_at = {p} WHERE name = {p} AND value = {p}",
             "lock": self.dialect.upsert_lock.format(state=s, p=p),
             "unlock": f"DELETE FROM {s} WHERE name = {p}",
+            "unlock_held": f"DELETE FROM {s} WHERE name = {p} AND value = {p}",
+            "current": f"SELECT value FROM {s} WHERE name = {p} AND expires_at >= {p}",
         }
 
     @property
@@ -1836,9 +2014,16 @@ class DatabaseDriver(Driver, FailedStore):
             return bool(rows) and rows[0][0] == holder
         return self._execute(take)
 
-    def unlock(self, name):
-        """Free the lock `name`."""
-        self._execute(lambda cur: cur.execute(self._sql["unlock"], (name,)))
+    def unlock(self, name, holder=None):
+        """Free the lock (or counter) `name`; with a holder, only if that holder has it."""
+        sql, values = (self._sql["unlock"], (name,)) if holder is None else (self._sql["unlock_held"], (name, holder))
+        self._execute(lambda cur: cur.execute(sql, values))
+
+    def value_of(self, name):
+        """The value of an entry of the state table (a counter as a number), None if missing or expired."""
+        now = self.clock.now()
+        rows = self._execute(lambda cur: (cur.execute(self._sql["current"], (name, now)), cur.fetchall())[1])
+        return rows[0][0] if rows else None
 
     def add_to(self, name, amount=1, ttl=3600.0):
         """Add `amount` to the counter `name` (0 if missing or expired), keep it `ttl` seconds
@@ -2837,7 +3022,7 @@ class Worker:
         reservation (database: on the thread's own connection) or keeps the connection alive
         (amqp); it also says which signals arrived (a handler does not log). It runs until the
         loop has ended, warm shutdown included."""
-        period, told, kept = self.driver.keep_every, 0, 0.0
+        period, told, kept, pruned = self.driver.keep_every, 0, 0.0, time.monotonic() - _PRUNE_EVERY + 5
         while not self._ended.wait(min(period, 0.25)):
             for signum in self._signals[told:]:
                 told += 1
@@ -2849,35 +3034,51 @@ class Worker:
                 kept = time.monotonic()
                 try:
                     self.driver.keep(current.message)
+                    _renew_leases()
                 except Exception as exc:
                     log.warning("could not renew the reservation of %r: %s", current.message, _text(exc))
+            if time.monotonic() >= pruned + _PRUNE_EVERY:
+                pruned = time.monotonic()
+                _, exc, _ = _guard(lambda: self.driver.failed_store() and self.driver.failed_store().prune())
+                if exc is not None:
+                    log.debug("could not prune the state table: %s", _summary(exc))
 
     # one job: deciding, attempting, settling
     def process(self, message, outcome=None):
         """Run one message (or settle the outcome (exception, traceback) of an attempt run
-        elsewhere); return 'done', 'released' or 'failed'."""
+        elsewhere); return 'done', 'released', 'failed' or 'deleted'. A unique job's lock is
+        freed once it has ended."""
+        status, header = self._process(message, outcome)
+        unique = (header or {}).get("unique")
+        if unique and status != "released":
+            _, exc, _ = _guard(lambda: _state().unlock(*unique))
+            if exc is not None:
+                log.warning("%s #%s: its unique lock stays until it expires: %s", message.name, message.id, _summary(exc))
+        return status
+
+    def _process(self, message, outcome):
         started = time.monotonic()
         envelope = None
         try:
             header, body = self._open(message)
         except BadPayload as exc:
-            return self._fail(message, None, exc, None, started)
+            return self._fail(message, None, exc, None, started), None
         if header is None or outcome is not None:
             # a Q1 payload, whose settings are on the job, or an attempt that ran in another
             # process (its chain and failed() are settled here): load the job first
             envelope, exc, text = self._timed(self.timeout, load, body)
             if exc is not None:
-                return self._fail(message, body, exc, text, started)
+                return self._fail(message, body, exc, text, started), header
             if header is None:
                 header = dict(_guard(_settings, envelope["job"])[0] or {}, until=envelope.get("until"))
         spent = self._spent(message, header) if outcome is None else None
         if spent is not None:
-            return self._fail(message, body, spent, None, started, envelope, header, load_for_failed=True)
+            return self._fail(message, body, spent, None, started, envelope, header, load_for_failed=True), header
         if outcome is None:
             envelope, exc, text = self._attempt(message, header, body, envelope)
         else:
             exc, text = outcome
-        return self._settle(message, header, body, envelope, exc, text, started)
+        return self._settle(message, header, body, envelope, exc, text, started), header
 
     def _open(self, message):
         """Verify a message's payload; a payload signed for another queue or job is refused."""
@@ -2946,7 +3147,29 @@ class Worker:
             pass  # a job object that takes no attributes
         if _hooks["before"]:
             _call_hooks("before", job)
-        getattr(job, self.callback)()
+        middleware = getattr(job, "middleware", None)
+        middleware = list(middleware() or ()) if callable(middleware) else []
+        if not middleware:
+            return getattr(job, self.callback)()
+        return self._through(job, middleware)
+
+    def _through(self, job, middleware):
+        """Run the job through its middleware: one that says wait releases the job for that long."""
+        entered, error = [], None
+        try:
+            for step in middleware:
+                wait = step.enter(job)
+                if wait is not None:
+                    job._queue_steer = ("release", wait)
+                    return None
+                entered.append(step)
+            return getattr(job, self.callback)()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for step in reversed(entered):
+                step.exit(job, error)
 
     def _settle(self, message, header, body, envelope, exc, text, started):
         """Ack a job that succeeded (pushing the next link of its chain first), release one that
@@ -3039,6 +3262,7 @@ def _call_failed(job, exc, callback):
     return failed(exc)
 
 
+_PRUNE_EVERY = 60.0  # seconds between two deletions of expired entries of the state table
 _LATE = 2.0  # seconds a retry released before its retry_until deadline may arrive late and still run
 
 
