@@ -105,6 +105,7 @@ def _logger(logging):
 import time
 
 ast = _Lazy("ast", "ast")
+copy = _Lazy("copy", "copy")
 atexit = _Lazy("atexit", "atexit")
 collections = _Lazy("collections", "collections")
 _dt = _Lazy("_dt", "datetime")
@@ -165,14 +166,14 @@ class _ColdShutdown(BaseException):
     """Raised inside a job by a second SIGTERM/SIGINT: the job is put back and the worker exits."""
 
 
-def _import_optional(module, extra):
+def _import_optional(module, extra, package=None):
     """Import an optional package, or fail with one line naming the pip install to run."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
         if getattr(exc, "name", module) != module:
             raise
-        raise QueueError(f"the {extra} driver needs {module}: pip install {module}  "
+        raise QueueError(f"the {extra} driver needs {module}: pip install '{package or module}'  "
                          f"(or: pip install '.[{extra}]')") from None
 
 
@@ -851,14 +852,22 @@ class JobFailed(Exception):
     """What failed() receives when a job called self.fail() without an exception."""
 
 
-def push(*jobs, driver=None, queue=None, delay=None, connection=None):
+def push(*jobs, driver=None, queue=None, delay=None, connection=None, using=None):
     """Push jobs: onto `driver` (default: DRIVERS['default']) and `queue` (default: the job's class
     `queue`, else the driver's), runnable after `delay` (seconds, timedelta, datetime or '10
     minutes'; default: the class's `delay`). A class is pushed as an instance made without
-    arguments. Returns True."""
+    arguments. `using`: the app's own database connection (sqlite3, pymysql, psycopg, or a Django
+    connection): the jobs are written through it and commit or roll back with the app's
+    transaction. Returns True, or False when a unique job was left out."""
     if not jobs:
         raise QueueError("push() needs at least one job")
-    return _driver(driver, connection).push(jobs, queue=queue, delay=delay)
+    target = _driver(driver, connection)
+    if using is not None:
+        if not isinstance(target, DatabaseDriver):
+            raise QueueError(f"push(using=...) writes to a database: the {target.name} driver has none")
+        target.put_through(target.messages(jobs, queue, delay), using)
+        return True
+    return target.push(jobs, queue=queue, delay=delay)
 
 
 def chain(*jobs, driver=None, queue=None, delay=None, connection=None):
@@ -1416,7 +1425,7 @@ class _Dialect:
         """The server's time in seconds since the epoch (None: the clock is this host's)."""
         return None
 
-    def worker_session(self, cur):
+    def worker_session(self, driver, cur):
         """Tune the connection of a worker thread (once, before its first claim)."""
 
     def quote(self, name):
@@ -1441,6 +1450,37 @@ class _Dialect:
     def payload_size(self, payload):
         """The bytes a payload takes on its way to the server."""
         return len(payload)
+
+    def claim(self, driver, cur, queues, done, now, until):
+        """In one transaction: delete the ids in `done`, then reserve the next ready job of the
+        first of `queues` that has one (until `until`); return (id, queue, name, payload,
+        attempts counting this one) or None. The generic way: BEGIN; DELETE; SELECT ... (one
+        per queue tried), then UPDATE; COMMIT."""
+        sql = driver._sql
+
+        def statements(cur):
+            script = [(self.begin, ())]
+            if done:
+                script.append((f"{sql['delete']}({self.marks(len(done))})", done))
+            for queue_name in queues:
+                rows = self.script(cur, script + [(sql["next"], (queue_name, now))])
+                script = []
+                if rows:
+                    id_, name, payload, attempts = rows[0]
+                    self.script(cur, [(sql["reserve"], (now, now, until, id_)), ("COMMIT", ())])
+                    return id_, queue_name, name, payload, attempts + 1
+            self.script(cur, [("COMMIT", ())])
+            return None
+        return driver._transaction(cur, statements, begin=False)
+
+    def wait(self, driver, conn, seconds):
+        """Wait up to `seconds` for a push (True: something may be ready). False: no way to be
+        woken here; the worker polls."""
+        return False
+
+    def notify(self, driver, queue):
+        """Statements that wake idle workers of `queue` when the push that runs them commits."""
+        return []
 
     def upgrade(self, driver, cur):
         """Bring tables of an earlier version up to date (the `table` command)."""
@@ -1492,7 +1532,7 @@ class _SQLite(_Dialect):
             return "refused"  # read-only file, disk full, not a database, ...
         return None
 
-    def worker_session(self, cur):
+    def worker_session(self, driver, cur):
         if self.options["synchronous"] in ("full", "extra"):
             cur.execute("PRAGMA synchronous=normal")
 
@@ -1605,6 +1645,113 @@ class _MySQL(_Dialect):
                     (driver.table,))
         for (column,) in cur.fetchall():
             cur.execute(f"ALTER TABLE {self.quote(driver.table)} MODIFY {column} {self.name_type} NOT NULL")
+
+
+class _Postgres(_Dialect):
+    """PostgreSQL through psycopg 3. A claim is one statement, so one round trip and one commit:
+    `WITH done AS (DELETE ...) UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)
+    RETURNING ...`. A push NOTIFYs its queue's channel in its own transaction (so at commit), and
+    an idle worker LISTENs: it wakes within milliseconds, and still looks every `poll` seconds,
+    in case a notification was lost. Statements of a script travel together (pipeline mode)."""
+
+    name = "postgres"
+    defaults = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "",
+                "database": "test"}
+    kinds = dict(_Dialect.kinds, host=_string, port=_port, user=_string, password=_string, database=_string,
+                 sslmode=_string, sslrootcert=_string, sslcert=_string, sslkey=_string, connect_timeout=_seconds,
+                 application_name=_string)
+    param = "%s"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    blob, text, stamp, key = "BYTEA", "TEXT", "TIMESTAMP(6)", "BIGSERIAL PRIMARY KEY"
+    networked = True
+    max_payload = 1024 ** 3 - 4096     # the largest bytea
+    limit_name = "PostgreSQL's largest bytea value (1 GB)"
+    upsert_add = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, CAST({p} AS TEXT), {p}) "
+                  "ON CONFLICT (name) DO UPDATE SET value = CAST(CASE WHEN {state}.expires_at < {p} THEN {p} "
+                  "ELSE CAST({state}.value AS DOUBLE PRECISION) + {p} END AS TEXT), expires_at = {p}")
+    insert_ignore = _SQLite.insert_ignore
+    take_slot = ("UPDATE {state} SET value = {p}, expires_at = {p} WHERE name = (SELECT name FROM {state} "
+                 "WHERE expires_at <= {p} AND name IN ({names}) ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED)")
+    upsert_lock = _SQLite.upsert_lock
+    _pass = {"host": "host", "port": "port", "user": "user", "password": "password", "database": "dbname",
+             "sslmode": "sslmode", "sslrootcert": "sslrootcert", "sslcert": "sslcert", "sslkey": "sslkey",
+             "connect_timeout": "connect_timeout", "application_name": "application_name"}
+
+    def __init__(self, options, folder):
+        super().__init__(options, folder)
+        self.where = f"{options['host']}:{options['port']}/{options['database']}"
+
+    def connect(self):
+        psycopg = _import_optional("psycopg", "postgres", "psycopg[binary]")
+        kwargs = {theirs: self.options[ours] for ours, theirs in self._pass.items() if self.options.get(ours) not in (None, "")}
+        kwargs.setdefault("connect_timeout", 10)
+        kwargs["connect_timeout"] = max(1, int(kwargs["connect_timeout"]))
+        try:
+            return psycopg.connect(autocommit=True, **kwargs)
+        except psycopg.Error as exc:
+            raise ConnectionFailed(f"cannot connect to PostgreSQL at {self.where}: {_text(exc).strip().splitlines()[0]}") from None
+
+    def error_kind(self, exc):
+        import psycopg
+        errors = psycopg.errors
+        if isinstance(exc, errors.UndefinedTable):
+            return "missing"
+        if isinstance(exc, errors.UndefinedColumn):
+            return "column"
+        if isinstance(exc, (errors.DeadlockDetected, errors.SerializationFailure)):
+            return "busy"
+        if isinstance(exc, errors.LockNotAvailable):
+            return "locked"
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError)):
+            return "lost"
+        if isinstance(exc, (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError,
+                            psycopg.InternalError, psycopg.NotSupportedError)):
+            return "refused"
+        return None
+
+    def server_time(self, cur):
+        cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
+        return float(cur.fetchone()[0])
+
+    def script(self, cur, statements):
+        """Send the statements in one round trip (pipeline mode); the rows of the last one."""
+        with cur.connection.pipeline():
+            for sql, params in statements:
+                cur.execute(sql, params or None)
+        return cur.fetchall() if cur.description else []
+
+    def channel(self, driver):
+        return self.quote(f"{driver.table}_pushed")
+
+    def worker_session(self, driver, cur):
+        cur.execute(f"LISTEN {self.channel(driver)}")
+
+    def notify(self, driver, queue):
+        return [("SELECT pg_notify(%s, %s)", (f"{driver.table}_pushed", queue))]
+
+    def claim(self, driver, cur, queues, done, now, until):
+        t = self.quote(driver.table)
+        for index, queue_name in enumerate(queues):
+            gone = f"WITH done AS (DELETE FROM {t} WHERE id = ANY(%s)) " if done and not index else ""
+            sql = (f"{gone}UPDATE {t} SET reserved_at = %s, ran_at = %s, available_at = %s, attempts = attempts + 1 "
+                   f"WHERE id = (SELECT id FROM {t} WHERE queue = %s AND available_at <= %s ORDER BY available_at, id "
+                   f"LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, name, payload, attempts")
+            cur.execute(sql, ([list(done)] if gone else []) + [now, now, until, queue_name, now])
+            row = cur.fetchone()
+            if row is not None:
+                return row[0], queue_name, row[1], row[2], row[3]
+        return None
+
+    def wait(self, driver, conn, seconds):
+        """Sleep until a push to our table is notified (or `seconds` pass), in slices of 0.25 s
+        so that a stopping worker returns quickly."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or (driver.interrupt is not None and driver.interrupt.is_set()):
+                return False
+            if list(conn.notifies(timeout=min(left, 0.25), stop_after=1)):
+                return True
 
 
 _MARK_TTL = 300.0  # seconds a write's marker is kept: far longer than a write is retried
@@ -1871,10 +2018,37 @@ class DatabaseDriver(Driver, FailedStore):
 
     def put(self, messages):
         """Insert the messages in one transaction: all of them or none, exactly once."""
+        self._write_once(self._writes(messages, self))
+
+    def _writes(self, messages, sql):
+        """The statements that insert the messages (and wake idle workers), with `sql`'s dialect."""
         now = self.clock.time()
         created = _stamp(now)
-        self._write_once(self._inserts([(m.name, m.queue, m.payload, m.attempts,
-                                         _stamp(now + m.delay) if m.delay else created, created) for m in messages]))
+        rows = [(m.name, m.queue, m.payload, m.attempts, _stamp(now + m.delay) if m.delay else created, created)
+                for m in messages]
+        wake = [statement for q in sorted({m.queue for m in messages}) for statement in sql.dialect.notify(sql, q)]
+        return sql._inserts(rows) + wake
+
+    def put_through(self, messages, conn):
+        """Insert the messages through the app's own connection, inside the app's transaction: they
+        commit or roll back with the app's rows (the outbox pattern). Nothing is committed here."""
+        raw = getattr(conn, "connection", None) if type(conn).__module__.startswith("django") else conn
+        if raw is None:  # a Django connection that has not connected yet
+            conn.ensure_connection()
+            raw = conn.connection
+        module = type(raw).__module__.split(".")[0]
+        kinds = {"sqlite3": "sqlite", "pymysql": "mysql", "psycopg": "postgres"}
+        if module not in kinds:
+            raise QueueError(f"push(using=...) takes a sqlite3, pymysql or psycopg connection, not {type(raw).__name__}")
+        twin = copy.copy(self)
+        twin.dialect = _Dialect.registry[kinds[module]](_Dialect.registry[kinds[module]].defaults, self.config.folder)
+        twin._sql = twin._statements()
+        cur = raw.cursor()
+        try:
+            for sql, params in self._writes(messages, twin):
+                cur.execute(sql, params)
+        finally:
+            cur.close()
 
     def _inserts(self, rows):
         """Multi-row INSERTs of the rows: up to 100 rows, or a quarter of the largest query, each."""
@@ -1891,36 +2065,26 @@ class DatabaseDriver(Driver, FailedStore):
         return statements
 
     def pop(self, queues, wait=0.0):
-        """Claim the next job in one transaction that also deletes the jobs this thread acked.
-        On MySQL that is 2 round trips and 1 commit per job: `BEGIN; DELETE ...; SELECT ... FOR
-        UPDATE SKIP LOCKED`, then `UPDATE ...; COMMIT` (plus one SELECT per empty higher-priority
-        queue). The reservation must be committed before the job runs, so 2 is the least."""
-        sql, done, d = self._sql, self._acked(), self.dialect
-
-        def claim(cur):
-            now, until = self.clock.now(0, self.retry_after)
-            script = [(d.begin, ())]
-            if done:
-                script.append((f"{sql['delete']}({d.marks(len(done))})", done))
-            for queue_name in queues:
-                rows = d.script(cur, script + [(sql["next"], (queue_name, now))])
-                script = []
-                if rows:
-                    id_, name, payload, attempts = rows[0]
-                    d.script(cur, [(sql["reserve"], (now, now, until, id_)), ("COMMIT", ())])
-                    return Message(id_, queue_name, name, _as_bytes(payload), attempts + 1, receipt=now)
-            d.script(cur, [("COMMIT", ())])
-            return None
+        """Claim the next job in one transaction that also deletes the jobs this thread acked
+        (the dialect's claim(): 2 round trips on MySQL, 1 on PostgreSQL). With nothing ready, a
+        dialect that can be woken (PostgreSQL's LISTEN) waits up to `wait` s for a push."""
+        done, d = self._acked(), self.dialect
 
         def session(cur):
             if getattr(self._local, "worker_conn", None) is not self._local.conn:
-                d.worker_session(cur)
+                d.worker_session(self, cur)
                 self._local.worker_conn = self._local.conn
-            return self._transaction(cur, claim, begin=False)
-
-        message = self._execute(session, retry="forever")
-        del done[:]
-        return message
+            now, until = self.clock.now(0, self.retry_after)
+            row = d.claim(self, cur, queues, done, now, until)
+            del done[:]
+            if row is None and wait and d.wait(self, self._local.conn, wait):
+                now, until = self.clock.now(0, self.retry_after)
+                row = d.claim(self, cur, queues, done, now, until)
+            if row is None:
+                return None
+            id_, queue_name, name, payload, attempts = row
+            return Message(id_, queue_name, name, _as_bytes(payload), attempts, receipt=now)
+        return self._execute(session, retry="forever")
 
     def _acked(self):
         """Ids this thread acked since its last claim (deleted by that claim's transaction)."""

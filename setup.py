@@ -7,6 +7,7 @@ need, so that one command installs it:
 
     pip install ".[mysql]"     # the MySQL/MariaDB dialect (pymysql)
     pip install ".[amqp]"      # the RabbitMQ driver (pika)
+    pip install ".[postgres]"  # the PostgreSQL dialect (psycopg 3)
     pip install ".[test]"      # everything the test suite needs
 """
 from setuptools import setup
@@ -22,7 +23,8 @@ setup(
     extras_require={
         "mysql": ["pymysql>=1.0"],
         "amqp": ["pika>=1.2"],
-        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "hypothesis>=6",
+        "postgres": ["psycopg[binary]>=3.1"],
+        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "hypothesis>=6",
                  # real apps started by their launchers (tests/test_launchers.py)
                  "flask>=2", "gunicorn>=21", "uvicorn>=0.20", "fastapi>=0.100", "django>=4"],
     },

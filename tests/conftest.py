@@ -29,6 +29,8 @@ restarts_a_server = pytest.mark.skipif(os.environ.get("QUEUE_TEST_RESTARTS") != 
                                        reason="stops a server: set QUEUE_TEST_RESTARTS=1 (.ci/run does)")
 MYSQL = {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
 AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
+POSTGRES = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "",
+            "database": "test"}
 
 
 def server_up(host, port, timeout=2.0):
@@ -138,6 +140,29 @@ def mysql_project(tmp_path):
     with conn.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {table}, {table}_failed, {table}_state")
     conn.close()
+
+
+@pytest.fixture
+def postgres_project(tmp_path):
+    """A project on the database driver with PostgreSQL, on tables of its own, dropped afterwards."""
+    require("PostgreSQL", POSTGRES["host"], POSTGRES["port"])
+    table = unique("jobs")
+    drivers = {"default": "database",
+               "database": {"connection": "pg", "table": table, "failed_table": table + "_failed",
+                            "state_table": table + "_state", "attempts": 3, "poll": 0.05, "retry_after": 2}}
+    project = Project(tmp_path, drivers, {"pg": dict(POSTGRES)})
+    project.configure()
+    queue.driver().create_tables()
+    yield project
+    queue._close_drivers()
+    drop_postgres_tables(table, table + "_failed", table + "_state")
+
+
+def drop_postgres_tables(*names):
+    import psycopg
+    with psycopg.connect(host=POSTGRES["host"], port=POSTGRES["port"], user=POSTGRES["user"],
+                         dbname=POSTGRES["database"], autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
 
 
 @pytest.fixture

@@ -628,6 +628,10 @@ class TestMySQLContract(ClockLapse, DriverContract):
     project_fixture = "mysql_project"
 
 
+class TestPostgresContract(ClockLapse, DriverContract):
+    project_fixture = "postgres_project"
+
+
 class TestMemoryContract(ClockLapse, DriverContract):
     """The in-memory driver: the worked example of README's "Writing a driver"."""
     project_fixture = "memory_project"

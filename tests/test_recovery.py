@@ -14,7 +14,7 @@ import testjobs
 from test_cli import JOB_FILES
 from testjobs import lines, runs, values, wait_for
 
-BACKENDS = ["sqlite_project", "mysql_project"]
+BACKENDS = ["sqlite_project", "mysql_project", "postgres_project"]
 
 
 

@@ -1,0 +1,150 @@
+"""PostgreSQL: the database driver's third dialect (psycopg 3). The shared contract runs in
+test_contract.py (TestPostgresContract) and SIGKILL recovery in test_recovery.py; here: several
+workers share a queue with no double run, an idle worker is woken by NOTIFY well before its poll,
+a push through the app's own connection commits or rolls back with the app's transaction (on
+every dialect), the DDL, and a worker that rides out a server restart.
+"""
+import collections
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+import queue
+import testjobs
+from conftest import MYSQL, POSTGRES, restarts_a_server, require
+from test_mysql import BARRIER, push_records, stop, wait_worker
+from testjobs import runs, values, wait_for
+
+psycopg = pytest.importorskip("psycopg")
+
+
+def pg():
+    return psycopg.connect(host=POSTGRES["host"], port=POSTGRES["port"], user=POSTGRES["user"],
+                           dbname=POSTGRES["database"], autocommit=True)
+
+
+def count(project, table_suffix=""):
+    table = project.drivers["database"]["table"] + table_suffix
+    with pg() as conn:
+        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+
+@pytest.mark.parametrize("workers", [3])
+def test_workers_share_a_queue_and_run_every_job_exactly_once(postgres_project, tmp_path, spawn, workers):
+    with open(os.path.join(postgres_project.folder, "jobs", "__init__.py"), "w") as f:
+        f.write(BARRIER)
+    path = str(tmp_path / "record")
+    names = push_records(path, 1500)
+    started = [spawn(postgres_project, "work", "--stop-when-empty") for _ in range(workers)]
+    wait_for(lambda: len([f for f in os.listdir(postgres_project.folder) if f.startswith("ready.")]) == workers,
+             30, message="the workers did not start")
+    open(os.path.join(postgres_project.folder, "go"), "w").close()
+    for worker in started:
+        assert worker.wait(90) == 0, worker.output
+    done = runs(path)
+    assert sorted(r.value for r in done) == sorted(names), "every job exactly once"
+    assert set(collections.Counter(r.pid for r in done)) == {w.proc.pid for w in started}
+    assert count(postgres_project) == 0 and count(postgres_project, "_failed") == 0
+
+
+def test_an_idle_worker_is_woken_by_notify_long_before_its_poll(postgres_project, tmp_path, spawn):
+    """poll is 30 s: without LISTEN/NOTIFY the job would wait up to 30 s."""
+    path = str(tmp_path / "record")
+    worker = spawn(postgres_project, "work", "--poll", "30")
+    queue.push(testjobs.Record(path, "first"))  # taken by its first claim, or woken: LISTEN comes first
+    wait_worker(worker, lambda: len(values(path)) == 1, 20, "the worker did not start")
+    for n in range(3):
+        queue.push(testjobs.Record(path, f"r{n}"))
+        wait_worker(worker, lambda: len(values(path)) == n + 2, 5, f"push {n} was not taken within 5 s")
+    stop(worker)
+
+
+def test_a_push_in_the_app_transaction_that_rolls_back_stores_nothing(postgres_project, tmp_path):
+    path = str(tmp_path / "record")
+    with pg() as conn:
+        conn.autocommit = False
+        queue.push(testjobs.Record(path, "kept"), using=conn)
+        conn.commit()
+        queue.push(testjobs.Record(path, "dropped"), using=conn)
+        conn.rollback()
+    assert count(postgres_project) == 1
+    queue.Worker(queue.driver(), stop_when_empty=True).run()
+    assert values(path) == ["kept"]
+
+
+def test_a_push_through_a_sqlite_connection_commits_with_it(sqlite_project, tmp_path):
+    path = str(tmp_path / "record")
+    queue.driver().create_tables()
+    conn = sqlite3.connect(os.path.join(sqlite_project.folder, "queue.sqlite3"))
+    queue.push(testjobs.Record(path, "dropped"), using=conn)
+    conn.rollback()
+    queue.push(testjobs.Record(path, "kept"), using=conn)
+    conn.commit()
+    conn.close()
+    queue.Worker(queue.driver(), stop_when_empty=True).run()
+    assert values(path) == ["kept"]
+
+
+def test_a_push_through_a_pymysql_connection_commits_with_it(mysql_project, tmp_path):
+    import pymysql
+    path = str(tmp_path / "record")
+    conn = pymysql.connect(**{k: v for k, v in MYSQL.items() if k != "driver"})
+    try:
+        queue.push(testjobs.Record(path, "dropped"), using=conn)
+        conn.rollback()
+        queue.push(testjobs.Record(path, "kept"), using=conn)
+        conn.commit()
+    finally:
+        conn.close()
+    queue.Worker(queue.driver(), stop_when_empty=True).run()
+    assert values(path) == ["kept"]
+
+
+def test_push_using_refuses_what_is_not_a_database_connection(sqlite_project, tmp_path):
+    with pytest.raises(queue.QueueError, match="sqlite3, pymysql or psycopg"):
+        queue.push(testjobs.Record(str(tmp_path / "r"), "x"), using=object())
+
+
+def test_table_sql_on_postgres(postgres_project):
+    ddl = postgres_project.cli("table", "--sql").stdout
+    table = postgres_project.drivers["database"]["table"]
+    assert f'CREATE TABLE IF NOT EXISTS "{table}" (id BIGSERIAL PRIMARY KEY' in ddl
+    assert "BYTEA" in ddl and "TIMESTAMP(6)" in ddl
+    result = postgres_project.cli("table")
+    assert result.returncode == 0, result.stderr
+
+
+def test_without_psycopg_the_postgres_dialect_is_one_line_naming_the_install(postgres_project):
+    result = subprocess.run([sys.executable, "-S", "queue.py", "status"], cwd=postgres_project.folder,
+                            capture_output=True, text=True, timeout=60, env=postgres_project.env())
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "pip install 'psycopg[binary]'" in result.stderr, result.stderr
+
+
+@restarts_a_server
+def test_a_worker_survives_a_postgres_restart(postgres_project, tmp_path, spawn):
+    require("PostgreSQL", POSTGRES["host"], POSTGRES["port"])
+    path = str(tmp_path / "record")
+    names = push_records(path, 200, batch=50)
+    worker = spawn(postgres_project, "work")
+    wait_worker(worker, lambda: len(values(path)) >= 20, 30, "the worker did not start")
+    version = sorted(os.listdir("/etc/postgresql"))[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"], check=True,
+                   capture_output=True, timeout=120)
+    later = [f"after{n}" for n in range(20)]
+    wait_for(lambda: _push_when_up(path, later), 60, interval=0.5, message="PostgreSQL did not come back")
+    wait_worker(worker, lambda: set(values(path)) >= set(names + later), 90, "not every job ran after the restart")
+    stop(worker)
+    counts = collections.Counter(values(path))
+    assert sum(1 for n in counts.values() if n > 1) <= 1, "at most the job in flight ran twice"
+
+
+def _push_when_up(path, names):
+    try:
+        queue.push(*(testjobs.Record(path, name) for name in names))
+        return True
+    except queue.QueueError:
+        return False
