@@ -84,6 +84,8 @@ import chaosjobs  # noqa: E402
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
 AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "", "database": "test"}
+SERVER_NAMES = {"sqlite": "SQLite", "mysql": "MariaDB", "postgres": "PostgreSQL"}
 KEY = "chaos-key-0123456789abcdef0123456789"
 WRONG_KEY = b"not-the-chaos-key-0123456789abcdef"
 BATCH = 500
@@ -146,7 +148,7 @@ class Project:
                    "amqp": dict(AMQP, queue=self.queue, prefetch=10, poll=0.1, attempts=5,
                                 heartbeat=max(2, int(r)))}
         databases = {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"},
-                     "mysql": dict(MYSQL, driver="mysql")}
+                     "mysql": dict(MYSQL, driver="mysql"), "postgres": dict(POSTGRES, driver="postgres")}
         self.config_path = os.path.join(self.folder, "config.py")
         with open(self.config_path, "w") as f:
             f.write(f"DRIVERS = {drivers!r}\nDATABASES = {databases!r}\nKEY = {KEY!r}\n")
@@ -399,6 +401,36 @@ class MySQLBackend(SQLiteBackend):
                             f"{self.project.table}_state")
         finally:
             conn.close()
+
+
+class PostgresBackend(MySQLBackend):
+    """PostgreSQL (psycopg 3); a restart is `pg_ctlcluster ... restart`."""
+
+    def connect(self):
+        import psycopg
+        return psycopg.connect(host=POSTGRES["host"], port=POSTGRES["port"], user=POSTGRES["user"],
+                               dbname=POSTGRES["database"], autocommit=True)
+
+    def restart(self):
+        down = time.time()
+        version = sorted(os.listdir("/etc/postgresql"))[0]
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"],
+                       capture_output=True, timeout=120)
+        time.sleep(1.0)  # down for a moment: workers must notice
+        self.ensure_up()
+        return down, time.time()
+
+    def ensure_up(self):
+        if not port_open(POSTGRES["port"]):
+            version = sorted(os.listdir("/etc/postgresql"))[0]
+            subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+                           capture_output=True, timeout=120)
+        self.wait_until_it_answers("PostgreSQL")
+
+    def cleanup(self):
+        with self.connect() as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {self.project.table}, {self.project.table}_failed, "
+                         f"{self.project.table}_state")
 
 
 class AMQPBackend(Backend):
@@ -696,7 +728,7 @@ class Chaos:
         self.args = args
         self.rng = random.Random(args.seed)
         self.project = Project(args)
-        backend = {"sqlite": SQLiteBackend, "mysql": MySQLBackend}[args.connection]
+        backend = {"sqlite": SQLiteBackend, "mysql": MySQLBackend, "postgres": PostgresBackend}[args.connection]
         self.backend = AMQPBackend(self.project) if args.driver == "amqp" else backend(self.project)
         self.restart_window = [None, None]
         self.supervisor = Supervisor(self.project, self.rng)
@@ -705,7 +737,7 @@ class Chaos:
     def run(self):
         args, project = self.args, self.project
         queue.configure(project.config_path)
-        if args.connection == "mysql":
+        if args.connection in ("mysql", "postgres"):
             queue.driver("database").create_tables()
         else:
             queue.driver("database").stats()  # creates the SQLite tables
@@ -818,7 +850,7 @@ class Chaos:
             return thread
 
         def restart():
-            name = "RabbitMQ" if args.driver == "amqp" else "MariaDB"
+            name = "RabbitMQ" if args.driver == "amqp" else SERVER_NAMES[args.connection]
             say(f"restarting {name}")
             self.restart_window[0] = time.time()
             try:
@@ -1207,7 +1239,7 @@ class Chaos:
         target = f"{args.driver}/{args.connection}" if args.driver == "database" else f"amqp (failed store: {args.connection})"
         restart = ("none" if args.no_restart else
                    "every worker killed at once" if args.driver == "database" and args.connection == "sqlite" else
-                   "MariaDB restarted" if args.driver == "database" else "RabbitMQ restarted")
+                   f"{SERVER_NAMES[args.connection]} restarted" if args.driver == "database" else "RabbitMQ restarted")
         if self.restart_window[0] is not None and self.restart_window[1] is not None and restart.endswith("restarted"):
             restart += f" ({self.restart_window[1] - self.restart_window[0]:.1f} s down)"
         print(f"queue.py chaos: {target}, {args.jobs} jobs, {args.bad} bad payloads, {args.poison} poison jobs, "
@@ -1271,7 +1303,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--driver", choices=("database", "amqp"), default="database")
-    p.add_argument("--connection", choices=("sqlite", "mysql"), default="sqlite",
+    p.add_argument("--connection", choices=("sqlite", "mysql", "postgres"), default="sqlite",
                    help="database connection (for amqp: where the failed store lives)")
     p.add_argument("--jobs", type=int, default=10000, help="numbered jobs to push (default 10000)")
     p.add_argument("--workers", type=int, default=3, help="worker processes (default 3; one more runs the long jobs)")
