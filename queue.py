@@ -1166,6 +1166,9 @@ class Driver:
             lock = _unique_lock(job)
             payload = pack(job, chain, until, name, chain_queue, lock)
             wait = seconds(delay if delay is not None else getattr(job, "delay", None), self.clock.tz)
+            if wait > _MAX_PUSH_DELAY:
+                raise QueueError(f"a delay of {wait:,.0f} s is longer than the longest that queue.py keeps, "
+                                 f"{_MAX_PUSH_DELAY:,.0f} s (about 4 years)")
             messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, wait, lock=lock))
         return messages
 
@@ -2460,9 +2463,8 @@ def _attempt_in_child(payload, callback):
 # a local buffer and acks on its own connection between jobs; while a job runs, the worker's
 # keeper thread services that connection through keep() (heartbeats, deliveries). A lock makes
 # the two take turns: a pika connection is not thread-safe, but it may serve one thread at a time.
-# Delays need no plugin: a message waits in a durable queue "<queue>.delay.<ms>" whose per-queue
-# TTL dead-letters it into <queue> when due (a queue per delay, so messages of different delays
-# come due in due order). Attempts = our header x-attempts (raised by each release) + the
+# Delays need no plugin and make no queue per delay: a ladder of 30 durable queues per vhost holds
+# them (see _ladder). Attempts = our header x-attempts (raised by each release) + the
 # broker's x-delivery-count (raised by each redelivery after a worker died), so a job that kills
 # its worker ends in the failed store. Classic queues have no delivery count and a best-effort
 # `redelivered` flag only: there a redelivered message is published again with the dead attempt
@@ -2474,7 +2476,10 @@ class AMQPDriver(Driver):
     defaults = dict(Driver.defaults, username="guest", password="guest", host="localhost", port=5672, vhost="",
                     channel="default", exchange="", connection_options={}, heartbeat=60, prefetch=20,
                     queue_type="quorum", max_message_size=134217728, management_port=15672)
-    kinds = dict(Driver.kinds, username=_string, password=_string, host=_string, port=_port, vhost=_string,
+    kinds = dict(Driver.kinds, username=_string, password=_string, vhost=_string,
+                 host=_kind(lambda v: isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(h, str) for h in v)),
+                            "a host name, or a list of them (a cluster: the first that answers)"),
+                 port=_port,
                  channel=_string, exchange=_string, connection_options=_mapping, heartbeat=_seconds,
                  prefetch=_whole, queue_type=_choice("quorum", "classic"), max_message_size=_whole,
                  management_port=_port)
@@ -2484,7 +2489,10 @@ class AMQPDriver(Driver):
         self.exchange = options["exchange"]
         self.prefetch = int(options["prefetch"])
         self.queue_type = options["queue_type"]
-        self.where = f"{options['host']}:{options['port']}"
+        hosts = options["host"] if isinstance(options["host"], list) else options["host"].split(",")
+        self.hosts = [h.strip() for h in hosts if h.strip()]
+        self.hosts = [h if ":" in h else f"{h}:{options['port']}" for h in self.hosts]  # "host" or "host:port"
+        self.where = ",".join(self.hosts)
         self.keep_every = min(5.0, max(0.1, float(options["heartbeat"]) / 4))
         self._local = threading.local()
         self._consumer = None
@@ -2500,32 +2508,36 @@ class AMQPDriver(Driver):
         return self.where
 
     def parameters(self):
-        """pika connection parameters from the Masonite keys (connection_options are URL options)."""
+        """pika connection parameters from the Masonite keys (connection_options are URL options),
+        one per host: pika tries them in order, as a cluster's clients do."""
         pika = _import_optional("pika", "amqp")
         from urllib.parse import quote, urlencode
         o = self.options
         query = dict(o["connection_options"] or {})
         query.setdefault("heartbeat", int(o["heartbeat"]))
         query.setdefault("connection_attempts", 1)
-        query.setdefault("socket_timeout", 10)
-        url = (f"amqp://{quote(str(o['username']), safe='')}:{quote(str(o['password']), safe='')}"
-               f"@{o['host']}:{int(o['port'])}/{quote(o['vhost'] or '/', safe='')}"
-               f"?{urlencode(query)}")
-        return pika.URLParameters(url)
+        query.setdefault("socket_timeout", 5)
+        query.setdefault("stack_timeout", 5)  # a broker that takes TCP but never finishes the handshake
+        return [pika.URLParameters(f"amqp://{quote(str(o['username']), safe='')}:{quote(str(o['password']), safe='')}"
+                                   f"@{host}/{quote(o['vhost'] or '/', safe='')}?{urlencode(query)}")
+                for host in self.hosts]
 
     def connect(self):
-        """A new BlockingConnection, or ConnectionFailed with one line."""
+        """A new BlockingConnection to the first host that answers, or ConnectionFailed (one line)."""
         pika = _import_optional("pika", "amqp")
-        try:
-            connection = pika.BlockingConnection(self.parameters())
-        except pika.exceptions.ProbableAuthenticationError:
-            raise ConnectionFailed(f"RabbitMQ at {self.where} refused the username or password") from None
-        except pika.exceptions.ProbableAccessDeniedError:
-            raise ConnectionFailed(f"RabbitMQ at {self.where} denied access to vhost {self.options['vhost'] or '/'!r}") from None
-        except Exception as exc:  # pika's connector errors are not all AMQPErrors
-            raise ConnectionFailed(f"cannot connect to RabbitMQ at {self.where}: {exc!r}") from None
-        self._connected_once = True
-        return connection
+        for host, parameters in zip(self.hosts, self.parameters()):
+            try:
+                connection = pika.BlockingConnection(parameters)
+            except pika.exceptions.ProbableAuthenticationError:
+                error = ConnectionFailed(f"RabbitMQ at {host} refused the username or password")
+            except pika.exceptions.ProbableAccessDeniedError:
+                error = ConnectionFailed(f"RabbitMQ at {host} denied access to vhost {self.options['vhost'] or '/'!r}")
+            except Exception as exc:  # pika's connector errors are not all AMQPErrors
+                error = ConnectionFailed(f"cannot connect to RabbitMQ at {host}: {exc!r}")
+            else:
+                self._connected_once = True
+                return connection
+        raise error
 
     # queues
     def declare(self, channel, queue_name, declared):
@@ -2538,21 +2550,55 @@ class AMQPDriver(Driver):
             channel.queue_bind(queue_name, self.exchange, routing_key=queue_name)
         declared[queue_name] = float("inf")
 
-    def _delay_queue(self, channel, queue_name, delay, declared):
-        """The delay queue of `delay` seconds for queue_name. It deletes itself an hour after its
-        last declare (publishing does not count as use), so it is declared again at least every
-        half hour: a message published in it always comes due before the queue can expire."""
-        ms = _round_up(int(delay * 1000))
-        name = f"{queue_name}.delay.{ms}"
-        now = time.monotonic()
-        if declared.get(name, 0) < now:
-            arguments = {"x-queue-type": self.queue_type, "x-message-ttl": ms, "x-dead-letter-exchange": "",
-                         "x-dead-letter-routing-key": queue_name, "x-expires": ms + 3_600_000}
+    def ladder_names(self):
+        """The ladder's queue (and exchange) names, level 0 first, and its delivery exchange."""
+        prefix = "queue.py.delay" if self.queue_type == "quorum" else "queue.py.delay-classic"
+        return [f"{prefix}.{k}" for k in range(_LEVELS)], f"{prefix}.delivery"
+
+    def _ladder(self, channel, declared):
+        """Declare the delay ladder (once per connection): a fixed set of broker objects per vhost,
+        whatever the delays. A delay is a whole number of eighths of a second, written in binary in
+        the routing key (30 words "0"/"1", the highest bit first). Level k is a topic exchange and a
+        queue whose messages wait 2**k eighths of a second: the exchange routes a message whose bit
+        k is 1 into the queue and one whose bit is 0 on to level k-1; the queue dead-letters its
+        due messages into level k-1 too (at least once, on quorum queues). Below level 0, a headers
+        exchange delivers each message to the queue named in its queue.py-delayed-for header (RabbitMQ ignores x- headers in matches). So a
+        message waits the sum of its bits, at most 1/8 s late per push, in due order, durably."""
+        if "ladder" in declared:
+            return
+        queues, delivery = self.ladder_names()
+        # a due message whose queue is gone goes to a sink that keeps it an hour: every dead-letter
+        # must be routable, or an at-least-once dead-letterer retries it for ever, holding its queue
+        channel.exchange_declare(f"{delivery}.lost", "fanout", durable=True)
+        channel.queue_declare(f"{delivery}.lost", durable=True, arguments={"x-message-ttl": 3_600_000})
+        channel.queue_bind(f"{delivery}.lost", f"{delivery}.lost")
+        channel.exchange_declare(delivery, "headers", durable=True, arguments={"alternate-exchange": f"{delivery}.lost"})
+        for k, name in enumerate(queues):
+            below = queues[k - 1] if k else delivery
+            arguments = {"x-queue-type": self.queue_type, "x-message-ttl": int(2 ** k * _DELAY_UNIT * 1000),
+                         "x-dead-letter-exchange": below}
             if self.queue_type == "quorum":  # at-least-once: a due message is never dropped on the way
                 arguments.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+            channel.exchange_declare(name, "topic", durable=True)
             channel.queue_declare(name, durable=True, arguments=arguments)
-            declared[name] = now + 1800
-        return name
+            words = "*." * (_LEVELS - 1 - k)
+            channel.queue_bind(name, name, routing_key=words + "1.#")
+            if k:
+                channel.exchange_bind(below, name, routing_key=words + "0.#")
+            else:
+                channel.exchange_bind(delivery, name, routing_key=words + "0.#")
+        declared["ladder"] = float("inf")
+
+    def _delayed(self, channel, queue_name, delay, declared):
+        """(exchange, routing key, headers) that deliver a message to queue_name after `delay` s."""
+        self._ladder(channel, declared)
+        if ("delivery", queue_name) not in declared:
+            queues, delivery = self.ladder_names()
+            channel.queue_bind(queue_name, delivery, arguments={"x-match": "all", "queue.py-delayed-for": queue_name})
+            declared[("delivery", queue_name)] = float("inf")
+        units = min(2 ** _LEVELS - 1, math.ceil(delay / _DELAY_UNIT))
+        key = ".".join("1" if units >> bit & 1 else "0" for bit in range(_LEVELS - 1, -1, -1))
+        return self.ladder_names()[0][-1], key, {"queue.py-delayed-for": queue_name}
 
     # publishing: one connection per thread, publisher confirms for whole batches
     def _publisher(self):
@@ -2621,48 +2667,69 @@ class AMQPDriver(Driver):
         self._consumer.settle(message, remember=False, now=True)
 
     def stats(self, queues=None):
-        """Ready counts come from the broker over AMQP (exact). AMQP cannot tell unacked or delayed
-        messages: those come from the management plugin's HTTP API when it answers (its figures
-        lag by up to its collect_statistics_interval, 5 s by default), else they are None."""
-        pika = _import_optional("pika", "amqp")
-        names = list(queues or [self.default_queue])
+        """Ready counts come from the broker over AMQP (exact); without `queues`, every queue of
+        the vhost that the management API lists (else the default queue). AMQP cannot tell unacked
+        messages: they come from the management API when it answers (its figures lag by up to 5 s),
+        else they are None. Delayed messages wait in the shared delay ladder, which cannot tell
+        whose they are: None per queue (delayed_total() counts them all)."""
         listed = self._management_queues()
-        result = {}
-        connection = self.connect()
-        try:
+        if queues:
+            names = list(queues)
+        else:
+            ours = [q["name"] for q in listed or () if not q["name"].startswith("queue.py.") and ".delay." not in q["name"]]
+            names = sorted(ours) or [self.default_queue]
+        unacked = {q["name"]: q.get("messages_unacknowledged") or 0 for q in listed or ()}
+
+        def count(connection):
+            pika, result = sys.modules["pika"], {}
             for name in names:
                 channel = connection.channel()
                 try:
                     ready = channel.queue_declare(name, passive=True).method.message_count
                 except pika.exceptions.ChannelClosedByBroker:
                     ready = 0  # no such queue (yet)
-                if listed is None:
-                    result[name] = {"ready": ready, "delayed": None, "reserved": None}
-                else:
-                    prefix = f"{name}.delay."
-                    result[name] = {"ready": ready,
-                                    "delayed": sum(q.get("messages") or 0 for q in listed if q["name"].startswith(prefix)),
-                                    "reserved": sum(q.get("messages_unacknowledged") or 0 for q in listed if q["name"] == name)}
+                result[name] = {"ready": ready, "delayed": None,
+                                "reserved": None if listed is None else unacked.get(name, 0)}
+            return result
+        return self._briefly(count)
+
+    def delayed_total(self):
+        """Messages waiting in this vhost's delay ladder, for every queue (None if unknown)."""
+        listed = self._management_queues()
+        if listed is None:
+            return None
+        queues = set(self.ladder_names()[0])
+        return sum(q.get("messages") or 0 for q in listed if q["name"] in queues)
+
+    def _briefly(self, work):
+        """work(connection) on a connection of its own, broker errors as one line."""
+        pika = _import_optional("pika", "amqp")
+        connection = self.connect()
+        try:
+            return work(connection)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise ConnectionFailed(f"RabbitMQ at {self.where}: {exc!r}") from None
         finally:
-            connection.close()
-        return result
+            if connection.is_open:
+                connection.close()
 
     def clear(self, queue):
-        """Purge the queue and its delay queues (those this process declared, and those the
-        management API lists)."""
-        pika = _import_optional("pika", "amqp")
-        publisher = getattr(self._local, "publisher", None)
-        known = set(publisher.declared if publisher else ()) | {q["name"] for q in self._management_queues() or ()}
-        count, connection = 0, self.connect()
-        try:
-            for name in [queue] + sorted(k for k in known if k.startswith(f"{queue}.delay.")):
+        """Purge the queue (and delay queues of queue.py 1.0). Its jobs still waiting in the delay
+        ladder, which holds every queue's, arrive when due."""
+        def purge(connection):
+            pika, count = sys.modules["pika"], 0
+            for name in [queue] + self._old_delay_queues(queue):
                 try:
                     count += connection.channel().queue_purge(name).method.message_count
                 except pika.exceptions.ChannelClosedByBroker:
                     pass  # no such queue
-        finally:
-            connection.close()
-        return count
+            return count
+        return self._briefly(purge)
+
+    def _old_delay_queues(self, queue):
+        """The per-delay queues "<queue>.delay.<ms>" of queue.py 1.0 that still exist: they drain
+        into their queue when due, then delete themselves."""
+        return sorted(q["name"] for q in self._management_queues() or () if q["name"].startswith(f"{queue}.delay."))
 
     def _management_queues(self):
         """The queues of our vhost from the management HTTP API, or None when it does not answer."""
@@ -2672,7 +2739,7 @@ class AMQPDriver(Driver):
         import urllib.request
         o = self.options
         vhost = urllib.parse.quote(o["vhost"] or "/", safe="")
-        url = (f"http://{o['host']}:{int(o['management_port'])}/api/queues/{vhost}"
+        url = (f"http://{self.hosts[0].rsplit(':', 1)[0]}:{int(o['management_port'])}/api/queues/{vhost}"
                "?columns=name,messages,messages_ready,messages_unacknowledged")
         auth = base64.b64encode(f"{o['username']}:{o['password']}".encode()).decode()
         request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
@@ -2683,18 +2750,27 @@ class AMQPDriver(Driver):
             return None
 
     def delete_queues(self, *names):
-        """Delete queues and their delay queues (those this process declared, and those the
-        management API lists)."""
-        publisher = getattr(self._local, "publisher", None)
-        known = set(publisher.declared if publisher else ()) | {q["name"] for q in self._management_queues() or ()}
-        connection = self.connect()
-        try:
+        """Delete queues (and delay queues of queue.py 1.0); their delayed messages in the ladder
+        are then dropped by the broker when due (no queue is bound for them)."""
+        def delete(connection):
             channel = connection.channel()
             for name in names:
-                for q in [name] + sorted(k for k in known if k.startswith(f"{name}.delay.")):
+                for q in [name] + self._old_delay_queues(name):
                     channel.queue_delete(q)
-        finally:
-            connection.close()
+        self._briefly(delete)
+
+    def delete_ladder(self):
+        """Delete this vhost's delay ladder (its delayed messages with it)."""
+        def delete(connection):
+            channel = connection.channel()
+            queues, delivery = self.ladder_names()
+            for name in queues:
+                channel.queue_delete(name)
+                channel.exchange_delete(name)
+            channel.exchange_delete(delivery)
+            channel.queue_delete(f"{delivery}.lost")
+            channel.exchange_delete(f"{delivery}.lost")
+        self._briefly(delete)
 
     def close(self):
         if self._consumer is not None:
@@ -2734,13 +2810,14 @@ class _Publisher:
         driver, channel = self.driver, self.channel
         for m in messages:
             driver.declare(channel, m.queue, self.declared)
+            headers = {"x-attempts": m.attempts}
             if m.delay > 0:
-                exchange, key = "", driver._delay_queue(channel, m.queue, m.delay, self.declared)
+                exchange, key, more = driver._delayed(channel, m.queue, m.delay, self.declared)
+                headers.update(more)
             else:
                 exchange, key = driver.exchange, m.queue
             m.id = m.id or _new_id()
-            properties = pika.BasicProperties(delivery_mode=2, message_id=m.id, type=m.name,
-                                              headers={"x-attempts": m.attempts})
+            properties = pika.BasicProperties(delivery_mode=2, message_id=m.id, type=m.name, headers=headers)
             channel._impl.basic_publish(exchange, key, m.payload, properties, mandatory=True)
             self.sent += 1
         while self.confirmed < self.sent:
@@ -2759,12 +2836,9 @@ class _Publisher:
             pass
 
 
-def _round_up(ms):
-    """Round a delay up to 3 significant digits (at most 1% late), so few delay queues exist."""
-    if ms < 1000:
-        return max(ms, 1)
-    scale = 10 ** (len(str(ms)) - 3)
-    return -(-ms // scale) * scale
+_LEVELS = 30         # levels of the amqp delay ladder
+_DELAY_UNIT = 0.125  # seconds: its precision
+_MAX_PUSH_DELAY = (2 ** _LEVELS - 1) * _DELAY_UNIT  # about 4.25 years: the longest delay of every driver
 
 
 class _Delivery:
@@ -3119,7 +3193,7 @@ class Worker:
                 self.stopping.wait(self.poll)
                 continue
             asked = time.monotonic()
-            message = self.driver.pop(self.queues, self.poll)
+            message = self.driver.pop(self.queues, 0 if self.once or self.stop_when_empty else self.poll)
             if not announced:  # after the first pop: a worker that cannot start says only why
                 log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
                 announced = True
@@ -3728,6 +3802,9 @@ def _cmd_status(args, config):
     for name, c in counts.items():
         shown = ["-" if c[k] is None else c[k] for k in ("ready", "delayed", "reserved", "failed")]
         print(f"{name:<20} {shown[0]:>8} {shown[1]:>8} {shown[2]:>8} {shown[3]:>8}")
+    total = getattr(_driver(args.driver, args.connection), "delayed_total", None)
+    if total is not None and total() is not None:
+        print(f"delayed in the broker's delay ladder, all queues: {total()}")
     return 0
 
 

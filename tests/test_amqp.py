@@ -325,7 +325,7 @@ def test_status_shows_ready_reserved_and_delayed(amqp, tmp_path, spawn):
 
     worker = spawn(amqp, "work")
     wait_worker(worker, lambda: values(held), 30, "the worker did not start the held job")
-    expected = {"ready": 3, "delayed": 2, "reserved": 1, "failed": 0}
+    expected = {"ready": 3, "delayed": None, "reserved": 1, "failed": 0}  # delayed: in the shared ladder
     seen = []  # the management API's figures lag by up to ~5 s
     try:
         wait_for(lambda: seen.append(status(amqp)[amqp.queue]) or seen[-1] == expected, 12, interval=0.5)
@@ -334,3 +334,86 @@ def test_status_shows_ready_reserved_and_delayed(amqp, tmp_path, spawn):
     open(gate, "w").close()
     wait_worker(worker, lambda: len(lines(path)) == 3, 30, "the ready jobs did not run")
     stop(worker)
+
+
+# The delay ladder: a fixed set of broker objects, whatever the delays ########################
+def broker_queue_names():
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], check=True, capture_output=True,
+                         text=True, timeout=60).stdout
+    return [line.strip() for line in out.splitlines() if line.strip() and line.strip() != "name"]
+
+
+def test_a_thousand_distinct_delays_make_no_queue_of_their_own(amqp):
+    """1,000 delays between 1 s and 1 day: the broker holds the ladder (30 queues) and our queue,
+    however many delays there are (queue.py 1.0 made one queue per delay)."""
+    before = set(broker_queue_names())
+    delays = [1 + i * 86399 / 999 for i in range(1000)]
+    for i, delay in enumerate(delays):
+        queue.push(testjobs.Record("/nonexistent", f"x{i}"), delay=delay)
+    new = set(broker_queue_names()) - before
+    ladder, delivery = queue.driver("amqp").ladder_names()
+    fixed = set(ladder) | {delivery + ".lost", amqp.queue}
+    assert new <= fixed, f"queues made for delays: {sorted(new - fixed)[:5]}"
+    assert len(set(broker_queue_names())) <= len(before) + len(fixed)
+    queue.driver("amqp").clear(amqp.queue)
+
+
+def test_delays_run_no_earlier_than_due_and_at_most_a_second_late(amqp, tmp_path, spawn):
+    path = str(tmp_path / "record")
+    worker = spawn(amqp, "work")
+    due = {}
+    for name, delay in (("a", 2.7), ("b", 0.3), ("c", 1.45), ("d", 3.9)):
+        due[name] = time.time() + delay
+        queue.push(testjobs.Record(path, name), delay=delay)
+    wait_worker(worker, lambda: len(lines(path)) == 4, 20, "the delayed jobs did not run")
+    stop(worker)
+    done = runs(path)
+    assert [r.value for r in done] == ["b", "c", "a", "d"], "in due order"
+    for r in done:
+        assert due[r.value] <= r.at <= due[r.value] + 1.0, f"{r.value}: {r.at - due[r.value]:+.3f} s from due"
+
+
+def test_a_delay_longer_than_the_ladder_is_refused_at_push_on_every_driver(amqp, sqlite_project):
+    for driver in ("amqp", "database"):
+        with pytest.raises(queue.QueueError, match="longest"):
+            queue.push(testjobs.Record("/nonexistent", "far"), driver=driver, delay="1800 days")
+
+
+def test_a_long_queue_name_still_retries_with_backoff(amqp, tmp_path, spawn):
+    """A 200-byte name (the longest queue.py takes) through the ladder: no suffix passes AMQP's limit."""
+    name = "q" * 200
+    path = str(tmp_path / "record")
+    try:
+        queue.push(testjobs.FailTimes(path, 1, "long", backoff=0.5), queue=name)
+        worker = spawn(amqp, "work", "--queue", name)
+        wait_worker(worker, lambda: len(values(path)) == 2, 30, "the retry did not come back")
+        stop(worker)
+    finally:
+        queue.driver("amqp").delete_queues(name)
+
+
+def test_a_dead_host_first_in_the_list_is_skipped(amqp, tmp_path, spawn):
+    configure(amqp, host=["127.0.0.1:1", "127.0.0.1"])  # a dead port, then the broker
+    path = str(tmp_path / "record")
+    queue.push(testjobs.Record(path, "cluster"))
+    assert amqp.cli("work", "--stop-when-empty").returncode == 0
+    assert values(path) == ["cluster"]
+    configure(amqp, host=AMQP["host"])
+
+
+def test_a_broker_that_never_finishes_the_handshake_is_one_line(amqp):
+    import socket
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(5)  # accepts TCP, says nothing
+    try:
+        configure(amqp, port=silent.getsockname()[1])
+        for command in (["status"], ["push", "Record", "/nonexistent", "x"], ["work", "--once"]):
+            started = time.monotonic()
+            result = amqp.cli(*command, timeout=60)
+            assert result.returncode == 1, (command, result.stderr)
+            assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+            assert time.monotonic() - started < 30
+    finally:
+        silent.close()
+        configure(amqp, port=AMQP["port"])  # the fixture deletes the queue through it

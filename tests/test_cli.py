@@ -109,8 +109,11 @@ def status(project, *args, **env):
     assert out[0].split() == ["queue", "ready", "delayed", "reserved", "failed"], out
     table = {}
     for line in out[1:]:
+        if line.startswith("delayed in the broker's delay ladder"):  # amqp: a footer, not a queue
+            continue
         name, *numbers = line.split()
-        table[name] = dict(zip(("ready", "delayed", "reserved", "failed"), map(int, numbers)))
+        table[name] = dict(zip(("ready", "delayed", "reserved", "failed"),
+                               (None if n == "-" else int(n) for n in numbers)))
     return table
 
 
