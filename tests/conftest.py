@@ -165,6 +165,26 @@ def drop_postgres_tables(*names):
         conn.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _delete_the_delay_ladder_at_the_end():
+    """The amqp delay ladder is the vhost's, shared by every test: delete it once they are done."""
+    yield
+    if not server_up(AMQP["host"], AMQP["port"]):
+        return
+    import pika
+    connection = pika.BlockingConnection(pika.ConnectionParameters(
+        AMQP["host"], AMQP["port"], credentials=pika.PlainCredentials(AMQP["username"], AMQP["password"])))
+    try:
+        channel = connection.channel()
+        for prefix in ("queue.py.delay", "queue.py.delay-classic"):
+            for name in [f"{prefix}.{k}" for k in range(30)] + [f"{prefix}.delivery.lost"]:
+                channel.queue_delete(name)
+            for name in [f"{prefix}.{k}" for k in range(30)] + [f"{prefix}.delivery", f"{prefix}.delivery.lost"]:
+                channel.exchange_delete(name)
+    finally:
+        connection.close()
+
+
 @pytest.fixture
 def amqp_project(tmp_path):
     """A project on the amqp driver with RabbitMQ, on queue names of its own, deleted afterwards;
