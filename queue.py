@@ -556,9 +556,11 @@ def _sign(signed, magic=_MAGIC):
     return magic + hmac.digest(_signing_key(), signed, "sha256") + signed
 
 
-def pack(job, chain=None, until=None, queue=None, chain_queue=None, lock=None):
+def pack(job, chain=None, until=None, queue=None, chain_queue=None, lock=None, ready=None):
     """Sign and serialize a job (and the rest of its chain) into a payload for `queue`."""
     header = dict(_settings(job), name=_job_name(job), queue=queue, until=until)
+    if ready is not None:
+        header["ready"] = round(ready, 3)  # when it was due: the worker reports how long it waited
     if chain_queue is not None:
         header["chain_queue"] = chain_queue
     if lock is not None:
@@ -1164,11 +1166,11 @@ class Driver:
                 until = self.clock.time() + seconds(until, self.clock.tz)
             name = _check_queue_name(queue or getattr(job, "queue", None) or chain_queue or self.default_queue)
             lock = _unique_lock(job)
-            payload = pack(job, chain, until, name, chain_queue, lock)
             wait = seconds(delay if delay is not None else getattr(job, "delay", None), self.clock.tz)
             if wait > _MAX_PUSH_DELAY:
                 raise QueueError(f"a delay of {wait:,.0f} s is longer than the longest that queue.py keeps, "
                                  f"{_MAX_PUSH_DELAY:,.0f} s (about 4 years)")
+            payload = pack(job, chain, until, name, chain_queue, lock, ready=self.clock.time() + wait)
             messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, wait, lock=lock))
         return messages
 
@@ -1239,6 +1241,10 @@ class Driver:
     def clear(self, queue):
         """Delete the ready and delayed messages of `queue` (not the reserved ones); return how many."""
         raise NotImplementedError
+
+    def oldest_ready(self):
+        """{queue: seconds the oldest ready message has waited}, where the backend can tell."""
+        return {}
 
     def close(self):
         """Finish pending acks and close this thread's connections."""
@@ -1399,6 +1405,9 @@ class _Dialect:
     # take a lock that is free or expired; the row count says whether it was taken
     upsert_lock = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON CONFLICT (name) DO UPDATE "
                    "SET value = excluded.value, expires_at = excluded.expires_at WHERE {state}.expires_at < {p}")
+    # set an entry of the state table, whatever it held
+    upsert_set = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON CONFLICT (name) DO UPDATE "
+                  "SET value = excluded.value, expires_at = excluded.expires_at")
     max_payload = None                # the largest payload it stores (known after check_server)
     limit_name = "the database's largest value"
 
@@ -1560,6 +1569,8 @@ class _MySQL(_Dialect):
     insert_ignore = "INSERT IGNORE INTO {state} (name, value, expires_at) VALUES ({p}, '', {p})"
     take_slot = ("UPDATE {state} SET value = {p}, expires_at = {p} WHERE expires_at <= {p} AND name IN ({names}) "
                  "ORDER BY expires_at LIMIT 1")
+    upsert_set = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON DUPLICATE KEY UPDATE "
+                  "value = VALUES(value), expires_at = VALUES(expires_at)")
     upsert_lock = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON DUPLICATE KEY UPDATE "
                    "value = IF(expires_at < {p}, VALUES(value), value), "
                    "expires_at = IF(value = VALUES(value), VALUES(expires_at), expires_at)")
@@ -1676,6 +1687,8 @@ class _Postgres(_Dialect):
     take_slot = ("UPDATE {state} SET value = {p}, expires_at = {p} WHERE name = (SELECT name FROM {state} "
                  "WHERE expires_at <= {p} AND name IN ({names}) ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED)")
     upsert_lock = _SQLite.upsert_lock
+    upsert_set = _SQLite.upsert_set
+    name_type = 'VARCHAR(255) COLLATE "C"'  # byte for byte, so that prefixes of the state table are ranges
     _pass = {"host": "host", "port": "port", "user": "user", "password": "password", "database": "dbname",
              "sslmode": "sslmode", "sslrootcert": "sslrootcert", "sslcert": "sslcert", "sslkey": "sslkey",
              "connect_timeout": "connect_timeout", "application_name": "application_name"}
@@ -1803,6 +1816,7 @@ class DatabaseDriver(Driver, FailedStore):
             "keep": f"UPDATE {t} SET available_at = {p} WHERE id = {p} AND reserved_at = {p}",
             "delete": f"DELETE FROM {t} WHERE id IN ",
             "clear": f"DELETE FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p})",
+            "oldest": f"SELECT queue, MIN(available_at) FROM {t} WHERE available_at <= {p} GROUP BY queue",
             "stats": f"SELECT queue, SUM(CASE WHEN available_at <= {p} THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NULL THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NOT NULL THEN 1 ELSE 0 END) "
@@ -1827,6 +1841,8 @@ class DatabaseDriver(Driver, FailedStore):
             "unlock": f"DELETE FROM {s} WHERE name = {p}",
             "unlock_held": f"DELETE FROM {s} WHERE name = {p} AND value = {p}",
             "current": f"SELECT value FROM {s} WHERE name = {p} AND expires_at >= {p}",
+            "set": self.dialect.upsert_set.format(state=s, p=p),
+            "entries": f"SELECT name, value FROM {s} WHERE name >= {p} AND name < {p} AND expires_at >= {p}",
         }
 
     @property
@@ -2117,6 +2133,11 @@ class DatabaseDriver(Driver, FailedStore):
                                       "reserved": int(reserved or 0)}
         return result
 
+    def oldest_ready(self):
+        now = self.clock.now()
+        rows = self._execute(lambda cur: (cur.execute(self._sql["oldest"], (now,)), cur.fetchall())[1])
+        return {queue_name: max(0.0, self.clock.time() - _epoch(oldest)) for queue_name, oldest in rows}
+
     def clear(self, queue):
         now = self.clock.now()
 
@@ -2191,6 +2212,20 @@ class DatabaseDriver(Driver, FailedStore):
         now = self.clock.now()
         rows = self._execute(lambda cur: (cur.execute(self._sql["current"], (name, now)), cur.fetchall())[1])
         return rows[0][0] if rows else None
+
+    def entries(self, prefix):
+        """{name: value} of the live entries of the state table whose name starts with `prefix`."""
+        values = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), self.clock.now())
+        return dict(self._execute(lambda cur: (cur.execute(self._sql["entries"], values), cur.fetchall())[1]))
+
+    def put_entries(self, entries, adds=()):
+        """In one transaction: set entries [(name, value, ttl)] and add to counters [(name, amount, ttl)]."""
+        now = self.clock.time()
+        statements = [(self._sql["set"], (name, value, _stamp(now + ttl))) for name, value, ttl in entries]
+        statements += [(self._sql["add"], (name, amount, _stamp(now + ttl), _stamp(now), amount, amount,
+                                           _stamp(now + ttl))) for name, amount, ttl in adds]
+        if statements:
+            self._write_once(statements)
 
     def add_to(self, name, amount=1, ttl=3600.0):
         """Add `amount` to the counter `name` (0 if missing or expired), keep it `ttl` seconds
@@ -3145,6 +3180,10 @@ class Worker:
         self.current = None                 # the _Running job
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
+        self.tally = _Tally()               # what it did since its last beat
+        self._paused = set()                # its queues that are paused (refreshed every second)
+        self.registry_key = f"worker:{os.uname().nodename}:{os.getpid()}"
+        self.started_at = time.time()
         self._signals = []                  # the signals received, in order
         self._old_handlers = {}
 
@@ -3171,6 +3210,7 @@ class Worker:
             self.stopping.set()
             self._ended.set()
             _call_hooks("stopping", reason)
+            _, exc, _ = _guard(self._beat, True)
             self._close()
             self._restore_signals()
             self.driver.interrupt = None
@@ -3192,8 +3232,12 @@ class Worker:
                 self.driver.close()
                 self.stopping.wait(self.poll)
                 continue
+            queues = [q for q in self.queues if q not in self._paused] if self._paused else self.queues
+            if not queues:  # every queue of this worker is paused
+                self.stopping.wait(min(self.poll, 0.5))
+                continue
             asked = time.monotonic()
-            message = self.driver.pop(self.queues, 0 if self.once or self.stop_when_empty else self.poll)
+            message = self.driver.pop(queues, 0 if self.once or self.stop_when_empty else self.poll)
             if not announced:  # after the first pop: a worker that cannot start says only why
                 log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
                 announced = True
@@ -3260,7 +3304,8 @@ class Worker:
         reservation (database: on the thread's own connection) or keeps the connection alive
         (amqp); it also says which signals arrived (a handler does not log). It runs until the
         loop has ended, warm shutdown included."""
-        period, told, kept, pruned = self.driver.keep_every, 0, 0.0, time.monotonic() - _PRUNE_EVERY + 5
+        period, told, kept = self.driver.keep_every, 0, 0.0
+        chores = [[_BEAT_EVERY, 0.0, self._beat], [1.0, 0.0, self._refresh_paused], [_PRUNE_EVERY, 5.0, self._prune]]
         while not self._ended.wait(min(period, 0.25)):
             for signum in self._signals[told:]:
                 told += 1
@@ -3275,18 +3320,51 @@ class Worker:
                     _renew_leases()
                 except Exception as exc:
                     log.warning("could not renew the reservation of %r: %s", current.message, _text(exc))
-            if time.monotonic() >= pruned + _PRUNE_EVERY:
-                pruned = time.monotonic()
-                _, exc, _ = _guard(lambda: self.driver.failed_store() and self.driver.failed_store().prune())
-                if exc is not None:
-                    log.debug("could not prune the state table: %s", _summary(exc))
+            for chore in chores:  # [every, next time, what]: the beat, the paused queues, pruning
+                if time.monotonic() >= chore[1]:
+                    chore[1] = time.monotonic() + chore[0]
+                    _, exc, _ = _guard(chore[2])
+                    if exc is not None:
+                        log.debug("worker %d: %s: %s", os.getpid(), chore[2].__name__, _summary(exc))
+
+    def _beat(self, last=False):
+        """Report this worker in the state table (host, pid, queues, current job, counts), with
+        what it did since the last beat (metrics), every few seconds: no query per job."""
+        import json
+        current = self.current
+        me = {"host": os.uname().nodename, "pid": os.getpid(), "driver": self.driver.name, "queues": self.queues,
+              "current": current.message.name if current else None, "since": time.time() - (time.monotonic() - current.started)
+              if current else None, "done": self.tally.done, "failed": self.tally.failed, "started": self.started_at,
+              "beat": time.time()}
+        adds = self.tally.take()
+        try:
+            if last:
+                _state().put_entries([], adds)
+                _state().unlock(self.registry_key)
+            else:
+                _state().put_entries([(self.registry_key, json.dumps(me), _BEAT_TTL)], adds)
+        except BaseException:
+            self.tally.give_back(adds)
+            raise
+
+    def _refresh_paused(self):
+        self._paused = set(paused(self.queues))
+
+    def _prune(self):
+        store = self.driver.failed_store()
+        if store is not None:
+            store.prune()
 
     # one job: deciding, attempting, settling
     def process(self, message, outcome=None):
         """Run one message (or settle the outcome (exception, traceback) of an attempt run
         elsewhere); return 'done', 'released', 'failed' or 'deleted'. A unique job's lock is
         freed once it has ended."""
+        started, began = time.monotonic(), self.driver.clock.time()
         status, header = self._process(message, outcome)
+        ready = (header or {}).get("ready")
+        self.tally.record(message.name, status, time.monotonic() - started,
+                          began - ready if isinstance(ready, (int, float)) else None, began)
         unique = (header or {}).get("unique")
         if unique and status != "released":
             _, exc, _ = _guard(lambda: _state().unlock(*unique))
@@ -3504,6 +3582,49 @@ _PRUNE_EVERY = 60.0  # seconds between two deletions of expired entries of the s
 _LATE = 2.0  # seconds a retry released before its retry_until deadline may arrive late and still run
 
 
+_BEAT_EVERY = 5.0           # seconds between a worker's beats in the state table
+_BEAT_TTL = 30.0            # a worker that stopped beating drops out after this
+_METRIC_TTL = 400 * 86400   # totals of a job class that nothing updates are forgotten after this
+_SERIES_TTL = 2 * 3600      # per-minute figures are kept two hours
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)  # seconds, then +Inf
+
+
+class _Tally:
+    """What a worker did since its last beat, per job class and per minute, as counter additions
+    for the state table; done and failed also add up over the worker's life."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.pending = {}
+        self.done = self.failed = 0
+
+    def record(self, name, status, seconds_, wait, now):
+        if status not in ("done", "failed", "deleted"):
+            return
+        kind = "failed" if status == "failed" else "done"
+        bucket = next((i for i, le in enumerate(_BUCKETS) if seconds_ <= le), len(_BUCKETS))
+        minute = int(now // 60 * 60)
+        with self.lock:
+            self.done, self.failed = self.done + (kind == "done"), self.failed + (kind == "failed")
+            for key, amount, ttl in ((f"metric:{name}:{kind}", 1, _METRIC_TTL), (f"metric:{name}:sum", seconds_, _METRIC_TTL),
+                                     (f"metric:{name}:le:{bucket}", 1, _METRIC_TTL), (f"series:{minute}:{kind}", 1, _SERIES_TTL)):
+                self.pending[key] = (self.pending.get(key, (0, ttl))[0] + amount, ttl)
+            if wait is not None:
+                for key, amount in ((f"series:{minute}:wait_sum", max(0.0, wait)), (f"series:{minute}:wait_n", 1)):
+                    self.pending[key] = (self.pending.get(key, (0, _SERIES_TTL))[0] + amount, _SERIES_TTL)
+
+    def take(self):
+        """The additions since the last take, as [(name, amount, ttl)]."""
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        return [(name, amount, ttl) for name, (amount, ttl) in pending.items()]
+
+    def give_back(self, adds):
+        with self.lock:
+            for name, amount, ttl in adds:
+                self.pending[name] = (self.pending.get(name, (0, ttl))[0] + amount, ttl)
+
+
 def _backoff(backoff, attempts):
     """Seconds to wait before attempt `attempts + 1`: backoff is a number or a list."""
     backoff = backoff or 0
@@ -3591,12 +3712,220 @@ def clear(queue=None, driver=None, connection=None):
     return target.clear(_check_queue_name(queue or target.default_queue))
 
 
+def pause(queue):
+    """Workers take no job from `queue` until resume(queue) (they see it within a second)."""
+    _state().put_entries([(f"paused:{_check_queue_name(queue)}", "1", 100 * 365 * 86400.0)])
+
+
+def resume(queue):
+    """Workers take jobs from `queue` again."""
+    _state().unlock(f"paused:{_check_queue_name(queue)}")
+
+
+def paused(queues=None):
+    """The paused queues (of `queues`, else all)."""
+    names = [name[len("paused:"):] for name in _state().entries("paused:")]
+    return sorted(n for n in names if queues is None or n in queues)
+
+
+def workers():
+    """The live workers (those that beat within the last 30 s), as dicts: host, pid, driver,
+    queues, current job and since when (epoch), done, failed, started, beat."""
+    import json
+    return sorted((json.loads(value) for value in _state().entries("worker:").values()),
+                  key=lambda w: (w["host"], w["pid"]))
+
+
 def restart():
     """Make every running worker of this project exit after its current job."""
     path = os.path.join(_get_config().folder, ".queue.restart")
     with open(path, "w") as f:
         f.write(f"{time.time()}\n")
     os.utime(path, None)
+
+
+# Dashboard and metrics ########################################################################
+# `python queue.py dashboard` serves one page, its JSON and /metrics from the standard library
+# (http.server), as a thin client of the functions above. Every action is a POST that carries the
+# token printed at start (or $QUEUE_DASHBOARD_TOKEN): another site cannot trigger one, and the
+# server never unpickles a payload. It binds 127.0.0.1 unless told otherwise: behind a reverse
+# proxy with TLS for anything else (README: Operating it).
+def dashboard_state(driver=None):
+    """What the dashboard shows, as plain data: queues, workers, failed jobs, the last hour."""
+    target = _driver(driver)
+    counts, live = status(driver), workers()
+    oldest, stopped = target.oldest_ready(), set(paused())
+    names = sorted(set(counts) | stopped | {q for w in live for q in w["queues"]})
+    empty = {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0}
+    queues = [dict(counts.get(q, empty), queue=q, oldest_ready_age=oldest.get(q), paused=q in stopped) for q in names]
+    failed = []
+    if target.failed_store() is not None:
+        for row in failed_jobs(50):
+            text = _text(row["exception"])
+            failed.append({"id": row["id"], "queue": row["queue"], "name": row["name"], "driver": row["driver"],
+                           "connection": row["connection"], "failed_at": str(row["failed_at"]),
+                           "error": (text.strip().splitlines() or [""])[0], "exception": text})
+    return {"queues": queues, "workers": live, "failed": failed, "series": _series(), "now": time.time()}
+
+
+def _series():
+    """Per minute of the last hour: jobs done, failed, and their average wait from due to start."""
+    values = _state().entries("series:")
+    now = int(time.time() // 60 * 60)
+    series = []
+    for minute in range(now - 59 * 60, now + 60, 60):
+        get = lambda kind: float(values.get(f"series:{minute}:{kind}") or 0)  # noqa: E731
+        waited = get("wait_n")
+        series.append({"minute": minute, "done": int(get("done")), "failed": int(get("failed")),
+                       "wait": get("wait_sum") / waited if waited else None})
+    return series
+
+
+def metrics(driver=None):
+    """The Prometheus text exposition of the queues, the job classes and the workers."""
+    target = _driver(driver)
+    counts, oldest = status(driver), target.oldest_ready()
+    lines = []
+
+    def family(name, kind, text, samples):
+        lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
+        lines.extend(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}" for labels, value in samples)
+    for kind in ("ready", "delayed", "reserved", "failed"):
+        family(f"queue_jobs_{kind}", "gauge", f"Jobs {kind} per queue.",
+               [(_labels(queue=q), c[kind]) for q, c in counts.items() if c[kind] is not None])
+    family("queue_oldest_ready_age_seconds", "gauge", "Age of the oldest ready job per queue.",
+           [(_labels(queue=q), round(age, 3)) for q, age in oldest.items()])
+    totals = _state().entries("metric:")
+    classes = sorted({name.split(":")[1] for name in totals})
+    for kind in ("done", "failed"):
+        family(f"queue_jobs_{kind}_total", "counter", f"Jobs {kind} per job class.",
+               [(_labels(job=c), int(float(totals.get(f"metric:{c}:{kind}") or 0))) for c in classes])
+    lines.extend(["# HELP queue_job_duration_seconds Time to run a job, per job class.",
+                  "# TYPE queue_job_duration_seconds histogram"])
+    for c in classes:
+        running = 0
+        for i, le in enumerate(_BUCKETS + ("+Inf",)):
+            running += int(float(totals.get(f"metric:{c}:le:{i}") or 0))
+            lines.append(f"queue_job_duration_seconds_bucket{{{_labels(job=c, le=le)}}} {running}")
+        lines.append(f"queue_job_duration_seconds_sum{{{_labels(job=c)}}} {float(totals.get(f'metric:{c}:sum') or 0)}")
+        lines.append(f"queue_job_duration_seconds_count{{{_labels(job=c)}}} {running}")
+    family("queue_workers", "gauge", "Live workers.", [("", len(workers()))])
+    return "\n".join(lines) + "\n"
+
+
+def _labels(**labels):
+    escape = lambda v: str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')  # noqa: E731
+    return ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
+
+
+_ACTIONS = {  # POST /api/<name>: what it does with the JSON body
+    "retry": lambda body: {"retried": len(retry(None if body.get("ids") == "all" else _ids_of(body)))},
+    "forget": lambda body: {"forgot": forget(_ids_of(body))},
+    "flush": lambda body: {"deleted": flush()},
+    "pause": lambda body: pause(_queue_of(body)) or {},
+    "resume": lambda body: resume(_queue_of(body)) or {},
+    "clear": lambda body: {"deleted": clear(_queue_of(body))},
+}
+
+
+def _ids_of(body):
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
+        raise ValueError("'ids' must be a list of failed job ids (or 'all' to retry)")
+    return ids
+
+
+def _queue_of(body):
+    name = body.get("queue")
+    if not isinstance(name, str):
+        raise ValueError("'queue' must be a queue name")
+    return _check_queue_name(name)
+
+
+def _dashboard_handler(token):
+    import http.server
+    import json
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "queue.py"
+
+        def log_message(self, *args):
+            log.debug("dashboard: " + args[0], *args[1:])
+
+        def _send(self, code, body, kind="application/json"):
+            data = (json.dumps(body, default=str) if kind == "application/json" else body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", f"{kind}; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; "
+                             "script-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _guarded(self, work):
+            try:
+                work()
+            except QueueError as exc:
+                self._send(400 if isinstance(exc, ConfigError) else 503, {"error": _text(exc)})
+            except Exception as exc:
+                log.warning("dashboard: %s", _summary(exc))
+                self._send(500, {"error": _summary(exc)})
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/":
+                return self._send(200, DASHBOARD_PAGE, "text/html")
+            if path == "/api/state":
+                return self._guarded(lambda: self._send(200, dashboard_state()))
+            if path == "/metrics":
+                return self._guarded(lambda: self._send(200, metrics(), "text/plain; version=0.0.4"))
+            if path.startswith("/api/") and path[5:] in _ACTIONS:
+                return self._send(405, {"error": "actions are POST requests"})
+            return self._send(404, {"error": f"no page {path}"})
+
+        def do_POST(self):
+            action = self.path.split("?")[0][len("/api/"):] if self.path.startswith("/api/") else None
+            if action not in _ACTIONS:
+                return self._send(404, {"error": f"no action {self.path}"})
+            if not hmac.compare_digest(self.headers.get("X-Queue-Token", "").encode(), token.encode()):
+                return self._send(403, {"error": "a wrong or missing token (X-Queue-Token): see the line the dashboard printed"})
+            try:
+                size = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(min(size, 1 << 20)) or b"{}") if size <= 1 << 20 else None
+                if not isinstance(body, dict):
+                    raise ValueError("the body must be a JSON object of at most 1 MB")
+                work = _ACTIONS[action]
+                result = work(body)
+            except (ValueError, QueueError) as exc:
+                return self._send(400, {"error": _text(exc)})
+            except Exception as exc:
+                log.warning("dashboard: %s: %s", action, _summary(exc))
+                return self._send(500, {"error": _summary(exc)})
+            self._send(200, dict(result or {}, ok=True))
+    return Handler
+
+
+def serve_dashboard(host="127.0.0.1", port=8321, token=None):
+    """Serve the dashboard and /metrics until interrupted; every action needs the token."""
+    import http.server
+    token = token or os.environ.get("QUEUE_DASHBOARD_TOKEN") or secrets.token_urlsafe(18)
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), _dashboard_handler(token))
+    except OSError as exc:
+        raise QueueError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror}") from None
+    print(f"queue.py dashboard on http://{host}:{port}/  token: {token}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+DASHBOARD_PAGE = """<!doctype html><title>queue.py</title><p>queue.py dashboard: the page is being written.</p>"""
 
 
 # Command line #################################################################################
@@ -3795,6 +4124,22 @@ def _cmd_clear(args, config):
     return 0
 
 
+def _cmd_dashboard(args, config):
+    return serve_dashboard(args.host, args.port)
+
+
+def _cmd_pause(args, config):
+    pause(args.queue)
+    print(f"paused {args.queue!r}: workers take no job from it until `python queue.py resume {args.queue}`")
+    return 0
+
+
+def _cmd_resume(args, config):
+    resume(args.queue)
+    print(f"resumed {args.queue!r}")
+    return 0
+
+
 def _cmd_status(args, config):
     queues = [q.strip() for q in args.queue.split(",")] if args.queue else None
     counts = status(args.driver, queues, connection=args.connection)
@@ -3860,6 +4205,11 @@ _COMMANDS = [  # name, function, help, arguments
     ("clear", _cmd_clear, "delete the ready and delayed jobs of a queue", [
         _DRIVER, _CONNECTION, _arg("--queue", help="the queue (default: the driver's)"),
         _arg("--force", action="store_true", help="do not ask")]),
+    ("dashboard", _cmd_dashboard, "serve the web dashboard and /metrics (actions need the printed token)", [
+        _arg("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"),
+        _arg("--port", type=int, default=8321, help="port (default 8321)")]),
+    ("pause", _cmd_pause, "workers take no job from this queue until `resume`", [_arg("queue")]),
+    ("resume", _cmd_resume, "workers take jobs from this queue again", [_arg("queue")]),
     ("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed", [
         _DRIVER, _CONNECTION, _arg("--queue", help="only these queues, comma separated")]),
 ]
