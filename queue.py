@@ -127,7 +127,8 @@ __all__ = list(_stdlib_queue.__all__) + [
     "MemoryDriver", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload",
     "JobTimeout", "MaxAttemptsExceeded", "JobFailed", "status", "failed_jobs", "retry", "forget", "flush", "clear",
     "restart", "run_now", "call", "task", "released", "stopping", "throttle", "funnel", "RateLimited",
-    "WithoutOverlapping", "ThrottlesExceptions", "main",
+    "WithoutOverlapping", "ThrottlesExceptions", "pause", "resume", "paused", "workers", "metrics",
+    "dashboard_state", "serve_dashboard", "main",
 ]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -4150,6 +4151,12 @@ def _cmd_status(args, config):
     total = getattr(_driver(args.driver, args.connection), "delayed_total", None)
     if total is not None and total() is not None:
         print(f"delayed in the broker's delay ladder, all queues: {total()}")
+    live = workers()
+    print(f"\n{len(live)} live worker(s)" + (":" if live else ""))
+    for w in live:
+        doing = f"{w['current']} since {time.strftime('%H:%M:%S', time.localtime(w['since']))}" if w["current"] else "idle"
+        print(f"  {w['host']}:{w['pid']}  {w['driver']}  queues {','.join(w['queues'])}  {doing}  "
+              f"done {w['done']}  failed {w['failed']}")
     return 0
 
 

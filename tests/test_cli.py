@@ -109,6 +109,8 @@ def status(project, *args, **env):
     assert out[0].split() == ["queue", "ready", "delayed", "reserved", "failed"], out
     table = {}
     for line in out[1:]:
+        if not line.strip():
+            break  # the workers follow
         if line.startswith("delayed in the broker's delay ladder"):  # amqp: a footer, not a queue
             continue
         name, *numbers = line.split()
