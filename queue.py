@@ -1549,6 +1549,18 @@ class _SQLite(_Dialect):
         if self.options["synchronous"] in ("full", "extra"):
             cur.execute("PRAGMA synchronous=normal")
 
+    def wait(self, driver, conn, seconds):
+        """Look every 4 ms whether another connection committed (PRAGMA data_version, read from
+        shared memory: a few microseconds), for up to `seconds`: a push wakes an idle worker
+        within milliseconds for well under 1% of a core."""
+        deadline = time.monotonic() + seconds
+        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        while time.monotonic() < deadline and not (driver.interrupt is not None and driver.interrupt.is_set()):
+            time.sleep(min(0.004, max(0.0, deadline - time.monotonic())))
+            if conn.execute("PRAGMA data_version").fetchone()[0] != version:
+                return True
+        return False
+
 
 class _MySQL(_Dialect):
     """MySQL 8.0+ / MariaDB 10.6+ through pymysql: claims with SELECT ... FOR UPDATE SKIP LOCKED.
@@ -1652,6 +1664,20 @@ class _MySQL(_Dialect):
         while cur.nextset():
             rows = cur.fetchall()
         return rows
+
+    def wait(self, driver, conn, seconds):
+        """MySQL has no notifications: look every 15 ms for a ready job of the worker's queues
+        with one indexed read (a round trip that locks nothing), for up to `seconds`."""
+        deadline, queues = time.monotonic() + seconds, driver.waiting_for
+        sql = (f"SELECT 1 FROM {self.quote(driver.table)} WHERE queue IN ({self.marks(len(queues))}) "
+               f"AND available_at <= %s LIMIT 1")
+        with conn.cursor() as cur:
+            while time.monotonic() < deadline and not (driver.interrupt is not None and driver.interrupt.is_set()):
+                time.sleep(min(0.015, max(0.0, deadline - time.monotonic())))
+                if cur.execute(sql, (*queues, driver.clock.now())):
+                    cur.fetchall()
+                    return True
+        return False
 
     def upgrade(self, driver, cur):
         """Tables of queue.py 1.0 compared queue names without case: make them exact."""
@@ -2097,6 +2123,7 @@ class DatabaseDriver(Driver, FailedStore):
             now, until = self.clock.now(0, self.retry_after)
             row = d.claim(self, cur, queues, done, now, until)
             del done[:]
+            self.waiting_for = queues
             if row is None and wait and d.wait(self, self._local.conn, wait):
                 now, until = self.clock.now(0, self.retry_after)
                 row = d.claim(self, cur, queues, done, now, until)
