@@ -7,15 +7,17 @@ Copy this file next to your code, write job classes in ``jobs/`` and push them::
     queue.push(CreateInvoice(42), delay="10 minutes")
 
 then run ``python queue.py work``. Drivers: ``database`` (SQLite built in, MySQL/MariaDB
-through pymysql), ``amqp`` (RabbitMQ through pika) and ``async`` (threads or processes of
-the pushing program). Payloads are pickles signed with HMAC-SHA256.
+through pymysql, PostgreSQL through psycopg), ``amqp`` (RabbitMQ through pika), ``async``
+(threads or processes of the pushing program) and ``memory`` (one process). Payloads are
+pickles signed with HMAC-SHA256.
 
 The file is named like the standard library's ``queue`` on purpose: it re-exports that
 module's whole API as the very same objects, so ``import queue`` keeps working everywhere
 in the process (``concurrent.futures``, ``multiprocessing``, ``logging.handlers``, asyncio).
 
-Sections, in order: the standard library's queue, basics and errors, configuration,
-time, payloads, jobs, drivers (interface, database, async, amqp), worker, command line.
+Sections, in order: the standard library's queue, basics and errors, configuration, time,
+payloads, jobs, flow control, drivers (the contract, the database driver and its SQL dialects,
+async, amqp, memory), worker, operating it, dashboard and metrics, command line.
 """
 
 # The standard library's queue #################################################################
@@ -1345,7 +1347,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_drivers_after_fork)
 
 
-# The database driver: SQLite and MySQL/MariaDB dialects ######################################
+# The database driver: SQLite, MySQL/MariaDB and PostgreSQL dialects ##########################
 class _Retry:
     """The reconnect policy of every driver: waits of 0.1 s doubling to 5 s, for `patience`
     seconds (None: for ever, as a worker does). Once `interrupt` (a worker's stop Event) is
