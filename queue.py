@@ -2722,6 +2722,9 @@ class AMQPDriver(Driver):
                 log.warning("amqp %s: %s; publishing again", self.where, _text(exc))
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._drop_publisher()
+                if exc.reply_code == 404 and not getattr(policy, "redeclared", False):
+                    policy.redeclared = True  # an exchange or queue was deleted meanwhile: declare again
+                    continue
                 raise QueueError(f"RabbitMQ at {self.where} refused: {exc.reply_text}") from None
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._drop_publisher()
