@@ -2206,10 +2206,10 @@ class DatabaseDriver(Driver, FailedStore):
         return self._execute(delete)
 
     # shared state: the state table, seen by every worker of every host that shares the database
-    def prune(self):
-        """Delete expired entries of the state table (a worker does it every few minutes)."""
+    def prune(self, retry=True):
+        """Delete expired entries of the state table (a worker does it every minute)."""
         now = self.clock.now()
-        self._execute(lambda cur: cur.execute(self._sql["prune"], (now,)))
+        self._execute(lambda cur: cur.execute(self._sql["prune"], (now,)), retry)
 
     def take_slot(self, names, hold, holder):
         """Lease one of the slots `names` that is free (never used, or its lease ended) to
@@ -2261,10 +2261,10 @@ class DatabaseDriver(Driver, FailedStore):
             return bool(rows) and rows[0][0] == holder
         return self._execute(take)
 
-    def unlock(self, name, holder=None):
+    def unlock(self, name, holder=None, retry=True):
         """Free the lock (or counter) `name`; with a holder, only if that holder has it."""
         sql, values = (self._sql["unlock"], (name,)) if holder is None else (self._sql["unlock_held"], (name, holder))
-        self._execute(lambda cur: cur.execute(sql, values))
+        self._execute(lambda cur: cur.execute(sql, values), retry)
 
     def value_of(self, name):
         """The value of an entry of the state table (a counter as a number), None if missing or expired."""
@@ -2272,19 +2272,19 @@ class DatabaseDriver(Driver, FailedStore):
         rows = self._execute(lambda cur: (cur.execute(self._sql["current"], (name, now)), cur.fetchall())[1])
         return rows[0][0] if rows else None
 
-    def entries(self, prefix):
+    def entries(self, prefix, retry=True):
         """{name: value} of the live entries of the state table whose name starts with `prefix`."""
         values = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), self.clock.now())
-        return dict(self._execute(lambda cur: (cur.execute(self._sql["entries"], values), cur.fetchall())[1]))
+        return dict(self._execute(lambda cur: (cur.execute(self._sql["entries"], values), cur.fetchall())[1], retry))
 
-    def put_entries(self, entries, adds=()):
+    def put_entries(self, entries, adds=(), retry=True):
         """In one transaction: set entries [(name, value, ttl)] and add to counters [(name, amount, ttl)]."""
         now = self.clock.time()
         statements = [(self._sql["set"], (name, value, _stamp(now + ttl))) for name, value, ttl in entries]
         statements += [(self._sql["add"], (name, amount, _stamp(now + ttl), _stamp(now), amount, amount,
                                            _stamp(now + ttl))) for name, amount, ttl in adds]
         if statements:
-            self._write_once(statements)
+            self._write_once(statements, retry)
 
     def add_to(self, name, amount=1, ttl=3600.0):
         """Add `amount` to the counter `name` (0 if missing or expired), keep it `ttl` seconds
@@ -3400,22 +3400,22 @@ class Worker:
               "beat": time.time()}
         adds = self.tally.take()
         try:
-            if last:
-                _state().put_entries([], adds)
-                _state().unlock(self.registry_key)
-            else:
-                _state().put_entries([(self.registry_key, json.dumps(me), _BEAT_TTL)], adds)
+            if last:  # one try each: a worker whose database is gone must still stop at once
+                _state().put_entries([], adds, retry=False)
+                _state().unlock(self.registry_key, retry=False)
+            else:  # one try: the keeper must not stall, it renews the running job's reservation
+                _state().put_entries([(self.registry_key, json.dumps(me), _BEAT_TTL)], adds, retry=False)
         except BaseException:
             self.tally.give_back(adds)
             raise
 
     def _refresh_paused(self):
-        self._paused = set(paused(self.queues))
+        self._paused = {name[len("paused:"):] for name in _state().entries("paused:", retry=False)} & set(self.queues)
 
     def _prune(self):
         store = self.driver.failed_store()
         if store is not None:
-            store.prune()
+            store.prune(retry=False)
 
     # one job: deciding, attempting, settling
     def process(self, message, outcome=None):
