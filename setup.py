@@ -26,7 +26,9 @@ setup(
         "postgres": ["psycopg[binary]>=3.1"],
         "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "hypothesis>=6",
                  # real apps started by their launchers (tests/test_launchers.py)
-                 "flask>=2", "gunicorn>=21", "uvicorn>=0.20", "fastapi>=0.100", "django>=4"],
+                 "flask>=2", "gunicorn>=21", "uvicorn>=0.20", "fastapi>=0.100", "django>=4",
+                 # the dashboard in a real browser, and /metrics read by Prometheus' own parser
+                 "selenium>=4.10", "prometheus_client>=0.16"],
     },
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: MIT License"],
 )
