@@ -937,7 +937,7 @@ def task(fn=None, **settings):
 # driver's connection (the one that keeps failed jobs), so they hold across every worker process
 # and host that shares it, whatever driver runs the jobs. Hosts that share limits must point
 # that connection at one MySQL/MariaDB server, not at a SQLite file of their own.
-_leases = {}  # slot name -> (holder, seconds): funnel slots held in this process (a worker renews them)
+_leases = {}  # slot name -> [holder, seconds, last renewed]: funnel slots held here (a worker renews them)
 
 
 def _state():
@@ -985,7 +985,7 @@ class _Funnel(_Limit):
     def __enter__(self):
         taken = super().__enter__()
         if taken:
-            _leases[self.slot] = (self.holder, self.hold)
+            _leases[self.slot] = [self.holder, self.hold, time.monotonic()]
         return taken
 
     def __exit__(self, *exc_info):
@@ -1010,9 +1010,13 @@ def funnel(key, limit=1, hold=None):
 
 
 def _renew_leases():
-    """Renew the funnel slots this process holds (the worker's keeper calls it)."""
-    for slot, (holder, hold) in list(_leases.items()):
-        _state().hold_slot(slot, holder, hold)
+    """Renew the funnel slots this process holds, each a third of its time before it would end
+    (the worker's keeper calls it four times a second)."""
+    for slot, lease in list(_leases.items()):
+        holder, hold, renewed = lease
+        if time.monotonic() - renewed >= hold / 3:
+            lease[2] = time.monotonic()
+            _state().hold_slot(slot, holder, hold)
 
 
 class RateLimited:
@@ -1407,7 +1411,8 @@ class _Dialect:
                  "WHERE expires_at <= {p} AND name IN ({names}) ORDER BY expires_at LIMIT 1)")
     # take a lock that is free or expired; the row count says whether it was taken
     upsert_lock = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON CONFLICT (name) DO UPDATE "
-                   "SET value = excluded.value, expires_at = excluded.expires_at WHERE {state}.expires_at < {p}")
+                   "SET value = excluded.value, expires_at = excluded.expires_at "
+                   "WHERE {state}.expires_at < {p} OR {state}.value = {p}")
     # set an entry of the state table, whatever it held
     upsert_set = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON CONFLICT (name) DO UPDATE "
                   "SET value = excluded.value, expires_at = excluded.expires_at")
@@ -1525,14 +1530,20 @@ class _SQLite(_Dialect):
 
     def connect(self):
         import sqlite3
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.options["timeout"], isolation_level=None,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.options['synchronous']}")
-        except sqlite3.Error as exc:
-            raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
-        return conn
+        deadline = time.monotonic() + self.options["timeout"]
+        while True:
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.options["timeout"], isolation_level=None,
+                                       check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(f"PRAGMA synchronous={self.options['synchronous']}")
+                return conn
+            except sqlite3.OperationalError as exc:  # a new file: another process is making it WAL
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
+                time.sleep(0.01)
+            except sqlite3.Error as exc:
+                raise ConnectionFailed(f"cannot open SQLite database {self.path}: {exc}") from None
 
     def error_kind(self, exc):
         import sqlite3
@@ -1617,7 +1628,8 @@ class _MySQL(_Dialect):
                   "value = VALUES(value), expires_at = VALUES(expires_at)")
     upsert_lock = ("INSERT INTO {state} (name, value, expires_at) VALUES ({p}, {p}, {p}) ON DUPLICATE KEY UPDATE "
                    "value = IF(expires_at < {p}, VALUES(value), value), "
-                   "expires_at = IF(value = VALUES(value), VALUES(expires_at), expires_at)")
+                   "expires_at = IF(value = {p}, VALUES(expires_at), expires_at)")  # the holder as a parameter:
+    # after `value` is assigned, MariaDB's VALUES(value) gives the assigned value back
     limit_name = "the server's max_allowed_packet"
     _pass = ("host", "port", "user", "password", "database", "charset", "unix_socket", "ssl", "connect_timeout")
     _codes = {1146: "missing", 1054: "column", 1213: "busy", 1205: "locked", 2003: "lost", 2006: "lost",
@@ -1829,6 +1841,7 @@ class _Postgres(_Dialect):
 
 
 _MARK_TTL = 300.0  # seconds a write's marker is kept: far longer than a write is retried
+_SLOT_MARGIN = 0.05  # seconds a slot's lease outlasts what was asked (see take_slot)
 
 
 class DatabaseDriver(Driver, FailedStore):
@@ -2214,9 +2227,11 @@ class DatabaseDriver(Driver, FailedStore):
     def take_slot(self, names, hold, holder):
         """Lease one of the slots `names` that is free (never used, or its lease ended) to
         `holder` for `hold` seconds; return its name, or None when every slot is held. One
-        statement decides, so every worker of every host agrees."""
+        statement decides, so every worker of every host agrees. The lease runs 50 ms longer
+        than asked: the statement may wait that long for its lock after `now` was read, and
+        hosts' clocks agree only to a few milliseconds; a slot is never free early."""
         d = self.dialect
-        now, until = self.clock.now(0, hold)
+        now, until = self.clock.now(0, hold + _SLOT_MARGIN)
         marks = d.marks(len(names))
         take = (self._sql["take"].replace("({names})", f"({marks})"), (holder, until, now, *names))
         which = (self._sql["taken"] + f"({marks})", (holder, *names))
@@ -2256,7 +2271,7 @@ class DatabaseDriver(Driver, FailedStore):
         now, until = self.clock.now(0, ttl)
 
         def take(cur):  # the row count cannot tell (pymysql counts found rows): read the holder back
-            rows = self.dialect.script(cur, [(self._sql["lock"], (name, holder, until, now)),
+            rows = self.dialect.script(cur, [(self._sql["lock"], (name, holder, until, now, holder)),
                                              (self._sql["value"], (name,))])
             return bool(rows) and rows[0][0] == holder
         return self._execute(take)
@@ -3255,6 +3270,7 @@ class Worker:
         _signing_key()  # an unreadable key stops the worker before it claims anything
         self._install_signals()
         self.driver.interrupt = self.stopping
+        _guard(self._refresh_paused)  # before the first claim; then every second, on the keeper
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
         reason = "error"
@@ -3367,7 +3383,7 @@ class Worker:
         (amqp); it also says which signals arrived (a handler does not log). It runs until the
         loop has ended, warm shutdown included."""
         period, told, kept = self.driver.keep_every, 0, 0.0
-        chores = [[_BEAT_EVERY, 0.0, self._beat], [1.0, 0.0, self._refresh_paused], [_PRUNE_EVERY, 5.0, self._prune]]
+        chores = [[_BEAT_EVERY, 0.0, self._beat], [1.0, 1.0, self._refresh_paused], [_PRUNE_EVERY, 5.0, self._prune]]
         while not self._ended.wait(min(period, 0.25)):
             for signum in self._signals[told:]:
                 told += 1
@@ -3379,9 +3395,12 @@ class Worker:
                 kept = time.monotonic()
                 try:
                     self.driver.keep(current.message)
-                    _renew_leases()
                 except Exception as exc:
                     log.warning("could not renew the reservation of %r: %s", current.message, _text(exc))
+            if _leases:
+                _, exc, _ = _guard(_renew_leases)
+                if exc is not None:
+                    log.warning("could not renew a funnel slot: %s", _summary(exc))
             for chore in chores:  # [every, next time, what]: the beat, the paused queues, pruning
                 if time.monotonic() >= chore[1]:
                     chore[1] = time.monotonic() + chore[0]

@@ -242,3 +242,10 @@ class OnQueue(Record):
     """A Record whose class sets its default queue."""
 
     queue = "class-queue"
+
+
+class Noop(queue.Queueable):
+    """Does nothing (for counts and speed)."""
+
+    def handle(self):
+        pass
