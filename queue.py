@@ -2735,6 +2735,11 @@ class AMQPDriver(Driver):
                 if not ((forever or self._connected_once) and policy.again()):
                     raise
                 log.warning("amqp %s: %s; publishing again", self.where, _text(exc))
+            except _Unconfirmed:
+                self._drop_publisher()  # declare everything again on a new connection, once
+                if getattr(policy, "redeclared", False):
+                    raise
+                policy.redeclared = True
             except pika.exceptions.ChannelClosedByBroker as exc:
                 self._drop_publisher()
                 if exc.reply_code == 404 and not getattr(policy, "redeclared", False):
@@ -2891,6 +2896,10 @@ class AMQPDriver(Driver):
         self._drop_publisher()
 
 
+class _Unconfirmed(QueueError):
+    """The broker returned or refused a publish (an exchange or queue deleted meanwhile, say)."""
+
+
 class _Publisher:
     """A connection that publishes with publisher confirms. pika's BlockingChannel waits for the
     confirm of each message in turn; this publishes a whole batch on the underlying channel
@@ -2939,7 +2948,7 @@ class _Publisher:
         if self.returned or self.nacked:
             what = f"could not route to {self.returned[0]!r}" if self.returned else "refused (nack) a message"
             self.returned, self.nacked = [], []
-            raise QueueError(f"RabbitMQ at {driver.where} {what}; nothing of this push was confirmed")
+            raise _Unconfirmed(f"RabbitMQ at {driver.where} {what}; nothing of this push was confirmed")
 
     def close(self):
         try:
@@ -3923,7 +3932,7 @@ def _queue_of(body):
     return _check_queue_name(name)
 
 
-def _dashboard_handler(token):
+def _dashboard_handler(token, loopback=True):
     import http.server
     import json
 
@@ -3954,7 +3963,23 @@ def _dashboard_handler(token):
                 log.warning("dashboard: %s", _summary(exc))
                 self._send(500, {"error": _summary(exc)})
 
+        def _local_only(self):
+            """Bound to loopback, answer only requests that name a loopback host: a page of
+            another site whose name was made to point here (DNS rebinding) cannot read."""
+            host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+            if loopback and host not in ("127.0.0.1", "localhost", "::1"):
+                self._send(403, {"error": f"this dashboard answers to 127.0.0.1, not to {host!r}"})
+                return False
+            return True
+
+        def do_PUT(self):
+            self._send(405, {"error": "GET to read, POST to act"})
+
+        do_DELETE = do_PATCH = do_PUT
+
         def do_GET(self):
+            if not self._local_only():
+                return None
             path = self.path.split("?")[0]
             if path == "/":
                 return self._send(200, DASHBOARD_PAGE, "text/html")
@@ -3967,6 +3992,8 @@ def _dashboard_handler(token):
             return self._send(404, {"error": f"no page {path}"})
 
         def do_POST(self):
+            if not self._local_only():
+                return None
             action = self.path.split("?")[0][len("/api/"):] if self.path.startswith("/api/") else None
             if action not in _ACTIONS:
                 return self._send(404, {"error": f"no action {self.path}"})
@@ -3993,7 +4020,7 @@ def serve_dashboard(host="127.0.0.1", port=8321, token=None):
     import http.server
     token = token or os.environ.get("QUEUE_DASHBOARD_TOKEN") or secrets.token_urlsafe(18)
     try:
-        server = http.server.ThreadingHTTPServer((host, port), _dashboard_handler(token))
+        server = http.server.ThreadingHTTPServer((host, port), _dashboard_handler(token, host in ("127.0.0.1", "localhost", "::1")))
     except OSError as exc:
         raise QueueError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror}") from None
     print(f"queue.py dashboard on http://{host}:{port}/  token: {token}", flush=True)
@@ -4006,7 +4033,250 @@ def serve_dashboard(host="127.0.0.1", port=8321, token=None):
     return 0
 
 
-DASHBOARD_PAGE = """<!doctype html><title>queue.py</title><p>queue.py dashboard: the page is being written.</p>"""
+DASHBOARD_PAGE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>queue.py dashboard</title><link rel="icon" href="data:,">
+<style>
+:root{--fg:#1d232b;--mute:#66707c;--line:#dde2e8;--bg:#f5f7f9;--done:#2f8f5b;--fail:#c8413a;--wait:#2d6cdf}
+*{box-sizing:border-box}body{margin:0;font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:var(--fg);background:var(--bg)}
+header{display:flex;flex-wrap:wrap;gap:12px;align-items:center;padding:10px 20px;background:#1d232b;color:#fff}
+header h1{font-size:17px;margin:0 auto 0 0}header label{font-size:13px}
+#token{width:210px;padding:4px 6px;border:1px solid #56606b;border-radius:4px;background:#2b333d;color:#fff}
+#status{font-size:12px;color:#b7c0ca}#status.error{color:#ffb4ae}
+main{max-width:1200px;margin:0 auto;padding:14px 20px 40px}
+section{background:#fff;border:1px solid var(--line);border-radius:6px;margin:0 0 16px;padding:12px 14px;overflow-x:auto}
+h2{font-size:15px;margin:0 0 8px;display:flex;gap:8px;align-items:center}h2 .count{color:var(--mute);font-weight:normal}
+h2 .tools{margin-left:auto;display:flex;gap:6px}
+#message{margin:0 0 14px;padding:8px 12px;border-radius:6px;white-space:pre-wrap}#message:empty{display:none}
+#message.ok{background:#e3f4ea;border:1px solid #9fd3b4}#message.error{background:#fde8e6;border:1px solid #eea49d;color:#8a1f17}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:5px 8px;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-size:12px;color:var(--mute);font-weight:600}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.empty td{color:var(--mute);font-style:italic}tr.is-paused{background:#fff7e0}td.paused{font-weight:600}tr.is-paused td.paused{color:#9a6a00}
+#failed tr[data-id]{cursor:pointer}#failed tr[data-id]:hover,#failed tr.open{background:#f3f6fa}
+td.error{color:#8a1f17;max-width:460px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
+td.actions{white-space:nowrap;text-align:right}tr.detail td{background:#f3f6fa;padding:0 8px 8px}
+pre.exception{margin:0;padding:8px;max-height:340px;overflow:auto;background:#1d232b;color:#e8ecf0;border-radius:4px;font-size:12px}
+button{font:inherit;font-size:12px;padding:3px 9px;border:1px solid #b8c0ca;border-radius:4px;background:#fff;cursor:pointer}
+button:hover{background:#eef2f6}button.danger{color:#a3261e;border-color:#e3aaa5}button.danger:hover{background:#fde8e6}
+#chart{width:100%;height:auto;display:block}#chart text{font-size:11px;fill:var(--mute)}
+.legend{display:flex;gap:14px;font-size:12px;color:var(--mute)}.legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
+.idle{color:var(--mute)}
+</style></head>
+<body>
+<header><h1>queue.py dashboard</h1>
+<label for="token">Token</label><input id="token" type="password" autocomplete="off" spellcheck="false" placeholder="printed by python queue.py dashboard">
+<span id="status">loading&hellip;</span></header>
+<main>
+<div id="message" role="status" aria-live="polite"></div>
+<section><h2>Queues</h2>
+<table id="queues"><thead><tr><th>Queue</th><th class="num">Ready</th><th class="num">Delayed</th><th class="num">Reserved</th><th class="num">Failed</th><th class="num">Oldest ready</th><th>State</th><th></th></tr></thead><tbody></tbody></table></section>
+<section><h2>Last hour <span class="legend"><span><i style="background:var(--done)"></i>done / min</span><span><i style="background:var(--fail)"></i>failed / min</span><span><i style="background:var(--wait)"></i>average wait</span></span></h2>
+<svg id="chart" viewBox="0 0 960 220" role="img" aria-label="jobs done and failed per minute, and the average wait, over the last hour"></svg></section>
+<section><h2>Workers <span class="count" id="workers-count"></span></h2>
+<table id="workers"><thead><tr><th>Host</th><th class="num">PID</th><th>Driver</th><th>Queues</th><th>Current job</th><th class="num">Done</th><th class="num">Failed</th><th>Last beat</th></tr></thead><tbody></tbody></table></section>
+<section><h2>Failed jobs <span class="count" id="failed-count"></span><span class="tools"><button id="retry-all" type="button">Retry all</button><button id="flush" class="danger" type="button">Flush</button></span></h2>
+<table id="failed"><thead><tr><th class="num">ID</th><th>Queue</th><th>Job</th><th>Failed at</th><th>Error (click a row for the traceback)</th><th></th></tr></thead><tbody></tbody></table></section>
+</main>
+<script>
+"use strict";
+const $ = (s) => document.querySelector(s), SVG = "http://www.w3.org/2000/svg";
+const token = $("#token"), rows = {queues: new Map(), workers: new Map(), failed: new Map()}, open = new Set();
+let last = null, timer = null, seq = 0;
+try { token.value = sessionStorage.getItem("queue-token") || ""; } catch (e) {}
+token.addEventListener("input", () => { try { sessionStorage.setItem("queue-token", token.value); } catch (e) {} });
+
+function el(tag, attrs, text) {
+  const n = document.createElement(tag);
+  for (const k in attrs || {}) n.setAttribute(k, attrs[k]);
+  if (text != null) n.textContent = text;
+  return n;
+}
+function put(node, text) { text = String(text); if (node.textContent !== text) node.textContent = text; }
+function num(v) { return v == null ? "\u2014" : String(v); }
+function dur(s) {
+  if (s == null) return "\u2014";
+  s = Math.max(0, s);
+  if (s < 1) return Math.round(s * 1000) + " ms";
+  if (s < 60) return s.toFixed(s < 10 ? 1 : 0) + " s";
+  if (s < 3600) return Math.floor(s / 60) + " min " + Math.floor(s % 60) + " s";
+  if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor(s % 3600 / 60) + " min";
+  return Math.floor(s / 86400) + " d " + Math.floor(s % 86400 / 3600) + " h";
+}
+function hhmm(t) { return new Date(t * 1000).toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"}); }
+function row(map, key, attr, cells, buttons) {
+  let tr = map.get(key);
+  if (tr) return tr;
+  tr = el("tr", {[attr]: key});
+  for (const c of cells) tr.appendChild(el("td", {class: c}));
+  if (buttons) {
+    const td = tr.appendChild(el("td", {class: "actions"}));
+    for (const [cls, label] of buttons) td.appendChild(el("button", {class: cls, type: "button"}, label));
+  }
+  map.set(key, tr);
+  return tr;
+}
+function cell(tr, cls) { return tr.querySelector("td." + cls); }
+function place(tbody, nodes, map, keys, emptyText, cols) {
+  for (const k of [...map.keys()]) if (!keys.has(k)) map.delete(k);
+  if (!nodes.length) nodes = [tbody.querySelector("tr.empty") || el("tr", {class: "empty"})];
+  if (nodes[0].className === "empty" && !nodes[0].firstChild) nodes[0].appendChild(el("td", {colspan: cols}, emptyText));
+  let ref = tbody.firstChild;
+  for (const n of nodes) { if (n === ref) ref = ref.nextSibling; else tbody.insertBefore(n, ref); }
+  while (ref) { const next = ref.nextSibling; ref.remove(); ref = next; }
+}
+
+function renderQueues(queues) {
+  const keys = new Set(), nodes = [];
+  for (const q of queues) {
+    const tr = row(rows.queues, q.queue, "data-queue", ["name", "ready num", "delayed num", "reserved num", "failed num", "age num", "paused"],
+                   [["pause", "Pause"], ["resume", "Resume"], ["clear danger", "Clear"]]);
+    keys.add(q.queue); nodes.push(tr);
+    put(cell(tr, "name"), q.queue);
+    for (const c of ["ready", "delayed", "reserved", "failed"]) put(cell(tr, c), num(q[c]));
+    put(cell(tr, "age"), dur(q.oldest_ready_age));
+    put(cell(tr, "paused"), q.paused ? "paused" : "active");
+    tr.classList.toggle("is-paused", !!q.paused);
+    tr.querySelector("button.pause").hidden = !!q.paused;
+    tr.querySelector("button.resume").hidden = !q.paused;
+  }
+  place($("#queues tbody"), nodes, rows.queues, keys, "No queue has jobs yet.", 8);
+}
+function renderWorkers(workers, now) {
+  const keys = new Set(), nodes = [];
+  for (const w of workers) {
+    const key = w.host + ":" + w.pid;
+    const tr = row(rows.workers, key, "data-worker", ["host", "pid num", "driver", "queues", "current", "done num", "failed num", "beat"]);
+    keys.add(key); nodes.push(tr);
+    put(cell(tr, "host"), w.host); put(cell(tr, "pid"), w.pid); put(cell(tr, "driver"), w.driver);
+    put(cell(tr, "queues"), (w.queues || []).join(", "));
+    const cur = cell(tr, "current");
+    put(cur, w.current ? w.current + (w.since != null ? " for " + dur(now - w.since) : "") : "idle");
+    cur.classList.toggle("idle", !w.current);
+    put(cell(tr, "done"), w.done); put(cell(tr, "failed"), w.failed);
+    put(cell(tr, "beat"), dur(now - w.beat) + " ago");
+  }
+  put($("#workers-count"), workers.length ? "(" + workers.length + ")" : "");
+  place($("#workers tbody"), nodes, rows.workers, keys, "No worker is running.", 8);
+}
+function renderFailed(failed) {
+  const keys = new Set(), nodes = [];
+  for (const f of failed) {
+    const key = String(f.id);
+    const tr = row(rows.failed, key, "data-id", ["id num", "queue", "name", "failed-at", "error"], [["retry", "Retry"], ["forget danger", "Forget"]]);
+    keys.add(key); nodes.push(tr);
+    put(cell(tr, "id"), f.id); put(cell(tr, "queue"), f.queue); put(cell(tr, "name"), f.name);
+    put(cell(tr, "failed-at"), String(f.failed_at).replace(/\.\d+$/, "")); put(cell(tr, "error"), f.error);
+    cell(tr, "error").title = f.error;
+    tr.classList.toggle("open", open.has(key));
+    if (open.has(key)) {
+      const d = row(rows.failed, "detail:" + key, "data-detail", []);
+      if (!d.firstChild) { d.setAttribute("data-detail", key); d.appendChild(el("td", {colspan: 6})).appendChild(el("pre", {class: "exception"})); }
+      put(d.querySelector("pre"), f.exception);
+      keys.add("detail:" + key); nodes.push(d);
+    }
+  }
+  for (const k of [...open]) if (!keys.has(k)) open.delete(k);
+  put($("#failed-count"), failed.length ? "(" + failed.length + (failed.length >= 50 ? ", newest 50" : "") + ")" : "");
+  place($("#failed tbody"), nodes, rows.failed, keys, "No failed job.", 6);
+}
+function svg(tag, attrs, text) {
+  const n = document.createElementNS(SVG, tag);
+  for (const k in attrs) n.setAttribute(k, attrs[k]);
+  if (text != null) n.textContent = text;
+  return n;
+}
+function nice(v) { const p = Math.pow(10, Math.floor(Math.log10(v))); for (const m of [1, 2, 5, 10]) if (m * p >= v) return m * p; }
+function renderChart(series, now) {
+  const W = 960, H = 220, L = 40, R = 58, T = 12, B = 24, w = W - L - R, h = H - T - B, out = [];
+  const n = 60, bw = w / n, start = series.length ? series[series.length - 1].minute - (n - 1) * 60 : Math.floor(now / 60) * 60 - (n - 1) * 60;
+  const maxC = nice(Math.max(1, ...series.map((s) => s.done + s.failed)));
+  const maxW = nice(Math.max(0.001, ...series.map((s) => s.wait || 0)));
+  for (let i = 0; i <= 2; i++) {
+    const y = T + h - i * h / 2;
+    out.push(svg("line", {x1: L, x2: L + w, y1: y, y2: y, stroke: "#dde2e8"}));
+    out.push(svg("text", {x: L - 6, y: y + 4, "text-anchor": "end"}, String(Math.round(maxC * i / 2 * 10) / 10)));
+    out.push(svg("text", {x: L + w + 6, y: y + 4, style: "fill:var(--wait)"}, i ? dur(maxW * i / 2) : "0"));
+  }
+  for (const [i, anchor] of [[0, "start"], [30, "middle"], [59, "end"]])
+    out.push(svg("text", {x: L + (i + 0.5) * bw, y: H - 6, "text-anchor": anchor}, hhmm(start + i * 60)));
+  let d = "", prev = -2;
+  for (const s of series) {
+    const i = Math.round((s.minute - start) / 60);
+    if (i < 0 || i >= n) continue;
+    const x = L + i * bw, hd = s.done / maxC * h, hf = s.failed / maxC * h, g = svg("g", {});
+    g.appendChild(svg("title", {}, hhmm(s.minute) + ": " + s.done + " done, " + s.failed + " failed, average wait " + dur(s.wait)));
+    g.appendChild(svg("rect", {x: x, y: T, width: bw, height: h, fill: "transparent"}));
+    if (s.done) g.appendChild(svg("rect", {class: "done", x: x + 1, y: T + h - hd, width: bw - 2, height: hd, fill: "var(--done)"}));
+    if (s.failed) g.appendChild(svg("rect", {class: "failed", x: x + 1, y: T + h - hd - hf, width: bw - 2, height: hf, fill: "var(--fail)"}));
+    out.push(g);
+    if (s.wait != null) {
+      const px = (x + bw / 2).toFixed(1), py = (T + h - s.wait / maxW * h).toFixed(1);
+      d += (d && prev === i - 1 ? " L" : " M") + px + " " + py;
+      out.push(svg("circle", {cx: px, cy: py, r: 2.2, fill: "var(--wait)"}));
+    }
+    prev = s.wait != null ? i : -2;
+  }
+  if (d) out.push(svg("path", {class: "wait", d: d.trim(), fill: "none", stroke: "var(--wait)", "stroke-width": 1.6}));
+  out.push(svg("line", {x1: L, x2: L + w, y1: T + h, y2: T + h, stroke: "#9aa4ae"}));
+  $("#chart").replaceChildren(...out);
+}
+function render(s) {
+  renderQueues(s.queues || []); renderWorkers(s.workers || [], s.now); renderFailed(s.failed || []); renderChart(s.series || [], s.now);
+}
+async function refresh() {
+  const mine = ++seq;
+  clearTimeout(timer);
+  try {
+    const res = await fetch("/api/state", {cache: "no-store"});
+    if (!res.ok) throw new Error("HTTP " + res.status);
+    const state = await res.json();
+    if (mine !== seq) return;
+    last = state; render(state);
+    put($("#status"), "updated " + new Date().toLocaleTimeString()); $("#status").className = "";
+  } catch (e) {
+    if (mine !== seq) return;
+    put($("#status"), "cannot read /api/state: " + e.message); $("#status").className = "error";
+  }
+  timer = setTimeout(refresh, 2000);
+}
+function say(kind, text) { const m = $("#message"); m.className = kind; m.textContent = text; }
+async function act(path, body, label) {
+  let res, data = {};
+  try {
+    res = await fetch(path, {method: "POST", cache: "no-store", body: JSON.stringify(body),
+                             headers: {"Content-Type": "application/json", "X-Queue-Token": token.value}});
+    try { data = await res.json(); } catch (e) {}
+  } catch (e) { say("error", label + ": the request could not be sent (" + e.message + ")"); return refresh(); }
+  if (res.status === 403) say("error", label + " refused (403): " + (data.error || "missing or wrong token") + ". Type the token printed by `python queue.py dashboard`.");
+  else if (!res.ok || data.ok === false) say("error", label + " failed (" + res.status + "): " + (data.error || res.statusText));
+  else {
+    const bits = Object.keys(data).filter((k) => k !== "ok").map((k) => k + ": " + (Array.isArray(data[k]) ? data[k].length : typeof data[k] === "object" ? JSON.stringify(data[k]) : data[k]));
+    say("ok", label + ": done" + (bits.length ? " (" + bits.join(", ") + ")" : ""));
+  }
+  refresh();
+}
+$("#queues").addEventListener("click", (e) => {
+  const b = e.target.closest("button"), tr = e.target.closest("tr[data-queue]");
+  if (!b || !tr) return;
+  const q = tr.dataset.queue;
+  if (b.classList.contains("pause")) act("/api/pause", {queue: q}, "Pause " + q);
+  else if (b.classList.contains("resume")) act("/api/resume", {queue: q}, "Resume " + q);
+  else if (b.classList.contains("clear") && confirm("Delete every ready and delayed job of the queue " + q + "?")) act("/api/clear", {queue: q}, "Clear " + q);
+});
+$("#failed").addEventListener("click", (e) => {
+  const b = e.target.closest("button"), tr = e.target.closest("tr[data-id]");
+  if (!tr) return;
+  const id = tr.dataset.id;
+  if (b && b.classList.contains("retry")) act("/api/retry", {ids: [Number(id)]}, "Retry " + id);
+  else if (b && b.classList.contains("forget")) act("/api/forget", {ids: [Number(id)]}, "Forget " + id);
+  else if (!b) { open.has(id) ? open.delete(id) : open.add(id); if (last) renderFailed(last.failed || []); }
+});
+$("#retry-all").addEventListener("click", () => act("/api/retry", {ids: "all"}, "Retry all"));
+$("#flush").addEventListener("click", () => { if (confirm("Delete every failed job?")) act("/api/flush", {}, "Flush"); });
+refresh();
+</script>
+</body></html>
+"""
 
 
 # Command line #################################################################################

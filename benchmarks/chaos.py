@@ -33,11 +33,23 @@ retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed af
 5. waits (bounded) until every job is done or in the failed store, stops the workers with
    SIGTERM, and counts.
 
+--jitter (the default on amqp; --no-jitter turns it off) gives every job that raises once, always
+raises or times out a backoff of its own (chaosjobs.jitter: 3 random seconds between 0.3 and 4),
+and pushes 5% of the short jobs one by one with a random delay of 0.1 to 3 s: hundreds of distinct
+delays. No job may begin before its delay, and no retry before its backoff (unless a worker death
+or the broker restart explains it). On amqp the broker's queues (vhost /) are counted before the
+push, every 2 s during the run (`rabbitmqctl -q list_queues name`, else the management API) and
+at the end: delays wait in queue.py's fixed delay ladder, so the run may add at most 40 queues
+(its own two, the ladder's 31 if it is not there yet) and no per-delay queue "<queue>.delay.<ms>"
+of queue.py 1.0.
+
 The record: each attempt appends `start`/`end` lines to runs.log and each completed run appends
 "NUMBER PID ATTEMPT TIME" to done.log, with single O_APPEND writes. A job run more than once is
 explained when an earlier completed run's worker died (SIGKILL, os._exit) after completing it and
 before its next claim (database) or within a second (amqp, whose acks travel on an I/O thread),
-or, on amqp, when the earlier run overlapped the broker restart (a dropped connection takes its
+or, on amqp, when a worker died after an attempt that raised and before it began anything else
+(a release publishes the delayed copy, then acks: killed in between, copy and original both run),
+or when the earlier run overlapped the broker restart (a dropped connection takes its
 unacked deliveries with it). The table is printed on stdout; the exit status is 1 if any
 "must be" limit is exceeded (loss, unexplained double run, concurrent runs, an unpickled forgery,
 a worker death without recovery, ...), else 0.
@@ -60,6 +72,7 @@ import logging
 import os
 import pickle
 import random
+import re
 import shutil
 import signal
 import socket
@@ -220,6 +233,25 @@ def spread(items, jobs, more_items, more_jobs, rng):
     for pair in zip(more_items, more_jobs):
         pairs.insert(rng.randint(first, len(pairs)), pair)
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def make_jitter(items, jobs, args):
+    """With --jitter: a backoff of its own for each job of the kinds chaosjobs.JITTERED (set on the
+    job) and a random delay (DELAY_LOW..DELAY_HIGH s) for DELAYED_SHARE of the short jobs; from a
+    random generator of its own, so that the rest of a run is the same with or without jitter.
+    Returns (backoffs: number -> [seconds], delays: number -> seconds)."""
+    if not args.jitter:
+        return {}, {}
+    rng = random.Random(f"{args.seed}:jitter")
+    backoffs = {item.number: chaosjobs.jitter(job, rng) for item, job in zip(items, jobs)
+                if item.kind in chaosjobs.JITTERED}
+    work = [item.number for item in items if item.kind == "work"]
+    picked = rng.sample(work, min(len(work), max(1, round(DELAYED_SHARE * len(work))))) if work else []
+    return backoffs, {number: rng.uniform(DELAY_LOW, DELAY_HIGH) for number in sorted(picked)}
+
+
+DELAYED_SHARE, DELAY_LOW, DELAY_HIGH = 0.05, 0.1, 3.0
+EARLY = 0.1  # seconds of slack for "began before its delay / backoff" (the record's clock is the host's)
 
 
 Bad = collections.namedtuple("Bad", "index category name payload number properties")
@@ -489,11 +521,14 @@ class AMQPBackend(Backend):
         self.wait_until_it_answers("RabbitMQ")
 
     def cleanup(self):
-        delays = {f"{q}.delay.{queue._round_up(int(chaosjobs.Flaky.backoff * 1000))}"
-                  for q in (self.project.queue, self.project.long_queue)}
+        """Delete the run's two queues, and per-delay queues of queue.py 1.0 of theirs should any
+        exist. The delay ladder stays: it is the vhost's, shared with every other user."""
+        ours = (self.project.queue, self.project.long_queue)
+        _, names = broker_queue_names()
+        old = sorted(n for n in names or () if BrokerQueues.old_delay_queue(n) in ours)
         conn = self.connect()
         try:
-            for name in [self.project.queue, self.project.long_queue, *sorted(delays)]:
+            for name in [*ours, *old]:
                 channel = conn.channel()
                 try:
                     channel.queue_delete(name)
@@ -501,6 +536,146 @@ class AMQPBackend(Backend):
                     pass
         finally:
             conn.close()
+
+
+def broker_queue_names(timeout=15):
+    """(source, the names of the broker's queues in vhost /), or (None, None) if it does not
+    answer: `rabbitmqctl -q list_queues name` (exact), else the management API (guest/guest)."""
+    if shutil.which("rabbitmqctl"):
+        try:
+            done = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "--no-table-headers"],
+                                  capture_output=True, text=True, timeout=timeout)
+            if done.returncode == 0:
+                return "rabbitmqctl", [line.strip() for line in done.stdout.splitlines() if line.strip()]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    import base64
+    import urllib.request
+    auth = base64.b64encode(f"{AMQP['username']}:{AMQP['password']}".encode()).decode()
+    request = urllib.request.Request(f"http://{AMQP['host']}:15672/api/queues/%2F?columns=name",
+                                     headers={"Authorization": f"Basic {auth}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return "management API", [q["name"] for q in json.load(response)]
+    except Exception:
+        return None, None
+
+
+class BrokerQueues:
+    """The broker's queues (vhost /): one sample before the push, one every `every` seconds in a
+    thread during the run, one at the end. Each sample counts the queues by kind: the run's own
+    two, queue.py's delay ladder, per-delay queues of queue.py 1.0 ("<queue>.delay.<ms>"), others."""
+
+    OLD = re.compile(r"^(?P<queue>.+)\.delay\.(?P<ms>\d+)$")
+
+    def __init__(self, project, every=2.0):
+        self.project, self.every = project, every
+        self.ours = {project.queue, project.long_queue}
+        queues, delivery = queue.driver("amqp").ladder_names()
+        self.ladder = set(queues) | {f"{delivery}.lost"}
+        self.samples = []        # dicts: at, source, total and the count per kind
+        self.failures = 0        # samples the broker did not answer (its restart)
+        self.first_seen = {}     # name -> time of the first sample that listed it
+        self.start = self.end = self.after_cleanup = self.most = None
+        self.start_names, self.most_names = set(), set()
+        self.stopping = threading.Event()
+        self.thread = None
+
+    @classmethod
+    def old_delay_queue(cls, name):
+        """The queue of a per-delay queue of queue.py 1.0, or None (the ladder's names, "queue.py.
+        delay.<k>", look like one: they are not)."""
+        match = cls.OLD.match(name)
+        return match.group("queue") if match and not name.startswith("queue.py.") else None
+
+    def kind(self, name):
+        if name in self.ours:
+            return "ours"
+        if name in self.ladder or name.startswith("queue.py."):
+            return "ladder"
+        old = self.old_delay_queue(name)
+        if old is not None:
+            return "old ours" if old in self.ours else "old"
+        return "other"
+
+    def sample(self, tries=1):
+        for attempt in range(tries):
+            source, names = broker_queue_names()
+            if names is not None:
+                break
+            if attempt + 1 < tries:
+                time.sleep(1.0)
+        else:
+            self.failures += 1
+            return None
+        at = time.time()
+        kinds = collections.Counter(self.kind(name) for name in names)
+        sample = {"at": at, "source": source, "total": len(names), "old per-delay": kinds["old"] + kinds["old ours"],
+                  "old per-delay of this run": kinds["old ours"], "ladder": kinds["ladder"], "ours": kinds["ours"],
+                  "others": kinds["other"]}
+        for name in names:
+            self.first_seen.setdefault(name, at)
+        self.samples.append(sample)
+        if self.most is None or sample["total"] > self.most["total"]:
+            self.most, self.most_names = sample, set(names)
+        return sample, set(names)
+
+    def begin(self):
+        """The sample before the push, then the sampling thread."""
+        taken = self.sample(tries=10)
+        if taken is None:
+            raise RuntimeError("cannot list RabbitMQ's queues (rabbitmqctl, management API)")
+        self.start, self.start_names = taken
+        self.most, self.most_names = self.start, set(self.start_names)
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self):
+        deadline = time.monotonic()
+        while not self.stopping.is_set():
+            deadline += self.every
+            self.sample()
+            self.stopping.wait(max(0.0, deadline - time.monotonic()))
+
+    def finish(self):
+        """Stop the thread; the sample at the end of the run."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join()
+        taken = self.sample(tries=10)
+        self.end = taken[0] if taken else None
+
+    def ladder_gone(self):
+        """Times of the samples, after the first with the whole ladder, that found it incomplete."""
+        full = len(self.ladder)
+        first = next((i for i, s in enumerate(self.samples) if s["ladder"] >= full), None)
+        return [] if first is None else [s["at"] for s in self.samples[first:] if s["ladder"] < full]
+
+    def figures(self):
+        """What the table and the JSON show."""
+        start_at = self.start["at"]
+        created = sorted(name for name, at in self.first_seen.items() if name not in self.start_names)
+        created_old = [name for name in created if self.old_delay_queue(name) is not None]
+        full = len(self.ladder)
+        incomplete = len(self.ladder_gone())
+        new_at_most = collections.Counter(self.kind(n) for n in self.most_names - self.start_names)
+        return {"start": self.start["total"], "start old per-delay": self.start["old per-delay"],
+                "most": self.most["total"], "most old per-delay": self.most["old per-delay"],
+                "most at (s after the start)": round(self.most["at"] - start_at, 1),
+                "end": None if self.end is None else self.end["total"],
+                "end old per-delay": None if self.end is None else self.end["old per-delay"],
+                "after the cleanup": None if self.after_cleanup is None else self.after_cleanup["total"],
+                "most minus start": self.most["total"] - self.start["total"],
+                "new at the most": {"this run's": new_at_most["ours"], "ladder": new_at_most["ladder"],
+                                    "old per-delay": new_at_most["old"] + new_at_most["old ours"],
+                                    "others": new_at_most["other"]},
+                "created during the run": created, "old per-delay created during the run": created_old,
+                "old per-delay of this run": [n for n in created_old if self.old_delay_queue(n) in self.ours],
+                "ladder queues": full, "ladder present at the start": sum(1 for n in self.start_names if n in self.ladder),
+                "samples": len(self.samples), "samples that failed (broker down)": self.failures,
+                "samples with the ladder incomplete (after it was complete)": incomplete,
+                "sources": sorted({s["source"] for s in self.samples}),
+                "series": [dict(s, at=round(s["at"] - start_at, 1)) for s in self.samples]}
 
 
 # The supervisor ###############################################################################
@@ -733,6 +908,8 @@ class Chaos:
         self.restart_window = [None, None]
         self.supervisor = Supervisor(self.project, self.rng)
         self.timings = {}
+        self.backoffs, self.delays, self.pushed_at = {}, {}, {}  # jitter: number -> ...
+        self.queues = None  # BrokerQueues (amqp)
 
     def run(self):
         args, project = self.args, self.project
@@ -741,26 +918,38 @@ class Chaos:
             queue.driver("database").create_tables()
         else:
             queue.driver("database").stats()  # creates the SQLite tables
+        if args.driver == "amqp":  # the broker's queues, before anything of this run exists
+            self.queues = BrokerQueues(project)
+            self.queues.begin()
+            say(f"RabbitMQ has {self.queues.start['total']} queues ({self.queues.start['ladder']} of the delay "
+                f"ladder, {self.queues.start['old per-delay']} old per-delay) before the push")
         started = time.time()
         items, jobs = make_jobs(args.jobs, self.rng, project)
         poison, poison_jobs = make_poison(args.poison, args.jobs, self.rng, project)
         bads = make_bad(args.bad, args.jobs + args.poison, self.rng, project, self.backend) if args.bad else []
         self.items, self.bads, self.poison = items, bads, poison
-        # push the jobs in batches, the poison jobs among them, the bad payloads spread among them
+        self.backoffs, self.delays = make_jitter(items, jobs, args)
+        # push the jobs in batches, the poison jobs among them, the bad payloads spread among them;
+        # with jitter, the delayed jobs one by one (a delay is per push)
         pushed, pushed_jobs = spread(items, jobs, poison, poison_jobs, self.rng)
         batches = max(1, -(-len(pushed_jobs) // BATCH))
         for i in range(batches):
             part = list(zip(pushed[i * BATCH:(i + 1) * BATCH], pushed_jobs[i * BATCH:(i + 1) * BATCH]))
             for queue_name in (project.long_queue, project.queue):
-                group = [job for item, job in part if item.queue == queue_name]
+                group = [job for item, job in part if item.queue == queue_name and item.number not in self.delays]
                 if group:
                     queue.push(*group, queue=queue_name)
+                for item, job in part:
+                    if item.queue == queue_name and item.number in self.delays:
+                        self.pushed_at[item.number] = time.time()
+                        queue.push(job, queue=queue_name, delay=self.delays[item.number])
             share = bads[i * len(bads) // batches:(i + 1) * len(bads) // batches]
             if share:
                 self.backend.inject(share)
         self.timings["push"] = time.time() - started
         say(f"pushed {len(jobs)} jobs and {len(poison)} poison jobs, injected {len(bads)} bad payloads "
-            f"in {self.timings['push']:.1f} s")
+            f"in {self.timings['push']:.1f} s" + (f"; jitter: {len(self.backoffs)} jobs with a backoff of their "
+                                                  f"own, {len(self.delays)} pushed with a delay" if args.jitter else ""))
 
         sup = self.supervisor
         for _ in range(args.workers):
@@ -825,6 +1014,8 @@ class Chaos:
         self.timings["run"] = time.time() - started
         self.hung = sup.stop()
         self.ended = time.time()
+        if self.queues is not None:
+            self.queues.finish()
         return self.count()
 
     def _accounted(self, expected, done_numbers, rows):
@@ -932,6 +1123,19 @@ class Chaos:
         def across_restart(start, end):
             return amqp and window is not None and start <= window[1] + 10 and end >= window[0] - 1
 
+        def death_excuses(pid, at):
+            """The worker `pid` died after `at` and before it began anything else."""
+            death = deaths.get(pid)
+            return death is not None and death >= at and not any(at < s < death for s in starts_by_pid[pid])
+
+        def released_then_died(number, before):
+            """amqp: an attempt of the job ended by raising (or timing out) before `before`, and its
+            worker died before beginning anything else. A release publishes the delayed copy first
+            and acks the delivery after (at least once): killed in between, the worker leaves both,
+            the copy and the original, which the broker redelivers at once; both run."""
+            return amqp and any(outcome not in ("done", "died", "os._exit") and end < before and death_excuses(pid, end)
+                                for _, end, pid, outcome in spans_by_number.get(number, []))
+
         def span(number, pid, at):
             for s in spans_by_number[number]:
                 if s[2] == pid and s[0] <= at <= s[1] + 0.01:
@@ -1036,7 +1240,8 @@ class Chaos:
                 reasons = set()
                 for k in range(1, len(completions)):
                     earlier = completions[:k]
-                    if any(died_before_its_ack(pid, at) for pid, _, at in earlier):
+                    if any(died_before_its_ack(pid, at) for pid, _, at in earlier) or released_then_died(
+                            number, completions[k][2]):
                         reasons.add("kill")
                     elif any(across_restart(*span(number, pid, at)[:2]) for pid, _, at in earlier):
                         reasons.add("restart")
@@ -1058,6 +1263,59 @@ class Chaos:
                 c["long jobs"] += 1
                 c["long jobs run exactly once"] += 1 if len(completions) == 1 and len(spans) == 1 else 0
         c["unknown numbers in the record"] = sum(1 for number in done if number not in expected)
+
+        # jitter: no delayed job may begin before its delay, no retry before its backoff (a retry
+        # that follows a death of the worker of the attempt before, or the broker restart, is a
+        # redelivery: it needs no backoff)
+        attempts_of = collections.defaultdict(list)  # number -> [(start, end, pid, attempt, outcome)]
+        for number, pid, attempt, start, end, outcome in runs:
+            attempts_of[number].append((start, ended.get(pid, self.ended) if end is None else end, pid, attempt, outcome))
+        for number, delay in self.delays.items():
+            first = min((a[0] for a in attempts_of.get(number, [])), default=None)
+            if first is not None and first < self.pushed_at[number] + delay - EARLY:
+                c["began before their delay"] += 1
+                problems["delayed jobs that began before their delay"].append(
+                    (number, round(delay, 3), round(first - self.pushed_at[number], 3)))
+
+        distinct = set()
+        for number, steps in self.backoffs.items():
+            distinct.update(steps)
+            tries = sorted(attempts_of.get(number, []))
+            for run in tries:
+                start, end, pid, attempt, outcome = run
+                if outcome in ("done", "died", "os._exit") or attempt < 1:
+                    continue
+                wait = steps[min(attempt, len(steps)) - 1]
+                after = [t for t in tries if t[3] == attempt + 1 and t[0] >= end - 1e-3]
+                if not after:
+                    continue
+                gap = after[0][0] - end
+                c["retries after a jittered backoff"] += 1
+                if gap >= wait - EARLY:
+                    continue
+                if death_excuses(pid, end) or across_restart(start, after[0][0]):
+                    c["retries before their backoff, explained"] += 1
+                else:
+                    c["retries before their backoff"] += 1
+                    problems["retries that began before their backoff"].append(
+                        (number, kind_of.get(number), attempt, outcome, round(wait, 3), round(gap, 3)))
+        c["distinct backoffs"] = len(distinct)
+        # lost jobs: what the record shows of them, and whether the delay ladder (shared by the vhost)
+        # was seen gone or incomplete after their last attempt (a delayed copy then waited in it)
+        gone = self.queues.ladder_gone() if self.queues is not None and self.queues.start is not None else []
+        origin = self.queues.start["at"] if gone else 0.0
+        self.lost_detail = []
+        for number, kind in problems.get("lost", []):
+            tries = sorted(attempts_of.get(number, []))
+            since = tries[-1][1] if tries else self.pushed_at.get(number, 0.0)
+            ladder = any(at >= since - 1 for at in gone)
+            c["lost while the ladder was gone"] += 1 if ladder else 0
+            self.lost_detail.append({
+                "number": number, "kind": kind, "backoff": self.backoffs.get(number), "delay": self.delays.get(number),
+                "attempts (start, end, pid, attempt, outcome; s after the first queue sample)":
+                    [(round(a - origin, 3), round(b - origin, 3), pid, n, o) for a, b, pid, n, o in tries],
+                "pid deaths": {pid: (round(deaths[pid] - origin, 3) if pid in deaths else None) for _, _, pid, _, _ in tries},
+                "ladder gone after its last attempt": ladder})
 
         markers = [m for m in os.listdir(project.markers) if m != "control"]
         control = os.path.exists(os.path.join(project.markers, "control"))
@@ -1172,6 +1430,8 @@ class Chaos:
              ("  in the failed store", c["failed as expected"], None),
              ("  completed though they must fail", c["completed though they must fail"], 0),
              ("lost (neither done nor in the failed store)", c["lost"], 0),
+             *([("  of them while the delay ladder was deleted by someone else", c["lost while the ladder was gone"], None)]
+               if self.queues is not None else []),
              ("run to completion more than once", c["double runs"], None),
              ("  explained by a worker death before the ack", c["explained by a death"], None),
              ("  explained by the broker restart (amqp)", c["explained by the broker restart"], None),
@@ -1217,6 +1477,38 @@ class Chaos:
                   ("  poison fork children left running (killed)", len(strays), 0),
                   ("  poison fork children that took jobs", len(worked), 0),
                   ("  poison fork children alive at the end", len(left_alive), 0)]
+        if args.jitter:
+            r += [(f"jitter: jobs with a backoff of their own ({chaosjobs.JITTER_STEPS} x "
+                   f"{chaosjobs.JITTER_LOW:g}-{chaosjobs.JITTER_HIGH:g} s)", len(self.backoffs), None),
+                  ("  distinct backoff delays", c["distinct backoffs"], None),
+                  ("  retries that followed a raise or a timeout", c["retries after a jittered backoff"], None),
+                  ("  retries begun before their backoff, after a death or the restart",
+                   c["retries before their backoff, explained"], None),
+                  ("  retries begun before their backoff, unexplained", c["retries before their backoff"], 0),
+                  (f"jitter: jobs pushed with a delay ({DELAY_LOW:g}-{DELAY_HIGH:g} s)", len(self.delays), None),
+                  ("  distinct push delays", len(set(self.delays.values())), None),
+                  ("  begun before their delay", c["began before their delay"], 0)]
+        if self.queues is not None and self.queues.start is not None:
+            q = self.queues_figures = self.queues.figures()
+            new = q["new at the most"]
+            r += [("broker queues at the start (vhost /)", q["start"], None),
+                  ("  old per-delay queues at the start (<queue>.delay.<ms>)", q["start old per-delay"], None),
+                  ("  delay ladder queues at the start", q["ladder present at the start"], None),
+                  ("broker queues, the most during the run", q["most"], None),
+                  ("  old per-delay queues in that sample", q["most old per-delay"], None),
+                  ("broker queues at the end of the run", -1 if q["end"] is None else q["end"], None),
+                  ("  old per-delay queues at the end", -1 if q["end old per-delay"] is None else q["end old per-delay"],
+                   None),
+                  ("old per-delay queues created during the run", len(q["old per-delay created during the run"]), 0),
+                  ("  of them this run's", len(q["old per-delay of this run"]), None),
+                  ("max queues during the run minus queues at the start", q["most minus start"], 40),
+                  ("  new in that sample: this run's own", new["this run's"], None),
+                  ("  new in that sample: the delay ladder", new["ladder"], None),
+                  ("  new in that sample: other users' queues", new["others"], None),
+                  ("queue samples (every 2 s; failed while the broker was down)", q["samples"], None),
+                  ("  failed samples", q["samples that failed (broker down)"], None),
+                  ("  samples with the delay ladder incomplete", q["samples with the ladder incomplete (after it was complete)"],
+                   None)]
         r += [("still queued at the end", still, 0),
               ("unknown numbers in the record", c["unknown numbers in the record"], 0)]
         violations = [(label.strip(), value) for label, value, limit in r if limit is not None and value > limit]
@@ -1244,7 +1536,8 @@ class Chaos:
             restart += f" ({self.restart_window[1] - self.restart_window[0]:.1f} s down)"
         print(f"queue.py chaos: {target}, {args.jobs} jobs, {args.bad} bad payloads, {args.poison} poison jobs, "
               f"{args.workers} workers, "
-              f"kill every {args.kill_every:g} s, retry_after {args.retry_after:g} s, seed {args.seed}", file=out)
+              f"kill every {args.kill_every:g} s, retry_after {args.retry_after:g} s, seed {args.seed}, "
+              f"jitter {'on' if args.jitter else 'off'}", file=out)
         print(f"restart: {restart}; push {self.timings.get('push', 0):.1f} s, run {self.timings.get('run', 0):.1f} s", file=out)
         width = max(len(label) for label, _, _ in self.rows) + 2
         print(f"{'what':<{width}}{'count':>8}  must be", file=out)
@@ -1261,6 +1554,13 @@ class Chaos:
             for line in [heads] + cells:
                 print("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))),
                       file=out)
+        q = getattr(self, "queues_figures", None)
+        if q and q["samples with the ladder incomplete (after it was complete)"]:
+            print(f"NOTE: the delay ladder (shared by the vhost) was gone or incomplete in "
+                  f"{q['samples with the ladder incomplete (after it was complete)']} of {q['samples']} samples during "
+                  "the run: someone else deleted it (queue.py never does on its own; the test suite does at the end of "
+                  "each session). The delayed messages it held were dropped with it: losses may come from that.",
+                  file=out)
         if self.violations:
             print("RESULT: FAIL: " + "; ".join(f"{label} {value}" for label, value in self.violations), file=out)
         else:
@@ -1274,6 +1574,10 @@ class Chaos:
         return {"violations": self.violations, "rows": {label.strip(): value for label, value, _ in self.rows},
                 "poison": getattr(self, "poison_table", []), "worker_deaths_caused_by_jobs": getattr(self, "job_deaths", []),
                 "timings": self.timings, "restart_window": self.restart_window,
+                "jitter": {"on": self.args.jitter, "backoffs": {str(k): v for k, v in self.backoffs.items()},
+                           "delays": {str(k): v for k, v in self.delays.items()}},
+                "broker_queues": getattr(self, "queues_figures", None),
+                "lost_jobs": getattr(self, "lost_detail", []),
                 "problems": {k: [repr(x) for x in v[:20]] for k, v in self.problems.items()}}
 
     def close(self):
@@ -1281,6 +1585,8 @@ class Chaos:
             self.supervisor.stop(timeout=5)
         except Exception:
             pass
+        if self.queues is not None:
+            self.queues.stopping.set()
         try:
             self.backend.ensure_up()
         except Exception as exc:
@@ -1292,7 +1598,14 @@ class Chaos:
         try:
             self.backend.cleanup()
         except Exception as exc:
-            say(f"cleanup failed: {exc}")
+            say(f"cleanup failed: {exc!r}")
+        if self.queues is not None and self.queues.start is not None and getattr(self, "rows", None) is not None:
+            taken = self.queues.sample(tries=5)
+            if taken is not None:
+                self.queues.after_cleanup = taken[0]
+                self.queues_figures = self.queues.figures()
+                at = next((i for i, row in enumerate(self.rows) if row[0].startswith("queue samples")), len(self.rows))
+                self.rows.insert(at, ("broker queues after the cleanup (the ladder stays)", taken[0]["total"], None))
         if self.args.keep:
             say(f"kept {self.project.folder}")
         else:
@@ -1319,6 +1632,9 @@ def parse_args(argv=None):
     p.add_argument("--skip", default="", help="bad-payload categories to leave out, comma separated "
                    "(forged, wrongkey, truncated, flipped, extended, random, empty, missing, unloadable, "
                    "initraises, exit, die; sqlite: text, integer; amqp: bare, badheader), or poison kinds")
+    p.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None,
+                   help="jobs that raise or time out get random backoffs of their own, and 5%% of the short "
+                   "jobs are pushed with a random delay (default: on for amqp, off otherwise)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary project folder")
     args = p.parse_args(argv)
@@ -1329,6 +1645,8 @@ def parse_args(argv=None):
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
+    if args.jitter is None:
+        args.jitter = args.driver == "amqp"
     if args.timeout is None:
         args.timeout = 90 + 0.05 * (args.jobs + 5 * args.bad) + 0.5 * args.poison
     return args

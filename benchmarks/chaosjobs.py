@@ -93,6 +93,20 @@ class Job(Queueable):
         append(os.path.join(self.record, "failed.log"), f"{self.number} {os.getpid()} {time.time():.6f}")
 
 
+# Jitter (chaos.py --jitter): the kinds that raise once, always raise or time out get a backoff of
+# their own, per job instance: JITTER_STEPS random seconds between JITTER_LOW and JITTER_HIGH (the
+# last repeats), so that a run asks the driver for hundreds of distinct delays.
+JITTERED = ("flaky", "fail", "slow", "hang")
+JITTER_STEPS, JITTER_LOW, JITTER_HIGH = 3, 0.3, 4.0
+
+
+def jitter(job, rng):
+    """Give this job instance a backoff of its own (an instance attribute, read by queue.push and
+    signed into the payload): a list of JITTER_STEPS random floats; return the list."""
+    job.backoff = [rng.uniform(JITTER_LOW, JITTER_HIGH) for _ in range(JITTER_STEPS)]
+    return job.backoff
+
+
 class Work(Job):
     """Sleeps a little and succeeds."""
 
@@ -104,7 +118,8 @@ class Long(Job):
 
 
 class Flaky(Job):
-    """Raises at its first attempt, succeeds later (after a short backoff)."""
+    """Raises at its first attempt, succeeds later (after a short backoff: 0.5 s, or with
+    jitter a random one of its own)."""
 
     kind = "flaky"
     backoff = 0.5
