@@ -4,11 +4,12 @@
     python benchmarks/bench.py                       # every available driver, N=5000
     python benchmarks/bench.py --driver sqlite --synchronous normal,full
     python benchmarks/bench.py --driver mysql --jobs 20000 --json
+    python benchmarks/bench.py --driver postgres
     python benchmarks/bench.py --driver sqlite --rss   # also a 100,000-job worker for peak RSS
 
 Everything runs in a temporary project (queue.py copied in, config.py written, jobs/__init__.py with
 two benchmark hooks); jobs are benchjobs.Noop, importable by subprocess workers through PYTHONPATH.
-MySQL tables and RabbitMQ queues get unique names and are dropped afterwards. See README.md.
+MySQL and PostgreSQL tables and RabbitMQ queues get unique names and are dropped afterwards. See README.md.
 """
 import argparse
 import cProfile
@@ -42,8 +43,9 @@ assert hasattr(queue, "Queueable"), f"imported {queue.__file__}, not {ROOT}/queu
 from benchjobs import Noop, noop  # noqa: E402
 
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
+PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "", "database": "test"}
 AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
-DRIVERS = ("sqlite", "async", "mysql", "amqp")
+DRIVERS = ("sqlite", "async", "mysql", "postgres", "amqp")
 BATCH = 1000
 QUEUE = "bench"
 KEY = "bench-signing-key-0123456789abcdef"  # a fixed test key, so subprocess workers verify payloads
@@ -105,6 +107,7 @@ class Bench:
         databases = {self.sqlite_connection(s): {"driver": "sqlite", "database": f"queue_{s}.sqlite3",
                                                   "synchronous": s} for s in self.syncs}
         databases["mysql"] = dict(MYSQL, driver="mysql")
+        databases["pg"] = dict(PG, driver="postgres")
         drivers = {"default": "database",
                    "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
                                 "state_table": self.table + "_state", "retry_after": 90, "queue": QUEUE},
@@ -626,6 +629,209 @@ def bench_mysql(bench):
     clear()
 
 
+# PostgreSQL ##################################################################################
+def pg_kwargs():
+    """PG as psycopg.connect() keywords."""
+    kwargs = {"host": PG["host"], "port": PG["port"], "user": PG["user"], "dbname": PG["database"]}
+    if PG["password"]:
+        kwargs["password"] = PG["password"]
+    return kwargs
+
+
+def pg_connect(**extra):
+    """A psycopg 3 connection to PG, in autocommit mode."""
+    import psycopg
+    return psycopg.connect(autocommit=True, **pg_kwargs(), **extra)
+
+
+def drop_pg_tables(*names):
+    """Drop PostgreSQL tables on a connection of its own (their sequences and indexes go with them)."""
+    conn = pg_connect(connect_timeout=5)
+    try:
+        conn.execute("SET lock_timeout = '10s'")
+        conn.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
+    finally:
+        conn.close()
+
+
+class RawPostgres(RawMySQL):
+    """The psycopg 3 floor: same schema (our DDL), one autocommit connection. Its drain is the
+    minimal correct claim: per job one statement (so one round trip and one commit) that deletes
+    the previous finished job and reserves the next, the shape of queue.py's _Postgres.claim."""
+
+    single_note = "floor: autocommit INSERT per job"
+    batch_note = "floor: 1 multi-row INSERT per batch"
+    drain_note = "floor: 1 autocommit stmt/job: WITH DELETE prev, UPDATE..SKIP LOCKED RETURNING"
+
+    def __init__(self, bench, d):
+        self.bench, self.n = bench, bench.n
+        self.table = f"bench_floor_{bench.uid}"
+        self.conn = pg_connect()
+        bench.cleanups.append(("a psycopg connection", lambda: close_quietly(self.conn)))
+        bench.cleanups.append((f"PostgreSQL table test.{self.table}", lambda: drop_pg_tables(self.table)))
+        with self.conn.cursor() as cur:
+            for statement in queue.DatabaseDriver(dict(d.options, table=self.table, failed_table=None), d.config).ddl():
+                cur.execute(statement)
+        self.payload = queue.pack(Noop())
+        t = self.table
+        self.head = f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) VALUES "
+        self.insert = self.head + "(%s, %s, %s, %s, %s, %s)"
+        self.inserts = {}  # batch size -> its multi-row INSERT
+        reserve = (f"UPDATE {t} SET reserved_at = %s, ran_at = %s, available_at = %s, attempts = attempts + 1 "
+                   f"WHERE id = (SELECT id FROM {t} WHERE queue = %s AND available_at <= %s ORDER BY available_at, id "
+                   f"LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, name, payload, attempts")
+        self.first = reserve  # nothing finished yet
+        self.claim = f"WITH done AS (DELETE FROM {t} WHERE id = ANY(%s)) " + reserve
+
+    def _batch(self, cur, size):
+        sql = self.inserts.get(size)
+        if sql is None:
+            sql = self.inserts[size] = self.head + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * size)
+        now = stamp()
+        cur.execute(sql, ("Noop", QUEUE, self.payload, 0, now, now) * size)  # one multi-row INSERT
+
+    def drain(self):
+        """Per job, one autocommit statement: delete the previous job, reserve the next; run it.
+        The last statement (which finds nothing) deletes the last job."""
+        self.clear()
+        cur = self.conn.cursor()
+        for size in batches(self.n):
+            self._batch(cur, size)
+        jobs, done = 0, None
+        start = time.perf_counter()
+        while True:
+            now = stamp()
+            if done is None:
+                cur.execute(self.first, (now, now, stamp(90), QUEUE, now))
+            else:
+                cur.execute(self.claim, (done, now, now, stamp(90), QUEUE, now))
+            row = cur.fetchone()
+            if row is None:
+                break
+            noop()
+            done = [row[0]]
+            jobs += 1
+        seconds = time.perf_counter() - start
+        cur.close()
+        assert jobs == self.n and self.count() == 0
+        return seconds, jobs
+
+
+def bench_postgres(bench):
+    say(f"postgres: N={bench.n}")
+    d = queue.driver("database", "pg")
+    ours_tables = (d.table, d.failed_table, d.state_table)
+    side = pg_connect()
+    bench.cleanups.append(("a psycopg connection", lambda: close_quietly(side)))
+    bench.cleanups.append((f"PostgreSQL tables test.{', '.join(ours_tables)}", lambda: drop_pg_tables(*ours_tables)))
+    d.create_tables()
+
+    def clear():
+        side.execute(f"DELETE FROM {d.table}")
+
+    def count():
+        return side.execute(f"SELECT COUNT(*) FROM {d.table}").fetchone()[0]
+
+    raw = RawPostgres(bench, d)
+    database_rows(bench, "postgres", "pg", raw, count, clear)
+    floor_drain = bench.rows[-1]["floor"]
+    for workers in (1, 4):
+        say(f"postgres: {workers} worker process(es)")
+        clear()
+        push_batch(bench, "database", "pg")
+        # --poll 0: at the default poll the last, empty claim of each worker waits that long for a NOTIFY
+        wall, _, loops = bench.worker("--stop-when-empty", "--poll", "0", "--connection", "pg", "--queue", QUEUE,
+                                      count=workers, mark=True)
+        if count():
+            raise RuntimeError(f"{count()} jobs left after {workers} workers")
+        note = f"wall incl. start-up; from first loop: {bench.n / (wall - min(loops)):,.0f}/s" if loops else ""
+        bench.add("postgres", f"drain, {workers} worker process{'es' if workers > 1 else ''} (CLI)",
+                  bench.n / wall, floor_drain, note=note + "; --poll 0; floor: 1-conn raw drain")
+    clear()
+    say("postgres: idle push-to-start latency")
+    count_latency = 50
+    p50, p90 = push_to_start_latency(bench, "database", QUEUE, count=count_latency, connection="pg", each=True)
+    clear()
+    floor50, floor90 = raw_pg_latency(bench, raw, count=count_latency)
+    bench.add("postgres", "idle push-to-start p50", round(p50, 2), round(floor50, 2), unit="ms",
+              note=f"p90 {p90:.2f} ms (floor {floor90:.2f}); push() call to handle() start in an idle `work` "
+                   f"process (poll 1 s, LISTEN), {count_latency} pushes, each after the last started; "
+                   "floor: INSERT+pg_notify in 1 stmt to a bare LISTEN + claim-stmt process")
+
+
+RAW_PG_LISTENER = """
+import datetime as dt, json, sys, time, psycopg
+kwargs, table, channel, queue_name, path = json.loads(sys.argv[1]), *sys.argv[2:6]
+conn = psycopg.connect(autocommit=True, **kwargs)
+conn.execute(f'LISTEN "{channel}"')
+reserve = (f"UPDATE {table} SET reserved_at = %s, ran_at = %s, available_at = %s, attempts = attempts + 1 "
+           f"WHERE id = (SELECT id FROM {table} WHERE queue = %s AND available_at <= %s ORDER BY available_at, id "
+           f"LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, payload")
+claim = f"WITH done AS (DELETE FROM {table} WHERE id = ANY(%s)) " + reserve
+def stamp(plus=0.0):
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=plus)
+    return when.replace(tzinfo=None).isoformat(" ", "microseconds")
+out = open(path, "a")
+open(path + ".ready", "w").close()
+done = None
+while True:
+    now = stamp()
+    row = conn.execute(*((reserve, (now, now, stamp(90), queue_name, now)) if done is None else
+                         (claim, (done, now, now, stamp(90), queue_name, now)))).fetchone()
+    if row is None:
+        done = None
+        for _ in conn.notifies(timeout=1.0, stop_after=1):
+            pass
+        continue
+    started = time.time()
+    out.write(f"{(started - float(bytes(row[1]))) * 1000:.4f}\\n"); out.flush()
+    done = [row[0]]
+"""
+
+
+def raw_pg_latency(bench, raw, count=50):
+    """(p50, p90) ms from a one-statement INSERT + pg_notify (autocommit) to the moment a bare psycopg
+    process, LISTENing and claiming with the one-statement claim, has the row."""
+    path = os.path.join(bench.folder, "raw-pg-stamps")
+    channel = f"{raw.table}_pushed"
+    log = open(os.path.join(bench.folder, "raw-pg-listener.log"), "w+")
+    proc = subprocess.Popen([sys.executable, "-c", RAW_PG_LISTENER, json.dumps(pg_kwargs()), raw.table, channel, QUEUE,
+                             path], env=bench.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    push = (f"WITH job AS ({raw.insert} RETURNING id) SELECT pg_notify(%s, %s) FROM job")
+
+    def lines():
+        if not os.path.exists(path):
+            return 0
+        with open(path) as f:
+            return sum(1 for _ in f)
+    try:
+        raw.clear()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path + ".ready"):
+            if time.monotonic() > deadline or proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the raw listener did not start: {log.read()[-300:]}")
+            time.sleep(0.05)
+        time.sleep(0.2)  # let it reach its first wait
+        with raw.conn.cursor() as cur:
+            for number in range(count):
+                time.sleep(0.05)
+                now = stamp()
+                cur.execute(push, ("Noop", QUEUE, repr(time.time()).encode(), 0, now, now, channel, QUEUE))
+                cur.fetchall()
+                deadline = time.monotonic() + 30
+                while lines() < number + 1:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError(f"the raw listener did not get job {number}")
+                    time.sleep(0.002)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    latencies = sorted(float(line) for line in open(path))
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.9)]
+
+
 # AMQP ########################################################################################
 class RawPika:
     """The pika floor on one BlockingConnection: persistent messages to a durable queue."""
@@ -829,13 +1035,16 @@ def raw_pika_latency(bench, params, queue_name, count=200):
     return statistics.median(latencies), latencies[int(len(latencies) * 0.9)]
 
 
-def push_to_start_latency(bench, driver, queue_name, count=200):
-    """(p50, p90) milliseconds from the start of push() to the start of handle() in an idle worker.
-    The job carries its push time and records its own latency, so this process only idles."""
+def push_to_start_latency(bench, driver, queue_name, count=200, connection=None, each=False):
+    """(p50, p90) milliseconds from the start of push() to the start of handle() in an idle worker
+    (`work` at its default poll). The job carries its push time and records its own latency, so
+    this process only idles. each=True: push the next job only once the last one has started
+    (and 50 ms more, so that the worker is idle again); else 20 ms apart."""
     import benchjobs
-    path = os.path.join(bench.folder, "stamps")
-    log = open(os.path.join(bench.folder, "latency-worker.log"), "w+")
-    proc = subprocess.Popen([sys.executable, "queue.py", "work", "--driver", driver, "--queue", queue_name],
+    path = os.path.join(bench.folder, f"stamps-{driver}-{connection}")
+    log = open(os.path.join(bench.folder, f"latency-worker-{driver}-{connection}.log"), "w+")
+    argv = ["--driver", driver] + (["--connection", connection] if connection else []) + ["--queue", queue_name]
+    proc = subprocess.Popen([sys.executable, "queue.py", "work", *argv],
                             cwd=bench.folder, env=bench.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
     def recorded():
@@ -847,7 +1056,7 @@ def push_to_start_latency(bench, driver, queue_name, count=200):
     def push(number):
         job = benchjobs.Stamp(path, number)
         job.pushed = time.time()
-        queue.push(job, driver=driver, queue=queue_name)
+        queue.push(job, driver=driver, connection=connection, queue=queue_name)
 
     try:
         push(-1)  # the worker is up and idle once this one has run
@@ -858,8 +1067,14 @@ def push_to_start_latency(bench, driver, queue_name, count=200):
                 raise RuntimeError(f"the latency worker did not start: {log.read()[-300:]}")
             time.sleep(0.05)
         for number in range(count):
-            time.sleep(0.02)  # idle between pushes (each job takes well under 20 ms)
+            time.sleep(0.05 if each else 0.02)  # idle between pushes (each job takes well under 20 ms)
             push(number)
+            if each:
+                deadline = time.monotonic() + 30
+                while number not in recorded():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"latency job {number} did not start within 30 s")
+                    time.sleep(0.002)
         deadline = time.monotonic() + 30
         while len(recorded()) < count + 1:
             if time.monotonic() > deadline:
@@ -957,6 +1172,9 @@ def available(name):
         if name == "mysql":
             import pymysql  # noqa: F401
             return (True, "") if server_up(MYSQL["host"], MYSQL["port"]) else (False, "MariaDB unreachable")
+        if name == "postgres":
+            import psycopg  # noqa: F401
+            return (True, "") if server_up(PG["host"], PG["port"]) else (False, "PostgreSQL unreachable")
         if name == "amqp":
             import pika  # noqa: F401
             return (True, "") if server_up(AMQP["host"], AMQP["port"]) else (False, "RabbitMQ unreachable")
@@ -975,7 +1193,8 @@ def main(argv=None):
             "repeat": args.repeat, "synchronous": args.synchronous,
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
             "worker_log": args.worker_log, "profile": bool(args.profile), "drivers": []}
-    runners = {"sqlite": bench_sqlite, "async": bench_async, "mysql": bench_mysql, "amqp": bench_amqp}
+    runners = {"sqlite": bench_sqlite, "async": bench_async, "mysql": bench_mysql, "postgres": bench_postgres,
+               "amqp": bench_amqp}
     started = time.perf_counter()
     try:
         for name in DRIVERS:
