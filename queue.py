@@ -113,6 +113,7 @@ collections = _Lazy("collections", "collections")
 _dt = _Lazy("_dt", "datetime")
 hmac = _Lazy("hmac", "hmac")
 importlib = _Lazy("importlib", "importlib.util", lambda m: sys.modules["importlib"])
+json = _Lazy("json", "json")
 logging = _Lazy("logging", "logging")
 math = _Lazy("math", "math")
 pickle = _Lazy("pickle", "pickle")
@@ -1449,6 +1450,7 @@ class _Dialect:
         """Tune the connection of a worker thread (once, before its first claim)."""
 
     def quote(self, name):
+        """A table or index name, quoted (so that SQL keywords such as `order` are names too)."""
         return f'"{name}"'
 
     def marks(self, count):
@@ -1501,6 +1503,17 @@ class _Dialect:
     def notify(self, driver, queue):
         """Statements that wake idle workers of `queue` when the push that runs them commits."""
         return []
+
+    def ready(self, driver, conn):
+        """Whether a job of the queues the worker waits for is ready: one indexed read that locks nothing."""
+        queues = driver.waiting_for
+        cur = conn.cursor()
+        try:
+            cur.execute(f"SELECT 1 FROM {self.quote(driver.table)} WHERE queue IN ({self.marks(len(queues))}) "
+                        f"AND available_at <= {self.param} LIMIT 1", (*queues, driver.clock.now()))
+            return bool(cur.fetchall())
+        finally:
+            cur.close()
 
     def upgrade(self, driver, cur):
         """Bring tables of an earlier version up to date (the `table` command)."""
@@ -1711,15 +1724,11 @@ class _MySQL(_Dialect):
     def wait(self, driver, conn, seconds):
         """MySQL has no notifications: look every 20 ms for a ready job of the worker's queues
         with one indexed read (a round trip that locks nothing), for up to `seconds`."""
-        deadline, queues = time.monotonic() + seconds, driver.waiting_for
-        sql = (f"SELECT 1 FROM {self.quote(driver.table)} WHERE queue IN ({self.marks(len(queues))}) "
-               f"AND available_at <= %s LIMIT 1")
-        with conn.cursor() as cur:
-            while time.monotonic() < deadline and not (driver.interrupt is not None and driver.interrupt.is_set()):
-                time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
-                if cur.execute(sql, (*queues, driver.clock.now())):
-                    cur.fetchall()
-                    return True
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not (driver.interrupt is not None and driver.interrupt.is_set()):
+            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
+            if self.ready(driver, conn):
+                return True
         return False
 
     def upgrade(self, driver, cur):
@@ -1830,14 +1839,19 @@ class _Postgres(_Dialect):
 
     def wait(self, driver, conn, seconds):
         """Sleep until a push to our table is notified (or `seconds` pass), in slices of 0.25 s
-        so that a stopping worker returns quickly."""
-        deadline = time.monotonic() + seconds
+        so that a stopping worker returns quickly; every second it also looks for a ready job,
+        for a delayed job that came due (no push notifies it) or a notification lost."""
+        deadline, looked = time.monotonic() + seconds, time.monotonic()
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or (driver.interrupt is not None and driver.interrupt.is_set()):
                 return False
             if list(conn.notifies(timeout=min(left, 0.25), stop_after=1)):
                 return True
+            if time.monotonic() - looked >= 1.0:
+                looked = time.monotonic()
+                if self.ready(driver, conn):
+                    return True
 
 
 _MARK_TTL = 300.0  # seconds a write's marker is kept: far longer than a write is retried
@@ -3932,87 +3946,86 @@ def _queue_of(body):
     return _check_queue_name(name)
 
 
-def _dashboard_handler(token, loopback=True):
-    import http.server
-    import json
+class _DashboardRequests:
+    """The dashboard's answers, mixed into http.server's request handler by serve_dashboard()
+    (so that `import queue` does not import http.server); `token` and `loopback` are set there."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "queue.py"
+    token, loopback = "", True
+    server_version = "queue.py"
 
-        def log_message(self, *args):
-            log.debug("dashboard: " + args[0], *args[1:])
+    def log_message(self, *args):
+        log.debug("dashboard: " + args[0], *args[1:])
 
-        def _send(self, code, body, kind="application/json"):
-            data = (json.dumps(body, default=str) if kind == "application/json" else body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", f"{kind}; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; "
-                             "script-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
-            self.end_headers()
-            self.wfile.write(data)
+    def _send(self, code, body, kind="application/json"):
+        data = (json.dumps(body, default=str) if kind == "application/json" else body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", f"{kind}; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Content-Security-Policy", "default-src 'self'; style-src 'unsafe-inline'; "
+                         "script-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'")
+        self.end_headers()
+        self.wfile.write(data)
 
-        def _guarded(self, work):
-            try:
-                work()
-            except QueueError as exc:
-                self._send(400 if isinstance(exc, ConfigError) else 503, {"error": _text(exc)})
-            except Exception as exc:
-                log.warning("dashboard: %s", _summary(exc))
-                self._send(500, {"error": _summary(exc)})
+    def _guarded(self, work):
+        try:
+            work()
+        except QueueError as exc:
+            self._send(400 if isinstance(exc, ConfigError) else 503, {"error": _text(exc)})
+        except Exception as exc:
+            log.warning("dashboard: %s", _summary(exc))
+            self._send(500, {"error": _summary(exc)})
 
-        def _local_only(self):
-            """Bound to loopback, answer only requests that name a loopback host: a page of
-            another site whose name was made to point here (DNS rebinding) cannot read."""
-            host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
-            if loopback and host not in ("127.0.0.1", "localhost", "::1"):
-                self._send(403, {"error": f"this dashboard answers to 127.0.0.1, not to {host!r}"})
-                return False
-            return True
+    def _local_only(self):
+        """Bound to loopback, answer only requests that name a loopback host: a page of
+        another site whose name was made to point here (DNS rebinding) cannot read."""
+        host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+        if self.loopback and host not in ("127.0.0.1", "localhost", "::1"):
+            self._send(403, {"error": f"this dashboard answers to 127.0.0.1, not to {host!r}"})
+            return False
+        return True
 
-        def do_PUT(self):
-            self._send(405, {"error": "GET to read, POST to act"})
+    def do_PUT(self):
+        self._send(405, {"error": "GET to read, POST to act"})
 
-        do_DELETE = do_PATCH = do_PUT
+    do_DELETE = do_PATCH = do_PUT
 
-        def do_GET(self):
-            if not self._local_only():
-                return None
-            path = self.path.split("?")[0]
-            if path == "/":
-                return self._send(200, DASHBOARD_PAGE, "text/html")
-            if path == "/api/state":
-                return self._guarded(lambda: self._send(200, dashboard_state()))
-            if path == "/metrics":
-                return self._guarded(lambda: self._send(200, metrics(), "text/plain; version=0.0.4"))
-            if path.startswith("/api/") and path[5:] in _ACTIONS:
-                return self._send(405, {"error": "actions are POST requests"})
-            return self._send(404, {"error": f"no page {path}"})
+    def do_GET(self):
+        if not self._local_only():
+            return None
+        path = self.path.split("?")[0]
+        if path == "/":
+            return self._send(200, DASHBOARD_PAGE, "text/html")
+        if path == "/api/state":
+            return self._guarded(lambda: self._send(200, dashboard_state()))
+        if path == "/metrics":
+            return self._guarded(lambda: self._send(200, metrics(), "text/plain; version=0.0.4"))
+        if path.startswith("/api/") and path[5:] in _ACTIONS:
+            return self._send(405, {"error": "actions are POST requests"})
+        return self._send(404, {"error": f"no page {path}"})
 
-        def do_POST(self):
-            if not self._local_only():
-                return None
-            action = self.path.split("?")[0][len("/api/"):] if self.path.startswith("/api/") else None
-            if action not in _ACTIONS:
-                return self._send(404, {"error": f"no action {self.path}"})
-            if not hmac.compare_digest(self.headers.get("X-Queue-Token", "").encode(), token.encode()):
-                return self._send(403, {"error": "a wrong or missing token (X-Queue-Token): see the line the dashboard printed"})
-            try:
-                size = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(min(size, 1 << 20)) or b"{}") if size <= 1 << 20 else None
-                if not isinstance(body, dict):
-                    raise ValueError("the body must be a JSON object of at most 1 MB")
-                work = _ACTIONS[action]
-                result = work(body)
-            except (ValueError, QueueError) as exc:
-                return self._send(400, {"error": _text(exc)})
-            except Exception as exc:
-                log.warning("dashboard: %s: %s", action, _summary(exc))
-                return self._send(500, {"error": _summary(exc)})
-            self._send(200, dict(result or {}, ok=True))
-    return Handler
+    def do_POST(self):
+        if not self._local_only():
+            return None
+        action = self.path.split("?")[0][len("/api/"):] if self.path.startswith("/api/") else None
+        if action not in _ACTIONS:
+            return self._send(404, {"error": f"no action {self.path}"})
+        if not hmac.compare_digest(self.headers.get("X-Queue-Token", "").encode(), self.token.encode()):
+            return self._send(403, {"error": "a wrong or missing token (X-Queue-Token): see the line the dashboard printed"})
+        try:
+            size = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(min(size, 1 << 20)) or b"{}") if size <= 1 << 20 else None
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object of at most 1 MB")
+            work = _ACTIONS[action]
+            result = work(body)
+        except (ValueError, QueueError) as exc:
+            return self._send(400, {"error": _text(exc)})
+        except Exception as exc:
+            log.warning("dashboard: %s: %s", action, _summary(exc))
+            return self._send(500, {"error": _summary(exc)})
+        self._send(200, dict(result or {}, ok=True))
 
 
 def serve_dashboard(host="127.0.0.1", port=8321, token=None):
@@ -4020,7 +4033,9 @@ def serve_dashboard(host="127.0.0.1", port=8321, token=None):
     import http.server
     token = token or os.environ.get("QUEUE_DASHBOARD_TOKEN") or secrets.token_urlsafe(18)
     try:
-        server = http.server.ThreadingHTTPServer((host, port), _dashboard_handler(token, host in ("127.0.0.1", "localhost", "::1")))
+        handler = type("DashboardHandler", (_DashboardRequests, http.server.BaseHTTPRequestHandler),
+                       {"token": token, "loopback": host in ("127.0.0.1", "localhost", "::1")})
+        server = http.server.ThreadingHTTPServer((host, port), handler)
     except OSError as exc:
         raise QueueError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror}") from None
     print(f"queue.py dashboard on http://{host}:{port}/  token: {token}", flush=True)

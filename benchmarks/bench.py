@@ -508,8 +508,28 @@ def bench_sqlite(bench):
         database_rows(bench, label, connection, raw, count, clear)
         raw.conn.close()
         side.close()
+    bench_statements(bench)
     bench_startup(bench)
     bench_rss(bench)
+
+
+def bench_statements(bench):
+    """SQL statements per job of an in-process worker draining plain jobs (SQLite's trace): the
+    worker's beats, paused-queue looks, funnel renewals and flow control add none per job."""
+    say("sqlite: statements per job")
+    d = queue.driver("database", "sqlite")
+    d.create_tables()
+    n = 1000
+    queue.push(*(Noop() for _ in range(n)), connection="sqlite", queue=QUEUE)
+    statements = []
+    conn = d._conn()  # the worker runs on this thread: this connection is its own
+    conn.set_trace_callback(statements.append)
+    queue.Worker(d, [QUEUE], poll=0, stop_when_empty=True).run()
+    state = [s for s in statements if d.state_table in s]
+    per_job = len(statements) / n
+    bench.add("sqlite", "SQL statements per plain job (worker)", per_job, None, unit="stmts",
+              note=f"of {len(statements)} statements for {n} jobs, {len(state)} touch the state table "
+                   "(once at start, once at stop): nothing per job for beats, pauses or limits")
 
 
 def bench_startup(bench):
