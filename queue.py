@@ -482,10 +482,12 @@ def _epoch(stamp):
     return calendar.timegm(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + (float("0." + fraction) if fraction else 0.0)
 
 
-def _stamp(epoch):
-    """A UTC timestamp string of epoch seconds."""
-    whole = math.floor(epoch)
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole)) + ".%06d" % min(999999, round((epoch - whole) * 1e6))
+def _stamp(epoch, _last=[None, ""]):
+    """A UTC timestamp string of epoch seconds (the date and time of the last second are kept)."""
+    whole = int(epoch // 1)
+    if _last[0] != whole:
+        _last[:] = [whole, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))]
+    return "%s.%06d" % (_last[1], min(999999, int((epoch - whole) * 1e6 + 0.5)))
 
 
 # Payloads #####################################################################################
@@ -631,10 +633,9 @@ def open_payload(payload):
                          "(hosts sharing jobs must share QUEUE_KEY); it was not unpickled")
     if magic == b"Q1":
         return None, signed
-    import json
     size = int.from_bytes(signed[:4], "big")
     try:
-        header = json.loads(signed[4:4 + size])
+        header = json.loads(signed[4:4 + size].decode())  # a str: json sniffs no encoding
         assert isinstance(header, dict) and "name" in header
     except Exception:
         raise BadPayload("malformed payload: its signed header is not readable") from None
@@ -1967,7 +1968,7 @@ class DatabaseDriver(Driver, FailedStore):
         """Run work(cursor) on this thread's connection, translating driver errors. A lost
         connection is reopened (see _Retry): for 30 s (retry=True) or for as long as the worker
         runs (retry='forever'); work must be safe to run again (see _write_once)."""
-        policy = _Retry(None if retry == "forever" else 30.0, self.interrupt if retry == "forever" else None)
+        policy = [None, retry]  # the _Retry, made at the first failure
         if not getattr(self, "_connected_once", False):
             retry = False  # never reached this server: say so at once
         while True:
@@ -2016,10 +2017,13 @@ class DatabaseDriver(Driver, FailedStore):
     def _lost(self, exc, policy):
         """Drop the connection and wait before the next try; False: give up."""
         self._drop()
+        if policy[0] is None:
+            forever = policy[1] == "forever"
+            policy[0] = _Retry(None if forever else 30.0, self.interrupt if forever else None)
         if not self._reconnecting:
             log.warning("database %s: %s; reconnecting", self.dialect.where, _text(exc).splitlines()[0])
             self._reconnecting = True
-        return policy.again()
+        return policy[0].again()
 
     def _drop(self):
         conn = getattr(self._local, "conn", None)
@@ -3367,24 +3371,28 @@ class Worker:
         self._old_handlers = {}
         if threading.current_thread() is not threading.main_thread():
             return
+        self._handler = self._on_signal  # one bound method, compared by identity after each job
         for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-        self._alarm_handler = signal.getsignal(signal.SIGALRM)
+            self._old_handlers[sig] = signal.signal(sig, self._handler)
+        import _signal
+        self._alarm_handler = _signal.getsignal(signal.SIGALRM)
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
 
     def _reset_signals(self):
-        """Undo what a job did to the worker's signal state: handlers, a pending alarm, a mask."""
+        """Undo what a job did to the worker's signal state: handlers, a pending alarm, a mask.
+        (The C module's getsignal: the signal module's wraps every answer in an enum.)"""
         if not self._old_handlers:
             return
+        import _signal
         for sig in self._old_handlers:
-            if signal.getsignal(sig) != self._on_signal:
-                signal.signal(sig, self._on_signal)
-        if hasattr(signal, "setitimer"):
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        if signal.getsignal(signal.SIGALRM) is not self._alarm_handler:
-            signal.signal(signal.SIGALRM, self._alarm_handler)
+            if _signal.getsignal(sig) is not self._handler:
+                signal.signal(sig, self._handler)
+        if hasattr(_signal, "setitimer"):
+            _signal.setitimer(_signal.ITIMER_REAL, 0)
+        if _signal.getsignal(_signal.SIGALRM) is not self._alarm_handler:
+            signal.signal(_signal.SIGALRM, self._alarm_handler)
         if self._mask is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
+            _signal.pthread_sigmask(_signal.SIG_SETMASK, self._mask)
 
     def _restore_signals(self):
         for sig, handler in self._old_handlers.items():
@@ -3694,39 +3702,63 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)  # 
 
 
 class _Tally:
-    """What a worker did since its last beat, per job class and per minute, as counter additions
-    for the state table; done and failed also add up over the worker's life."""
+    """What a worker did since its last beat, per job class and per minute: cheap to record per
+    job (tuple keys), made into counter additions for the state table by take(); done and
+    failed also add up over the worker's life."""
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.pending = {}
+        self.counts = {}   # (job class, kind, bucket, minute) -> jobs
+        self.sums = {}     # job class -> seconds run
+        self.waits = {}    # minute -> [seconds waited, jobs]
+        self.carried = {}  # name -> (amount, ttl): additions a beat could not write
         self.done = self.failed = 0
 
     def record(self, name, status, seconds_, wait, now):
         if status not in ("done", "failed", "deleted"):
             return
-        kind = "failed" if status == "failed" else "done"
-        bucket = next((i for i, le in enumerate(_BUCKETS) if seconds_ <= le), len(_BUCKETS))
-        minute = int(now // 60 * 60)
+        failed = status == "failed"
+        bucket = len(_BUCKETS)
+        for i, le in enumerate(_BUCKETS):
+            if seconds_ <= le:
+                bucket = i
+                break
+        minute = int(now // 60) * 60
+        key = (name, "failed" if failed else "done", bucket, minute)
         with self.lock:
-            self.done, self.failed = self.done + (kind == "done"), self.failed + (kind == "failed")
-            for key, amount, ttl in ((f"metric:{name}:{kind}", 1, _METRIC_TTL), (f"metric:{name}:sum", seconds_, _METRIC_TTL),
-                                     (f"metric:{name}:le:{bucket}", 1, _METRIC_TTL), (f"series:{minute}:{kind}", 1, _SERIES_TTL)):
-                self.pending[key] = (self.pending.get(key, (0, ttl))[0] + amount, ttl)
+            self.failed += failed
+            self.done += not failed
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self.sums[name] = self.sums.get(name, 0.0) + seconds_
             if wait is not None:
-                for key, amount in ((f"series:{minute}:wait_sum", max(0.0, wait)), (f"series:{minute}:wait_n", 1)):
-                    self.pending[key] = (self.pending.get(key, (0, _SERIES_TTL))[0] + amount, _SERIES_TTL)
+                waited = self.waits.setdefault(minute, [0.0, 0])
+                waited[0] += max(0.0, wait)
+                waited[1] += 1
 
     def take(self):
-        """The additions since the last take, as [(name, amount, ttl)]."""
+        """The additions since the last take, as [(name in the state table, amount, ttl)]."""
         with self.lock:
-            pending, self.pending = self.pending, {}
-        return [(name, amount, ttl) for name, (amount, ttl) in pending.items()]
+            counts, sums, waits, adds = self.counts, self.sums, self.waits, self.carried
+            self.counts, self.sums, self.waits, self.carried = {}, {}, {}, {}
+
+        def add(name, amount, ttl):
+            adds[name] = (adds.get(name, (0, ttl))[0] + amount, ttl)
+        for (name, kind, bucket, minute), jobs in counts.items():
+            add(f"metric:{name}:{kind}", jobs, _METRIC_TTL)
+            add(f"metric:{name}:le:{bucket}", jobs, _METRIC_TTL)
+            add(f"series:{minute}:{kind}", jobs, _SERIES_TTL)
+        for name, total in sums.items():
+            add(f"metric:{name}:sum", total, _METRIC_TTL)
+        for minute, (total, jobs) in waits.items():
+            add(f"series:{minute}:wait_sum", total, _SERIES_TTL)
+            add(f"series:{minute}:wait_n", jobs, _SERIES_TTL)
+        return [(name, amount, ttl) for name, (amount, ttl) in adds.items()]
 
     def give_back(self, adds):
+        """Keep additions a beat could not write, for the next beat."""
         with self.lock:
             for name, amount, ttl in adds:
-                self.pending[name] = (self.pending.get(name, (0, ttl))[0] + amount, ttl)
+                self.carried[name] = (self.carried.get(name, (0, ttl))[0] + amount, ttl)
 
 
 def _backoff(backoff, attempts):
