@@ -1266,14 +1266,16 @@ class Driver:
 
     def fail(self, message, record):
         """Fail a message for good: keep it in the failed store with its record (the exception and
-        its traceback), then ack it at once."""
-        store = self.failed_store()
+        its traceback), then ack it at once. False if it had been failed already (its worker died
+        before the ack): then it is only acked, and failed() must not run again."""
+        store, first = self.failed_store(), True
         if store is not None:
-            store.add_failed(self.name, self.connection_name, message, record)
+            first = store.add_failed(self.name, self.connection_name, message, record)
         else:
             log.error("%s #%s failed and is dropped (failed_table is None): %s", message.name, message.id,
                       record.splitlines()[0])
         self.ack(message, failed=True)
+        return first
 
     @property
     def connection_name(self):
@@ -2352,12 +2354,21 @@ class DatabaseDriver(Driver, FailedStore):
         self._write_once([(self._sql["add_failed"], (self.name, self.connection, message.queue, message.name,
                                                      message.payload, record, now, now)),
                           (f"{self._sql['delete']}({self.dialect.param})", (message.id,))], retry="forever")
+        return True
 
     def add_failed(self, driver_name, connection, message, exception):
-        """Keep a failed job: its payload, and its exception with the full traceback."""
-        now = self.clock.now()
+        """Keep a failed job: its payload, and its exception with the full traceback. A message
+        of another driver is kept once (a marker of its id, for a week): if its worker died
+        before the ack, it comes back and is failed again; that second time returns False."""
+        now, week = self.clock.now(), 7 * 86400.0
+        marker = f"failed:{driver_name}:{message.queue}:{message.id}" if message.id else None
+        if marker and self.value_of(marker) is not None:
+            return False
         self._write_once([(self._sql["add_failed"], (driver_name, connection, message.queue, message.name,
-                                                     message.payload, exception, now, now))], retry="forever")
+                                                     message.payload, exception, now, now))]
+                         + ([(self._sql["set"], (marker, "1", self.clock.now(week)))] if marker else []),
+                         retry="forever")
+        return True
 
     def failed_jobs(self, ids=None, limit=None, newest_first=False, payloads=True):
         """The failed jobs (all, or those of `ids`) as dicts, oldest first (or newest first), at
@@ -3151,7 +3162,7 @@ class MemoryDriver(Driver):
     kinds = dict(Driver.kinds, retry_after=_seconds)
 
     _changed = threading.Condition()  # every instance of a process shares the jobs
-    _jobs = {}                        # id -> Message, its .delay holding when it is available
+    _jobs = {}                        # id -> Message: .delay holds when it is due, .lock its push order
     _last_id = [0]
 
     def __init__(self, options, config):
@@ -3163,9 +3174,10 @@ class MemoryDriver(Driver):
         now = self.clock.time()
         with self._changed:
             for m in messages:
-                self._last_id[0] += 1
-                job_id = self._last_id[0]
-                self._jobs[job_id] = Message(job_id, m.queue, m.name, m.payload, m.attempts, now + m.delay)
+                self._last_id[0] += 1  # the push order, among jobs due at the same moment
+                job_id = _new_id()     # unique across processes (failed jobs outlive the process)
+                self._jobs[job_id] = Message(job_id, m.queue, m.name, m.payload, m.attempts, now + m.delay,
+                                             lock=self._last_id[0])
             self._changed.notify_all()
 
     def pop(self, queues, wait=0.0):
@@ -3176,7 +3188,7 @@ class MemoryDriver(Driver):
                 for queue_name in queues:
                     ready = [m for m in self._jobs.values() if m.queue == queue_name and m.delay <= now]
                     if ready:
-                        job = min(ready, key=lambda m: (m.delay, m.id))
+                        job = min(ready, key=lambda m: (m.delay, m.lock))
                         job.attempts, job.delay, job.receipt = job.attempts + 1, now + self.retry_after, now
                         return Message(job.id, job.queue, job.name, job.payload, job.attempts, receipt=now)
                 left = deadline - self.clock.monotonic()
@@ -3656,7 +3668,8 @@ class Worker:
         """Fail a message for good: first into the failed store and acked (so that failed() runs
         at most once, even if it ends the worker), then failed(exc) and the failing hooks."""
         summary = _summary(exc)
-        self.driver.fail(message, f"{summary}\n\n{text or summary}")
+        if not self.driver.fail(message, f"{summary}\n\n{text or summary}"):
+            return self._finish(message, started, "failed", exc)  # failed before: failed() ran then
         if envelope is None and load_for_failed:  # the job was not run: load it for failed()
             envelope = self._timed((header or {}).get("timeout") or self.timeout, load, body)[0]
         job = envelope["job"] if envelope else None
