@@ -3162,7 +3162,8 @@ class MemoryDriver(Driver):
     kinds = dict(Driver.kinds, retry_after=_seconds)
 
     _changed = threading.Condition()  # every instance of a process shares the jobs
-    _jobs = {}                        # id -> Message: .delay holds when it is due, .lock its push order
+    _jobs = {}                        # id -> Message, its .delay holding when it is due
+    _order = {}                       # id -> push order, among jobs due at the same moment
     _last_id = [0]
 
     def __init__(self, options, config):
@@ -3176,8 +3177,8 @@ class MemoryDriver(Driver):
             for m in messages:
                 self._last_id[0] += 1  # the push order, among jobs due at the same moment
                 job_id = _new_id()     # unique across processes (failed jobs outlive the process)
-                self._jobs[job_id] = Message(job_id, m.queue, m.name, m.payload, m.attempts, now + m.delay,
-                                             lock=self._last_id[0])
+                self._jobs[job_id] = Message(job_id, m.queue, m.name, m.payload, m.attempts, now + m.delay)
+                self._order[job_id] = self._last_id[0]
             self._changed.notify_all()
 
     def pop(self, queues, wait=0.0):
@@ -3188,7 +3189,7 @@ class MemoryDriver(Driver):
                 for queue_name in queues:
                     ready = [m for m in self._jobs.values() if m.queue == queue_name and m.delay <= now]
                     if ready:
-                        job = min(ready, key=lambda m: (m.delay, m.lock))
+                        job = min(ready, key=lambda m: (m.delay, self._order[m.id]))
                         job.attempts, job.delay, job.receipt = job.attempts + 1, now + self.retry_after, now
                         return Message(job.id, job.queue, job.name, job.payload, job.attempts, receipt=now)
                 left = deadline - self.clock.monotonic()
@@ -3199,6 +3200,7 @@ class MemoryDriver(Driver):
     def ack(self, message, failed=False):
         with self._changed:
             self._jobs.pop(message.id, None)
+            self._order.pop(message.id, None)
 
     def release(self, message, delay=0.0):
         with self._changed:
@@ -3218,7 +3220,7 @@ class MemoryDriver(Driver):
         with self._changed:
             gone = [i for i, job in self._jobs.items() if job.queue == queue and (job.receipt is None or job.delay <= now)]
             for job_id in gone:
-                del self._jobs[job_id]
+                del self._jobs[job_id], self._order[job_id]
         return len(gone)
 
     def stats(self, queues=None):
