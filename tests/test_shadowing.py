@@ -299,3 +299,11 @@ def test_a_worker_loads_queue_py_once(sqlite_project, python, flags, tmp_path):
     assert info["queueable_in_mro"], info
     assert info["mro"] == ["jobs.WhoAmI.WhoAmI", "queue.Queueable", "builtins.object"], info
 
+
+
+def test_the_jobs_package_of_the_repository_is_the_one_queue_py_writes():
+    """jobs/__init__.py here is what `python queue.py job Name` writes (queue.JOBS_INIT): the lines
+    that adopt a standard-library queue loaded first by a launcher."""
+    import queue
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jobs", "__init__.py")) as f:
+        assert f.read() == queue.JOBS_INIT
