@@ -122,40 +122,42 @@ def memory_project(tmp_path):
     queue._close_drivers()
 
 
-@pytest.fixture
-def mysql_project(tmp_path):
-    """A project on the database driver with MariaDB, on tables of its own, dropped afterwards."""
-    require("MariaDB", MYSQL["host"], MYSQL["port"])
+def server_project(tmp_path, name, server, connection, settings, drop):
+    """A project on the database driver with a server database, on tables of its own that
+    drop(*names) removes afterwards (a generator, for the fixtures below)."""
+    require(name, server["host"], server["port"])
     table = unique("jobs")
     drivers = {"default": "database",
-               "database": {"connection": "mysql", "table": table, "failed_table": table + "_failed",
+               "database": {"connection": connection, "table": table, "failed_table": table + "_failed",
                             "state_table": table + "_state", "attempts": 3, "poll": 0.05, "retry_after": 2}}
-    project = Project(tmp_path, drivers, {"mysql": dict(MYSQL)})
+    project = Project(tmp_path, drivers, {connection: dict(settings)})
     project.configure()
     queue.driver().create_tables()
     yield project
     queue._close_drivers()
-    import pymysql
-    conn = pymysql.connect(**{k: v for k, v in MYSQL.items() if k != "driver"})
-    with conn.cursor() as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {table}, {table}_failed, {table}_state")
-    conn.close()
+    drop(table, table + "_failed", table + "_state")
+
+
+@pytest.fixture
+def mysql_project(tmp_path):
+    """A project on the database driver with MariaDB, on tables of its own, dropped afterwards."""
+    yield from server_project(tmp_path, "MariaDB", MYSQL, "mysql", MYSQL, drop_mysql_tables)
 
 
 @pytest.fixture
 def postgres_project(tmp_path):
     """A project on the database driver with PostgreSQL, on tables of its own, dropped afterwards."""
-    require("PostgreSQL", POSTGRES["host"], POSTGRES["port"])
-    table = unique("jobs")
-    drivers = {"default": "database",
-               "database": {"connection": "pg", "table": table, "failed_table": table + "_failed",
-                            "state_table": table + "_state", "attempts": 3, "poll": 0.05, "retry_after": 2}}
-    project = Project(tmp_path, drivers, {"pg": dict(POSTGRES)})
-    project.configure()
-    queue.driver().create_tables()
-    yield project
-    queue._close_drivers()
-    drop_postgres_tables(table, table + "_failed", table + "_state")
+    yield from server_project(tmp_path, "PostgreSQL", POSTGRES, "pg", POSTGRES, drop_postgres_tables)
+
+
+def drop_mysql_tables(*names):
+    import pymysql
+    conn = pymysql.connect(**{k: v for k, v in MYSQL.items() if k != "driver"})
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
+    finally:
+        conn.close()
 
 
 def drop_postgres_tables(*names):
