@@ -109,6 +109,7 @@ import time
 ast = _Lazy("ast", "ast")
 copy = _Lazy("copy", "copy")
 atexit = _Lazy("atexit", "atexit")
+bisect = _Lazy("bisect", "bisect")
 collections = _Lazy("collections", "collections")
 _dt = _Lazy("_dt", "datetime")
 hmac = _Lazy("hmac", "hmac")
@@ -190,8 +191,10 @@ _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,%d}$" % (_MAX_TABLE - 1)
 _MAX_QUEUE = 200     # bytes of UTF-8: room for the suffixes a driver adds (255 in AMQP)
 
 
-def _check_queue_name(name, where="queue", error=None):
+def _check_queue_name(name, where="queue", error=None, _good=set()):
     """Refuse a queue name that a backend could not keep exactly as written."""
+    if type(name) is str and name in _good:
+        return name
     error = error or QueueError
     if not isinstance(name, str) or not name:
         raise error(f"{where}: a queue name is a non-empty string, not {name!r}")
@@ -199,6 +202,8 @@ def _check_queue_name(name, where="queue", error=None):
         raise error(f"{where}: queue name {name[:40]!r}... is longer than {_MAX_QUEUE} bytes")
     if name != name.strip() or not name.isprintable():
         raise error(f"{where}: queue name {name!r} has surrounding spaces or control characters")
+    if len(_good) < 1000:
+        _good.add(name)
     return name
 
 
@@ -469,8 +474,9 @@ class Clock:
     def now(self, plus=0.0, *more):
         """Now (+ plus seconds) as a UTC timestamp; with more offsets, a tuple of timestamps."""
         base = self.time()
-        stamps = tuple(_stamp(base + s) for s in (plus,) + more)
-        return stamps if more else stamps[0]
+        if not more:
+            return _stamp(base + plus)
+        return tuple([_stamp(base + s) for s in (plus,) + more])
 
 
 def _epoch(stamp):
@@ -482,12 +488,16 @@ def _epoch(stamp):
     return calendar.timegm(time.strptime(whole, "%Y-%m-%d %H:%M:%S")) + (float("0." + fraction) if fraction else 0.0)
 
 
-def _stamp(epoch, _last=[None, ""]):
-    """A UTC timestamp string of epoch seconds (the date and time of the last second are kept)."""
+def _stamp(epoch, _seconds={}):
+    """A UTC timestamp string of epoch seconds (the date and time of the last few seconds are kept:
+    a claim asks for now and now + retry_after, in turn)."""
     whole = int(epoch // 1)
-    if _last[0] != whole:
-        _last[:] = [whole, time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))]
-    return "%s.%06d" % (_last[1], min(999999, int((epoch - whole) * 1e6 + 0.5)))
+    text = _seconds.get(whole)
+    if text is None:
+        if len(_seconds) > 16:
+            _seconds.clear()
+        text = _seconds[whole] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(whole))
+    return "%s.%06d" % (text, min(999999, int((epoch - whole) * 1e6 + 0.5)))
 
 
 # Payloads #####################################################################################
@@ -582,8 +592,7 @@ def pack(job, chain=None, until=None, queue=None, chain_queue=None, lock=None, r
 
 
 def _seal(header, body):
-    import json
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = _json()[0].encode(header).encode()
     return _sign(len(head).to_bytes(4, "big") + head + body)
 
 
@@ -623,7 +632,8 @@ def open_payload(payload):
     Raises BadPayload, saying why, for anything else. Nothing is unpickled."""
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise BadPayload(f"malformed payload: {type(payload).__name__}, not bytes")
-    payload = bytes(payload)
+    if type(payload) is not bytes:
+        payload = bytes(payload)
     magic = payload[:2]
     if len(payload) < len(_MAGIC) + _MAC_SIZE or magic not in (b"Q1", b"Q2"):
         raise BadPayload("malformed payload: not a queue.py payload (no Q2 or Q1 header)")
@@ -635,11 +645,19 @@ def open_payload(payload):
         return None, signed
     size = int.from_bytes(signed[:4], "big")
     try:
-        header = json.loads(signed[4:4 + size].decode())  # a str: json sniffs no encoding
-        assert isinstance(header, dict) and "name" in header
+        header, end = _json()[1].raw_decode(signed[4:4 + size].decode())
+        assert isinstance(header, dict) and "name" in header and end == size
     except Exception:
         raise BadPayload("malformed payload: its signed header is not readable") from None
     return header, signed[4 + size:]
+
+
+def _json(_made=[]):
+    """(encoder, decoder) of payload headers, made once: json.dumps and json.loads make a new
+    encoder, or run two regexes, for every call."""
+    if not _made:
+        _made[:] = [json.JSONEncoder(separators=(",", ":")), json.JSONDecoder()]
+    return _made
 
 
 def load(body):
@@ -1578,6 +1596,28 @@ class _SQLite(_Dialect):
         if self.options["synchronous"] in ("full", "extra"):
             cur.execute("PRAGMA synchronous=normal")
 
+    def claim(self, driver, cur, queues, done, now, until):
+        """BEGIN IMMEDIATE; DELETE the acked; UPDATE ... RETURNING the next job (one UPDATE per
+        queue tried); COMMIT. SQLite before 3.35 has no RETURNING: the generic claim."""
+        import sqlite3
+        if sqlite3.sqlite_version_info < (3, 35):
+            return super().claim(driver, cur, queues, done, now, until)
+        claim = driver._sql["claim"]
+
+        def statements(cur):
+            cur.execute(self.begin)
+            if done:
+                cur.execute(f"{driver._sql['delete']}({self.marks(len(done))})", done)
+            for queue_name in queues:
+                cur.execute(claim, (now, now, until, queue_name, now))
+                rows = cur.fetchall()
+                if rows:
+                    cur.execute("COMMIT")
+                    return rows[0][0], queue_name, rows[0][1], rows[0][2], rows[0][3]
+            cur.execute("COMMIT")
+            return None
+        return driver._transaction(cur, statements, begin=False)
+
     def wait(self, driver, conn, seconds):
         """Wait up to `seconds` until another connection commits (PRAGMA data_version changes):
         on Linux, asleep until the kernel says the WAL file was written (inotify), so an idle
@@ -1831,10 +1871,7 @@ class _Postgres(_Dialect):
         t = self.quote(driver.table)
         for index, queue_name in enumerate(queues):
             gone = f"WITH done AS (DELETE FROM {t} WHERE id = ANY(%s)) " if done and not index else ""
-            sql = (f"{gone}UPDATE {t} SET reserved_at = %s, ran_at = %s, available_at = %s, attempts = attempts + 1 "
-                   f"WHERE id = (SELECT id FROM {t} WHERE queue = %s AND available_at <= %s ORDER BY available_at, id "
-                   f"LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id, name, payload, attempts")
-            cur.execute(sql, ([list(done)] if gone else []) + [now, now, until, queue_name, now])
+            cur.execute(gone + driver._sql["claim"], ([list(done)] if gone else []) + [now, now, until, queue_name, now])
             row = cur.fetchone()
             if row is not None:
                 return row[0], queue_name, row[1], row[2], row[3]
@@ -1900,6 +1937,9 @@ class DatabaseDriver(Driver, FailedStore):
                     f"ORDER BY available_at, id LIMIT 1{self.dialect.skip_locked}",
             "reserve": f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, "
                        f"attempts = attempts + 1 WHERE id = {p}",
+            "claim": f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, attempts = attempts + 1 "
+                     f"WHERE id = (SELECT id FROM {t} WHERE queue = {p} AND available_at <= {p} "
+                     f"ORDER BY available_at, id LIMIT 1{self.dialect.skip_locked}) RETURNING id, name, payload, attempts",
             "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p}, attempts = {p} WHERE id = {p}",
             "keep": f"UPDATE {t} SET available_at = {p} WHERE id = {p} AND reserved_at = {p}",
             "delete": f"DELETE FROM {t} WHERE id IN ",
@@ -2611,6 +2651,7 @@ class AMQPDriver(Driver):
     """RabbitMQ through pika: queues are durable, messages persistent, push() confirmed."""
 
     name = "amqp"
+    keep_every = 0.25  # during a job: the acks of the jobs before it go out, heartbeats too
     defaults = dict(Driver.defaults, username="guest", password="guest", host="localhost", port=5672, vhost="",
                     channel="default", exchange="", connection_options={}, heartbeat=60, prefetch=20,
                     queue_type="quorum", max_message_size=134217728, management_port=15672)
@@ -2631,7 +2672,6 @@ class AMQPDriver(Driver):
         self.hosts = [h.strip() for h in hosts if h.strip()]
         self.hosts = [h if ":" in h else f"{h}:{options['port']}" for h in self.hosts]  # "host" or "host:port"
         self.where = ",".join(self.hosts)
-        self.keep_every = min(5.0, max(0.1, float(options["heartbeat"]) / 4))
         self._local = threading.local()
         self._consumer = None
         self._connected_once = False
@@ -3016,6 +3056,7 @@ class _Consumer:
         self.lost, self.retry_at, self.retry = False, 0.0, _Retry(None)
         self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
         self.unsent = 0                # acks written to the connection's buffer, not yet sent
+        self.unsent_at = 0.0           # when the oldest of them was written (monotonic)
         self.send_every = max(1, driver.prefetch // 4)
 
     def take(self, wait):
@@ -3023,7 +3064,7 @@ class _Consumer:
         deadline = time.monotonic() + wait
         serviced = False
         with self.lock:
-            if self.unsent >= self.send_every:
+            if self.unsent >= self.send_every or (self.unsent and time.monotonic() - self.unsent_at >= 0.1):
                 self._service(0, fetch=False)  # send the acks (the broker then delivers more)
             while True:
                 for queue_name in self.queues:
@@ -3119,9 +3160,9 @@ class _Consumer:
     def settle(self, message, remember=True, now=False):
         """Ack a delivery; one of a dropped connection needs none (the broker requeued it).
         remember: the job ended here (kept in mind, in case the ack is lost with the connection).
-        Acks of completed jobs are buffered and sent every prefetch/4 jobs or when the worker next
-        reads the connection: a worker killed in between runs those few jobs again (at least
-        once). now: send it at once (after a failure, or to complete a republish: were that ack
+        Acks of completed jobs are buffered and sent every prefetch/4 jobs, or once the oldest
+        is 0.1 s old (by the next take, or the keeper during a job): a worker killed in between
+        runs those few jobs again (at least once). now: send it at once (after a failure, or to complete a republish: were that ack
         lost, the job would be failed twice, or exist twice)."""
         if remember and message.id:
             self.done.append(message.id)
@@ -3131,6 +3172,8 @@ class _Consumer:
                 return
             try:
                 self.channel._impl.basic_ack(message.receipt.tag)
+                if not self.unsent:
+                    self.unsent_at = time.monotonic()
                 self.unsent += 1
                 if now:
                     self._service(0, fetch=False)
@@ -3389,6 +3432,7 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._old_handlers[sig] = signal.signal(sig, self._handler)
         import _signal
+        self._c_signal = _signal
         self._alarm_handler = _signal.getsignal(signal.SIGALRM)
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
 
@@ -3397,7 +3441,7 @@ class Worker:
         (The C module's getsignal: the signal module's wraps every answer in an enum.)"""
         if not self._old_handlers:
             return
-        import _signal
+        _signal = self._c_signal
         for sig in self._old_handlers:
             if _signal.getsignal(sig) is not self._handler:
                 signal.signal(sig, self._handler)
@@ -3733,11 +3777,7 @@ class _Tally:
         if status not in ("done", "failed", "deleted"):
             return
         failed = status == "failed"
-        bucket = len(_BUCKETS)
-        for i, le in enumerate(_BUCKETS):
-            if seconds_ <= le:
-                bucket = i
-                break
+        bucket = bisect.bisect_left(_BUCKETS, seconds_)  # the first bucket it fits (len: +Inf)
         minute = int(now // 60) * 60
         key = (name, "failed" if failed else "done", bucket, minute)
         with self.lock:

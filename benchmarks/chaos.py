@@ -350,6 +350,10 @@ class Backend:
         stats = queue.driver().stats([self.project.queue, self.project.long_queue])
         return sum(sum(v for k, v in s.items() if k in ("ready", "delayed", "reserved")) for s in stats.values())
 
+    def held(self):
+        """Messages the backend still holds for later delivery outside the run's queues (0: none)."""
+        return 0
+
     def ensure_up(self):
         """Make sure the server runs (called at the end, whatever happened)."""
 
@@ -506,6 +510,20 @@ class AMQPBackend(Backend):
         finally:
             conn.close()
         return total
+
+    def held(self):
+        """Messages in the vhost's delay ladder (management API). After a restart, RabbitMQ can hold
+        a due message there for up to its dead_letter_worker_publisher_confirm_timeout (180 s):
+        a quorum queue's dead-letter worker that started before the exchanges were recovered
+        finds no exchange and tries again only after that timeout."""
+        held = queue.driver("amqp").delayed_total()
+        if held is None and shutil.which("rabbitmqctl"):  # no management plugin
+            ladder = set(queue.driver("amqp").ladder_names()[0])
+            done = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages", "--no-table-headers"],
+                                  capture_output=True, text=True, timeout=30)
+            rows = [line.split() for line in done.stdout.splitlines()]
+            held = sum(int(row[1]) for row in rows if len(row) == 2 and row[0] in ladder and row[1].isdigit())
+        return held or 0
 
     def restart(self):
         down = time.time()
@@ -908,6 +926,7 @@ class Chaos:
         self.restart_window = [None, None]
         self.supervisor = Supervisor(self.project, self.rng)
         self.timings = {}
+        self.held_since = None  # when the run went quiet while the backend still held delayed messages
         self.backoffs, self.delays, self.pushed_at = {}, {}, {}  # jitter: number -> ...
         self.queues = None  # BrokerQueues (amqp)
 
@@ -973,6 +992,8 @@ class Chaos:
             now = time.monotonic()
             new = done_tail.read()
             if new or runs_tail.read():
+                if self.held_since and "quiet" not in self.timings:
+                    self.timings["quiet"] = now - activity  # how long the held messages kept the run quiet
                 activity = now
             done_numbers.update(int(line.split()[0]) for line in new)
             # the kills; they stop once everything is accounted for (then only late reruns are awaited)
@@ -1007,8 +1028,14 @@ class Chaos:
                 say(f"gave up: the run exceeded --timeout {args.timeout:g} s")
                 break
             if now - activity > stall:
-                say(f"gave up: nothing happened for {stall:.0f} s")
-                break
+                held = self.backend.held()
+                if not held:
+                    say(f"gave up: nothing happened for {stall:.0f} s")
+                    break
+                if not self.held_since:
+                    self.held_since = now
+                    say(f"nothing happened for {stall:.0f} s, but the backend still holds {held} delayed "
+                        "message(s): waiting for them (up to --timeout)")
         if restarter is not None:
             restarter.join()
         self.timings["run"] = time.time() - started
@@ -1539,6 +1566,10 @@ class Chaos:
               f"kill every {args.kill_every:g} s, retry_after {args.retry_after:g} s, seed {args.seed}, "
               f"jitter {'on' if args.jitter else 'off'}", file=out)
         print(f"restart: {restart}; push {self.timings.get('push', 0):.1f} s, run {self.timings.get('run', 0):.1f} s", file=out)
+        if self.held_since:
+            quiet = self.timings.get("quiet")
+            print("the run went quiet while the backend held delayed messages; they came after "
+                  + (f"{quiet:.0f} s" if quiet is not None else "the end of the run (not at all)"), file=out)
         width = max(len(label) for label, _, _ in self.rows) + 2
         print(f"{'what':<{width}}{'count':>8}  must be", file=out)
         for label, value, limit in self.rows:

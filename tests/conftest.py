@@ -167,11 +167,15 @@ def drop_postgres_tables(*names):
         conn.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
 
 
+_USED_THE_BROKER = []  # set by the amqp_project fixture
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _delete_the_delay_ladder_at_the_end():
-    """The amqp delay ladder is the vhost's, shared by every test: delete it once they are done."""
+    """The amqp delay ladder is the vhost's, shared by every test: delete it once they are done,
+    if any of them used the broker (a run of SQLite tests leaves a broker that others use alone)."""
     yield
-    if not server_up(AMQP["host"], AMQP["port"]):
+    if not _USED_THE_BROKER or not server_up(AMQP["host"], AMQP["port"]):
         return
     import pika
     connection = pika.BlockingConnection(pika.ConnectionParameters(
@@ -192,6 +196,7 @@ def amqp_project(tmp_path):
     """A project on the amqp driver with RabbitMQ, on queue names of its own, deleted afterwards;
     failed jobs go to SQLite."""
     require("RabbitMQ", AMQP["host"], AMQP["port"])
+    _USED_THE_BROKER.append(True)
     name = unique("q")
     drivers = {"default": "amqp",
                "amqp": dict(AMQP, queue=name, prefetch=10, poll=0.05, heartbeat=10),
