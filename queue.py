@@ -3842,6 +3842,91 @@ def _restart_mark(path):
         return None
 
 
+class Supervisor:
+    """`work --processes N`: keeps N worker processes alive (`python queue.py work` with the same
+    options). A worker that exits (killed, crashed, or done: --max-jobs, --max-time, --memory,
+    `restart`) is started again, after a pause that grows while workers die within a second of
+    their start; one that stopped because its queue was empty (--once, --stop-when-empty) is not.
+    The first SIGTERM/SIGINT is passed to every worker (each finishes its job), a second one too
+    (each puts its job back); the supervisor exits 0 once they all have. On Linux a worker also
+    gets SIGTERM when its supervisor dies."""
+
+    def __init__(self, argv, count, replace=True):
+        self.argv, self.count, self.replace = list(argv), count, replace
+        self.children = {}              # pid -> (its Popen, monotonic time it started)
+        self.stopping = _Flag()
+        self.signals = []
+
+    def run(self):
+        old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        pause, told = 0.0, 0
+        try:
+            while not self.stopping.is_set() or self.children:
+                while not self.stopping.is_set() and len(self.children) < self.count:
+                    self._start()
+                for signum in self.signals[told:]:
+                    told += 1
+                    log.info("supervisor %d: %s: passed to %d worker(s)", os.getpid(), signal.Signals(signum).name,
+                             len(self.children))
+                pid, status, started = self._reap()
+                if pid is None:
+                    self.stopping.wait(0.05)
+                    continue
+                pause = min(5.0, max(0.1, pause * 2)) if time.monotonic() - started < 1.0 else 0.0
+                self._ended(pid, status, pause)
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+        log.info("supervisor %d: stopped", os.getpid())
+        return 0
+
+    def _start(self):
+        import subprocess
+        child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "work", *self.argv],
+                                 preexec_fn=_die_with_parent)
+        self.children[child.pid] = (child, time.monotonic())
+        log.info("supervisor %d: started worker %d", os.getpid(), child.pid)
+
+    def _reap(self):
+        """(pid, exit status, when it started) of a worker that exited, or (None, None, None)."""
+        for pid, (child, started) in list(self.children.items()):
+            if child.poll() is not None:
+                del self.children[pid]
+                return pid, child.returncode, started
+        return None, None, None
+
+    def _ended(self, pid, status, pause):
+        if self.stopping.is_set():
+            return
+        if status == 0 and not self.replace:
+            self.count -= 1  # it found its queues empty (--once, --stop-when-empty)
+            self.stopping.set() if not self.count else None
+            return
+        how = "exited" if status >= 0 else f"was killed by {signal.Signals(-status).name}"
+        (log.info if status == 0 else log.warning)("supervisor %d: worker %d %s%s; starting another%s", os.getpid(),
+                                                   pid, how, f" ({status})" if status > 0 else "",
+                                                   f" in {pause:g} s" if pause else "")
+        self.stopping.wait(pause)
+
+    def _on_signal(self, signum, frame):
+        self.signals.append(signum)
+        self.stopping.set()
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+
+def _die_with_parent():
+    """In a supervised worker, before it runs: SIGTERM when the supervisor dies (Linux)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 # Operating it #################################################################################
 # What the commands (and a dashboard, or your own code) do, as functions that return data.
 def _failed_store(connection=None):
@@ -4454,11 +4539,24 @@ def _cmd_work(args, config):
     if not Driver.registry[name].shared:
         raise QueueError(f"the {name} driver keeps jobs inside the program that pushes them: "
                          "`work` needs the database or amqp driver")
+    if args.processes > 1:
+        return Supervisor(_work_argv(args), args.processes, replace=not (args.once or args.stop_when_empty)).run()
     _import_jobs(config)
     worker = Worker(_driver(args.driver, args.connection), queues, attempts=args.attempts, timeout=args.timeout,
                     poll=args.poll, once=args.once, stop_when_empty=args.stop_when_empty,
                     max_jobs=args.max_jobs, max_time=args.max_time, backoff=args.backoff, memory=args.memory)
     return worker.run()
+
+
+def _work_argv(args):
+    """The options of `work` as a worker's command line (without --processes)."""
+    argv = [] if getattr(args, "config", None) is None else ["--config", os.path.abspath(args.config)]
+    for flag, value in (("--driver", args.driver), ("--connection", args.connection), ("--queue", args.queue),
+                        ("--poll", args.poll), ("--attempts", args.attempts), ("--backoff", args.backoff),
+                        ("--memory", args.memory), ("--timeout", args.timeout), ("--max-jobs", args.max_jobs),
+                        ("--max-time", args.max_time)):
+        argv += [flag, str(value)] if value is not None else []
+    return argv + ["--once"] * args.once + ["--stop-when-empty"] * args.stop_when_empty
 
 
 def _import_jobs(config):
@@ -4644,7 +4742,9 @@ _COMMANDS = [  # name, function, help, arguments
         _arg("--once", action="store_true", help="run at most one job, then exit"),
         _arg("--stop-when-empty", action="store_true", help="exit when no job is ready"),
         _arg("--max-jobs", type=_positive(int), help="exit after this many jobs"),
-        _arg("--max-time", type=_positive(float), help="exit after this many seconds (after the current job)")]),
+        _arg("--max-time", type=_positive(float), help="exit after this many seconds (after the current job)"),
+        _arg("--processes", type=_positive(int), default=1, metavar="N",
+             help="keep N worker processes running (a supervisor restarts one that exits)")]),
     ("job", _cmd_job, "write jobs/Name.py with a job skeleton", [_arg("name", help="class name of the job")]),
     ("push", _cmd_push, "push a job class from jobs/ (arguments are Python literals, or key=value)", [
         _arg("name", help="job class name"), _arg("args", nargs="*", help="arguments of the job's constructor"),

@@ -511,6 +511,7 @@ def bench_sqlite(bench):
     bench_statements(bench)
     bench_startup(bench)
     bench_rss(bench)
+    bench_processes(bench)
 
 
 def bench_statements(bench):
@@ -572,6 +573,19 @@ def bench_rss(bench):
                   note="floor: RSS of `work --once` on an empty queue")
         note = f"wall incl. start-up; from first loop: {size / (wall - loops[0]):,.0f}/s" if loops else "wall incl. start-up"
         bench.add("worker", f"sqlite drain {size:,}, 1 process (CLI)", size / wall, None, note=note)
+
+
+def bench_processes(bench, jobs=400, spin=0.01):
+    """CPU-bound jobs (10 ms of CPU each) drained by `work --processes 2` beside one process."""
+    from benchjobs import Spin
+    say(f"sqlite: {jobs} CPU-bound jobs, --processes 1 and 2")
+    rates = {}
+    for count in (1, 2):
+        queue.push(*[Spin(spin) for _ in range(jobs)], driver="database", connection="sqlite", queue=QUEUE)
+        wall, _, loops = bench.worker("--stop-when-empty", "--queue", QUEUE, "--processes", str(count))
+        rates[count] = jobs / wall
+    bench.add("worker", "CPU-bound 10 ms jobs, --processes 2 (CLI)", rates[2], rates[1],
+              note=f"floor: one process ({os.cpu_count()} CPUs); wall incl. start-up")
 
 
 # Async #######################################################################################

@@ -25,3 +25,16 @@ class Stamp(Queueable):
         started = __import__("time").time()
         with open(self.path, "a") as f:
             f.write(f"{self.number} {started - self.pushed:.6f}\n")
+
+
+class Spin(Queueable):
+    """A CPU-bound job: spins for `seconds` of CPU time (for `work --processes N`)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def handle(self):
+        import time
+        end = time.thread_time() + self.seconds
+        while time.thread_time() < end:
+            pass

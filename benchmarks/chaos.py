@@ -50,7 +50,8 @@ before its next claim (database) or within a second (amqp, whose acks travel on 
 or, on amqp, when a worker died after an attempt that raised and before it began anything else
 (a release publishes the delayed copy, then acks: killed in between, copy and original both run),
 or when the earlier run overlapped the broker restart (a dropped connection takes its
-unacked deliveries with it). The table is printed on stdout; the exit status is 1 if any
+unacked deliveries with it), or an attempt that raised ended within a second of the restart (its
+release, a confirmed publish and an ack, overlapped it). The table is printed on stdout; the exit status is 1 if any
 "must be" limit is exceeded (loss, unexplained double run, concurrent runs, an unpickled forgery,
 a worker death without recovery, ...), else 0.
 
@@ -1163,6 +1164,14 @@ class Chaos:
             return amqp and any(outcome not in ("done", "died", "os._exit") and end < before and death_excuses(pid, end)
                                 for _, end, pid, outcome in spans_by_number.get(number, []))
 
+        def released_across_restart(number, before):
+            """amqp: an attempt of the job ended by raising (or timing out) before `before`, close
+            enough to the broker restart that its release (publish the delayed copy, wait for the
+            confirm, then ack) overlapped it: a confirm or an ack lost with the connection leaves
+            two copies (at least once)."""
+            return amqp and any(outcome not in ("done", "died", "os._exit") and end < before and across_restart(end, end)
+                                for _, end, pid, outcome in spans_by_number.get(number, []))
+
         def span(number, pid, at):
             for s in spans_by_number[number]:
                 if s[2] == pid and s[0] <= at <= s[1] + 0.01:
@@ -1270,7 +1279,8 @@ class Chaos:
                     if any(died_before_its_ack(pid, at) for pid, _, at in earlier) or released_then_died(
                             number, completions[k][2]):
                         reasons.add("kill")
-                    elif any(across_restart(*span(number, pid, at)[:2]) for pid, _, at in earlier):
+                    elif any(across_restart(*span(number, pid, at)[:2]) for pid, _, at in earlier) or \
+                            released_across_restart(number, completions[k][2]):
                         reasons.add("restart")
                     else:
                         reasons.add("none")
