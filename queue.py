@@ -162,6 +162,9 @@ class JobTimeout(BaseException):
     """Raised inside a job that ran past its timeout (a BaseException, so `except Exception` in a
     job does not swallow it)."""
 
+    def __init__(self, *args):
+        super().__init__(*(args or ("the job ran past its timeout",)))
+
 
 class MaxAttemptsExceeded(QueueError):
     """A job was reserved more often than it may be tried (a previous attempt died with its worker)."""
@@ -1276,6 +1279,10 @@ class Driver:
     def close(self):
         """Finish pending acks and close this thread's connections."""
 
+    def lanes(self, count):
+        """A worker is about to pop() from `count` threads at once (each of them then close()s);
+        a driver that shares one connection among them makes room for that many jobs."""
+
     # where this driver's failed jobs go
     def failed_store(self):
         """The database driver whose failed_table keeps this driver's failed jobs (or None)."""
@@ -1633,7 +1640,10 @@ class _SQLite(_Dialect):
             else:
                 import select
                 if select.select([watch], [], [], min(0.25, left))[0]:
-                    os.read(watch, 65536)
+                    try:
+                        os.read(watch, 65536)
+                    except BlockingIOError:
+                        pass  # another lane of this worker read the event first
                     # the WAL is written before the commit shows in its index: look again for 20 ms
                     for _ in range(20):
                         if changed():
@@ -2674,6 +2684,8 @@ class AMQPDriver(Driver):
         self.where = ",".join(self.hosts)
         self._local = threading.local()
         self._consumer = None
+        self._consumer_lock = threading.Lock()
+        self._sharing = 1  # threads that pop through the one consumer; the last to close() stops it
         self._connected_once = False
 
     limit_name = "the broker's max_message_size (DRIVERS['amqp']['max_message_size'])"
@@ -2822,12 +2834,18 @@ class AMQPDriver(Driver):
                 log.warning("amqp %s: %r; publishing again", self.where, exc)
 
     # consuming
+    def lanes(self, count):
+        """The lanes share the consumer: the broker may hand it one message more per lane."""
+        self._sharing = count
+        self.prefetch = max(self.prefetch, count)
+
     def pop(self, queues, wait=0.0):
-        consumer = self._consumer
-        if consumer is None or consumer.queues != list(queues):
-            if consumer is not None:
-                consumer.stop()
-            consumer = self._consumer = _Consumer(self, list(queues))
+        with self._consumer_lock:
+            consumer = self._consumer
+            if consumer is None or consumer.queues != list(queues):
+                if consumer is not None:
+                    consumer.stop()
+                consumer = self._consumer = _Consumer(self, list(queues))
         while True:
             message = consumer.take(wait)
             if message is None or not message.receipt.uncounted:
@@ -2959,9 +2977,13 @@ class AMQPDriver(Driver):
         self._briefly(delete)
 
     def close(self):
-        if self._consumer is not None:
-            self._consumer.stop()
-            self._consumer = None
+        with self._consumer_lock:
+            self._sharing -= 1
+            if self._sharing <= 0:  # the last lane (or the only one) stops the consumer
+                self._sharing = 1
+                if self._consumer is not None:
+                    self._consumer.stop()
+                    self._consumer = None
         self._drop_publisher()
 
 
@@ -3063,17 +3085,18 @@ class _Consumer:
         """The first buffered message in queue priority order, waiting up to `wait` seconds."""
         deadline = time.monotonic() + wait
         serviced = False
-        with self.lock:
-            if self.unsent >= self.send_every or (self.unsent and time.monotonic() - self.unsent_at >= 0.1):
-                self._service(0, fetch=False)  # send the acks (the broker then delivers more)
-            while True:
+        turn = 0.05 if self.driver._sharing > 1 else float("inf")  # lanes take turns with the connection
+        while True:
+            with self.lock:
+                if self.unsent >= self.send_every or (self.unsent and time.monotonic() - self.unsent_at >= 0.1):
+                    self._service(0, fetch=False)  # send the acks (the broker then delivers more)
                 for queue_name in self.queues:
                     if self.buffer[queue_name]:
                         return self.buffer[queue_name].popleft()
                 left = deadline - time.monotonic()
                 if left <= 0 and serviced:
                     return None
-                self._service(max(left, 0.01))  # wait=0 still asks the broker once
+                self._service(min(max(left, 0.01), turn))  # wait=0 still asks the broker once
                 serviced = True
 
     def service(self):
@@ -3320,11 +3343,18 @@ class Worker:
     by the async driver: it decides (is the payload sound, are tries left?), attempts (unpickle
     and run, under the timeout, inside the one guard for user code) and settles (ack, release or
     fail). Signal handlers only set flags; a second SIGTERM/SIGINT during a job also interrupts
-    it (cold shutdown: it goes back on its queue). Either way the worker exits 0."""
+    it (cold shutdown: it goes back on its queue). Either way the worker exits 0.
+
+    concurrency=N runs N lanes: the main thread's loop and N-1 threads with loops of their own,
+    each one job at a time with its own claim, reservation and attempt count; they share the stop
+    flag, the keeper and the counts. A lane's timeout (and a cold shutdown) is raised in its
+    thread by the keeper: it interrupts Python code, and a blocking call once it returns."""
 
     def __init__(self, driver, queues=None, *, attempts=None, timeout=None, poll=None, callback=None,
-                 once=False, stop_when_empty=False, max_jobs=None, max_time=None, backoff=None, memory=None):
+                 once=False, stop_when_empty=False, max_jobs=None, max_time=None, backoff=None, memory=None,
+                 concurrency=1):
         self.driver = driver
+        self.concurrency = 1 if once else max(1, int(concurrency or 1))
         options = driver.options
         self.queues = [_check_queue_name(q, "--queue") for q in queues or [options["queue"]]]
         self.attempts = attempts or options["attempts"]
@@ -3338,9 +3368,13 @@ class Worker:
         self.stopping = _Flag()             # set by a signal or a limit: no new job is taken
         self._ended = threading.Event()     # set when the loop has ended: the keeper stops
         self.processed = 0
+        self._total = [0]                   # jobs run by every lane (for max_jobs)
+        self._lanes = [self]                # this worker's loops (itself first)
+        self.error = None                   # what ended a lane's thread
         self.current = None                 # the _Running job
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
+        self._thread = None                 # the thread running it (raising its timeout, if not SIGALRM's)
         self.tally = _Tally()               # what it did since its last beat
         self._paused = set()                # its queues that are paused (refreshed every second)
         self.registry_key = f"worker:{os.uname().nodename}:{os.getpid()}"
@@ -3357,9 +3391,18 @@ class Worker:
         _guard(self._refresh_paused)  # before the first claim; then every second, on the keeper
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
+        self._lanes = [self] + [self._lane() for _ in range(self.concurrency - 1)]
+        self.driver.lanes(self.concurrency)
+        threads = [threading.Thread(target=lane._run_lane, name=f"queue-lane-{i}", daemon=True)
+                   for i, lane in enumerate(self._lanes[1:], 1)]
+        for thread in threads:
+            thread.start()
         reason = "error"
         try:
             reason = self._loop()
+            if reason != "empty":
+                self.stopping.set()
+            self._join(threads)
         except _ColdShutdown:
             reason = "signal " + signal.Signals(self._signals[-1]).name + " (cold)"
         except ConnectionFailed as exc:
@@ -3370,21 +3413,50 @@ class Worker:
                         os.getpid(), _text(exc))
         finally:
             self.stopping.set()
+            self._join(threads, raising=False)
             self._ended.set()
             _call_hooks("stopping", reason)
             _, exc, _ = _guard(self._beat, True)
             self._close()
             self._restore_signals()
             self.driver.interrupt = None
+        self.processed = self._total[0]
         log.info("worker %d: stopped after %d job(s): %s", os.getpid(), self.processed, reason)
         return 0
 
-    def _loop(self):
+    # lanes (--concurrency)
+    def _lane(self):
+        """Another loop of this worker, for a thread of its own (shares all but the running job)."""
+        lane = copy.copy(self)
+        lane.current, lane._in_job, lane._limit, lane.error, lane._old_handlers = None, False, None, None, {}
+        return lane
+
+    def _run_lane(self):
+        try:
+            self._loop(announce=False)
+        except _ColdShutdown:
+            pass
+        except BaseException as exc:
+            self.error = exc
+            self.stopping.set()
+        finally:
+            self._close()
+
+    def _join(self, threads, raising=True):
+        """Wait for the lanes' threads (in slices, so that signals are handled); raise what ended one."""
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.1)
+        errors = [lane.error for lane in self._lanes[1:] if lane.error is not None]
+        if raising and errors:
+            raise errors[0]
+
+    def _loop(self, announce=True):
         """Take and run jobs until a limit or a signal says stop; return why it stopped."""
         started = time.monotonic()
         restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
         restart_mark = _restart_mark(restart_path)
-        announced = False
+        announced = not announce
         while not self.stopping.is_set():
             if _restart_mark(restart_path) != restart_mark:  # one stat() per job
                 return "restart"
@@ -3401,7 +3473,8 @@ class Worker:
             asked = time.monotonic()
             message = self.driver.pop(queues, 0 if self.once or self.stop_when_empty else self.poll)
             if not announced:  # after the first pop: a worker that cannot start says only why
-                log.info("worker %d: %s driver, queues %s", os.getpid(), self.driver.name, ",".join(self.queues))
+                log.info("worker %d: %s driver, queues %s%s", os.getpid(), self.driver.name, ",".join(self.queues),
+                         f", {self.concurrency} jobs at once" if self.concurrency > 1 else "")
                 announced = True
             if message is None:
                 if self.once or self.stop_when_empty:
@@ -3411,7 +3484,8 @@ class Worker:
             self.process(message)
             self._reset_signals()
             self.processed += 1
-            if self.once or (self.max_jobs and self.processed >= self.max_jobs):
+            self._total[0] += 1
+            if self.once or (self.max_jobs and self._total[0] >= self.max_jobs):
                 return "max-jobs"
             if self.memory and _rss_mb() > self.memory:
                 return "memory"
@@ -3459,8 +3533,18 @@ class Worker:
     def _on_signal(self, signum, frame):
         self._signals.append(signum)
         self.stopping.set()
-        if len(self._signals) > 1 and self._in_job:
-            raise _ColdShutdown()
+        if len(self._signals) > 1:
+            for lane in self._lanes[1:]:
+                lane._interrupt(_ColdShutdown)
+            if self._in_job:
+                raise _ColdShutdown()
+
+    def _interrupt(self, exc_type):
+        """Raise exc_type in this lane's thread if it runs a job (as SIGALRM does in the main one)."""
+        thread = self._thread
+        if self._in_job and thread is not None:
+            import ctypes
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc_type))
 
     def _on_alarm(self, signum, frame):
         if self._in_job:
@@ -3471,7 +3555,7 @@ class Worker:
         reservation (database: on the thread's own connection) or keeps the connection alive
         (amqp); it also says which signals arrived (a handler does not log). It runs until the
         loop has ended, warm shutdown included."""
-        period, told, kept = self.driver.keep_every, 0, 0.0
+        period, told, kept, raised = self.driver.keep_every, 0, {}, {}
         chores = [[_BEAT_EVERY, 0.0, self._beat], [1.0, 1.0, self._refresh_paused], [_PRUNE_EVERY, 5.0, self._prune]]
         while not self._ended.wait(min(period, 0.25)):
             for signum in self._signals[told:]:
@@ -3479,13 +3563,18 @@ class Worker:
                 log.info("worker %d: %s: %s", os.getpid(), signal.Signals(signum).name,
                          "finishing the current job, then exiting (again to stop now)" if told == 1
                          else "stopping now; the current job goes back on its queue")
-            current = self.current
-            if current is not None and time.monotonic() - max(current.started, kept) >= period:
-                kept = time.monotonic()
-                try:
-                    self.driver.keep(current.message)
-                except Exception as exc:
-                    log.warning("could not renew the reservation of %r: %s", current.message, _text(exc))
+            for lane in self._lanes:
+                current = lane.current
+                if current is not None and time.monotonic() - max(current.started, kept.get(lane, 0.0)) >= period:
+                    kept[lane] = time.monotonic()
+                    try:
+                        self.driver.keep(current.message)
+                    except Exception as exc:
+                        log.warning("could not renew the reservation of %r: %s", current.message, _text(exc))
+                late = current is not None and current.timeout and time.monotonic() - current.started > current.timeout
+                if late and time.monotonic() - raised.get(lane, 0.0) >= 1.0:  # then again every second
+                    raised[lane] = time.monotonic()
+                    lane._interrupt(JobTimeout)  # a lane off the main thread (SIGALRM serves that one)
             if _leases:
                 _, exc, _ = _guard(_renew_leases)
                 if exc is not None:
@@ -3501,7 +3590,7 @@ class Worker:
         """Report this worker in the state table (host, pid, queues, current job, counts), with
         what it did since the last beat (metrics), every few seconds: no query per job."""
         import json
-        current = self.current
+        current = next((lane.current for lane in self._lanes if lane.current is not None), None)
         me = {"host": os.uname().nodename, "pid": os.getpid(), "driver": self.driver.name, "queues": self.queues,
               "current": current.message.name if current else None, "since": time.time() - (time.monotonic() - current.started)
               if current else None, "done": self.tally.done, "failed": self.tally.failed, "started": self.started_at,
@@ -3518,7 +3607,9 @@ class Worker:
             raise
 
     def _refresh_paused(self):
-        self._paused = {name[len("paused:"):] for name in _state().entries("paused:", retry=False)} & set(self.queues)
+        paused = {name[len("paused:"):] for name in _state().entries("paused:", retry=False)} & set(self.queues)
+        self._paused.intersection_update(paused)  # in place: the lanes share the set
+        self._paused.update(paused)
 
     def _prune(self):
         store = self.driver.failed_store()
@@ -3612,9 +3703,12 @@ class Worker:
         if alarm:
             previous = signal.signal(signal.SIGALRM, self._on_alarm)
             signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
+        self._thread = threading.get_ident() if not alarm else None  # for the keeper's timeouts
         self._in_job, self._limit = True, timeout
         try:
             return _guard(fn, *args)
+        except JobTimeout as late:  # raised in this thread by the keeper just as the job returned
+            return None, late, _format(late)
         finally:
             self._in_job = False
             if alarm:
@@ -4544,7 +4638,8 @@ def _cmd_work(args, config):
     _import_jobs(config)
     worker = Worker(_driver(args.driver, args.connection), queues, attempts=args.attempts, timeout=args.timeout,
                     poll=args.poll, once=args.once, stop_when_empty=args.stop_when_empty,
-                    max_jobs=args.max_jobs, max_time=args.max_time, backoff=args.backoff, memory=args.memory)
+                    max_jobs=args.max_jobs, max_time=args.max_time, backoff=args.backoff, memory=args.memory,
+                    concurrency=args.concurrency)
     return worker.run()
 
 
@@ -4554,7 +4649,7 @@ def _work_argv(args):
     for flag, value in (("--driver", args.driver), ("--connection", args.connection), ("--queue", args.queue),
                         ("--poll", args.poll), ("--attempts", args.attempts), ("--backoff", args.backoff),
                         ("--memory", args.memory), ("--timeout", args.timeout), ("--max-jobs", args.max_jobs),
-                        ("--max-time", args.max_time)):
+                        ("--max-time", args.max_time), ("--concurrency", args.concurrency)):
         argv += [flag, str(value)] if value is not None else []
     return argv + ["--once"] * args.once + ["--stop-when-empty"] * args.stop_when_empty
 
@@ -4744,7 +4839,9 @@ _COMMANDS = [  # name, function, help, arguments
         _arg("--max-jobs", type=_positive(int), help="exit after this many jobs"),
         _arg("--max-time", type=_positive(float), help="exit after this many seconds (after the current job)"),
         _arg("--processes", type=_positive(int), default=1, metavar="N",
-             help="keep N worker processes running (a supervisor restarts one that exits)")]),
+             help="keep N worker processes running (a supervisor restarts one that exits)"),
+        _arg("--concurrency", type=_positive(int), default=1, metavar="N",
+             help="run N jobs at once in each worker, on threads")]),
     ("job", _cmd_job, "write jobs/Name.py with a job skeleton", [_arg("name", help="class name of the job")]),
     ("push", _cmd_push, "push a job class from jobs/ (arguments are Python literals, or key=value)", [
         _arg("name", help="job class name"), _arg("args", nargs="*", help="arguments of the job's constructor"),

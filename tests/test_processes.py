@@ -1,8 +1,10 @@
 """`work --processes N`: one command keeps N worker processes running, replaces one that dies,
-and passes SIGTERM (warm, then cold) to all of them."""
+and passes SIGTERM (warm, then cold) to all of them. `work --concurrency N`: one worker runs N
+jobs at once on threads, each with its own claim, reservation, attempt count and timeout."""
 import os
 import signal
 import sys
+import time
 
 import pytest
 
@@ -94,3 +96,73 @@ def test_stop_when_empty_ends_when_every_worker_found_the_queue_empty(project, t
     finished = [r for r in runs(path) if r.value.endswith("-done")]
     assert sorted(r.value for r in finished) == sorted(f"j{i}-done" for i in range(20)), "each job once"
     assert len({r.pid for r in finished}) == 2, "one worker ran every job"
+
+
+# --concurrency ################################################################################
+def test_concurrency_runs_n_jobs_at_once_in_one_worker(project, tmp_path, spawn):
+    held, gate, after = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "after")
+    queue.push(*(testjobs.Gate(held, gate) for _ in range(4)), testjobs.Record(after))
+    worker = spawn(project, "work", "--concurrency", "4")
+    wait_for(lambda: values(held).count("gate") == 4, 30, message=f"4 jobs did not start at once:\n{worker.output}")
+    assert started_pids(held) == {worker.proc.pid}
+    assert values(after) == [], "a fifth job started while four ran"
+    open(gate, "w").close()
+    wait_for(lambda: values(held).count("gate-done") == 4 and values(after) == ["run"], 30,
+             message="the jobs did not finish")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, worker.output
+    assert ready(project) == 0 and "Traceback" not in worker.output
+
+
+def test_every_lane_renews_its_reservation_and_enforces_its_timeout(project, tmp_path, spawn):
+    """retry_after is 2 s: jobs held 5 s in both lanes still run once. Busy jobs past their
+    timeout of 1 s are interrupted in either lane (SIGALRM in the main thread, the keeper in
+    the other)."""
+    held, gate, busy = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "busy")
+    queue.push(testjobs.Gate(held, gate), testjobs.Gate(held, gate))
+    worker = spawn(project, "work", "--concurrency", "2")
+    wait_for(lambda: values(held).count("gate") == 2, 30, message="the two jobs did not start at once")
+    time.sleep(5)  # the point: 2.5 x retry_after passes while both jobs run
+    open(gate, "w").close()
+    wait_for(lambda: values(held).count("gate-done") == 2, 30, message="the jobs did not finish")
+    assert values(held).count("gate") == 2, "a reservation lapsed: a job ran twice"
+
+    queue.push(testjobs.Busy(busy, 30, "b1", timeout=1, tries=1), testjobs.Busy(busy, 30, "b2", timeout=1, tries=1))
+    wait_for(lambda: len(queue.driver("database").failed_jobs()) == 2, 20,
+             message=f"the busy jobs were not stopped at their timeout:\n{worker.output}")
+    assert sorted(values(busy)) == ["b1", "b2"]
+    assert all(row["exception"].startswith("JobTimeout") for row in queue.driver("database").failed_jobs())
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, worker.output
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["warm", "cold"])
+def test_sigterm_reaches_every_lane(project, tmp_path, spawn, signals):
+    held, gate = str(tmp_path / "held"), str(tmp_path / "gate")
+    queue.push(*(testjobs.Gate(held, gate) for _ in range(3)))
+    worker = spawn(project, "work", "--concurrency", "3")
+    wait_for(lambda: values(held).count("gate") == 3, 30, message="three jobs did not start at once")
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM: finishing the current job" in worker.output, 10, message="the worker was not told")
+    if signals == 2:
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.wait(20) == 0, worker.output
+        assert values(held) == ["gate"] * 3 and ready(project) == 3, "the interrupted jobs are not back"
+    else:
+        assert worker.proc.poll() is None
+        open(gate, "w").close()
+        assert worker.wait(20) == 0, worker.output
+        assert values(held).count("gate-done") == 3 and ready(project) == 0
+    assert "Traceback" not in worker.output
+
+
+def test_concurrency_on_amqp(amqp_project, tmp_path, spawn):
+    held, gate = str(tmp_path / "held"), str(tmp_path / "gate")
+    queue.push(*(testjobs.Gate(held, gate) for _ in range(4)))
+    worker = spawn(amqp_project, "work", "--concurrency", "4")
+    wait_for(lambda: values(held).count("gate") == 4, 30, message=f"4 jobs did not start at once:\n{worker.output}")
+    open(gate, "w").close()
+    wait_for(lambda: values(held).count("gate-done") == 4, 30, message="the jobs did not finish")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait(20) == 0, worker.output
+    assert "Traceback" not in worker.output

@@ -226,6 +226,22 @@ class Slow(Sleep):
     timeout = 0.5
 
 
+class Busy(Job):
+    """Records its start, then runs Python code (no blocking call) for `seconds`, then records
+    "<value>-done": a timeout raised in its thread interrupts it."""
+
+    def __init__(self, path, seconds, value="busy", **attributes):
+        super().__init__(path, value, **attributes)
+        self.seconds = seconds
+
+    def handle(self):
+        self.record()
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            sum(range(100))
+        self.record(self.value + "-done")
+
+
 class Patient(Fail):
     """Always fails; retried until 1.5 s after it was pushed (retry_until), whatever `tries`."""
 
