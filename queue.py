@@ -3730,8 +3730,27 @@ class Worker:
         middleware = getattr(job, "middleware", None)
         middleware = list(middleware() or ()) if callable(middleware) else []
         if not middleware:
-            return getattr(job, self.callback)()
+            return self._call(job)
         return self._through(job, middleware)
+
+    def _call(self, job):
+        """The job's callback; an `async def` one runs on the process's event loop (many lanes'
+        coroutines at once there), under the job's timeout, and this thread waits for it."""
+        result = getattr(job, self.callback)()
+        if not (hasattr(result, "__await__") and hasattr(result, "send")):  # not a coroutine
+            return result
+        import asyncio
+        import concurrent.futures
+        future = asyncio.run_coroutine_threadsafe(_bounded(result, self._limit), _event_loop())
+        try:
+            while True:
+                try:
+                    return future.result(0.05)  # in slices: a timeout or a cold shutdown gets in
+                except concurrent.futures.TimeoutError:
+                    continue
+        except BaseException:
+            future.cancel()
+            raise
 
     def _through(self, job, middleware):
         """Run the job through its middleware: one that says wait releases the job for that long."""
@@ -3743,7 +3762,7 @@ class Worker:
                     job._queue_steer = ("release", wait)
                     return None
                 entered.append(step)
-            return getattr(job, self.callback)()
+            return self._call(job)
         except BaseException as exc:
             error = exc
             raise
@@ -3829,6 +3848,31 @@ class Worker:
             log.warning("%s #%s %s after %.1f ms (attempt %d)%s", message.name, message.id, status, ms,
                         message.attempts, reason)
         return status
+
+
+async def _bounded(coroutine, timeout):
+    """Await an `async def` job's coroutine, cancelled (JobTimeout) after `timeout` seconds."""
+    import asyncio
+    if not timeout:
+        return await coroutine
+    try:
+        return await asyncio.wait_for(coroutine, timeout)
+    except asyncio.TimeoutError:
+        raise JobTimeout(f"the job ran past its timeout of {timeout:g} s") from None
+
+
+_event_loops = []
+
+
+def _event_loop():
+    """This process's event loop for `async def` jobs, running on a thread of its own."""
+    with _config_lock:
+        if not _event_loops or _event_loops[0][1] != os.getpid():  # made anew after a fork
+            import asyncio
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="queue-asyncio", daemon=True).start()
+            _event_loops[:] = [(loop, os.getpid())]
+    return _event_loops[0][0]
 
 
 def _call_failed(job, exc, callback):

@@ -512,6 +512,7 @@ def bench_sqlite(bench):
     bench_startup(bench)
     bench_rss(bench)
     bench_processes(bench)
+    bench_concurrency(bench, "database", QUEUE)
 
 
 def bench_statements(bench):
@@ -586,6 +587,25 @@ def bench_processes(bench, jobs=400, spin=0.01):
         rates[count] = jobs / wall
     bench.add("worker", "CPU-bound 10 ms jobs, --processes 2 (CLI)", rates[2], rates[1],
               note=f"floor: one process ({os.cpu_count()} CPUs); wall incl. start-up")
+
+
+def bench_concurrency(bench, driver, queue_name, extra=()):
+    """I/O-bound jobs in one worker with --concurrency: 20 ms sleeps at 32 lanes (the ideal is
+    32 / 0.02 s = 1,600/s) and, on SQLite, `async def` jobs awaiting 0.1 s at 200 lanes."""
+    from benchjobs import AsyncNap, Nap
+    runs = [("20 ms sleep jobs, --concurrency 32", Nap(0.02), 32, 32 / 0.02)]
+    if driver == "database":
+        runs.append(("async 0.1 s jobs, --concurrency 200", AsyncNap(0.1), 200, 200 / 0.1))
+    for label, job, lanes, ideal in runs:
+        jobs = 3000
+        say(f"{driver}: {jobs} {label}")
+        for left in batches(jobs):
+            queue.push(*[job] * left, driver=driver, queue=queue_name)
+        wall, _, loops = bench.worker("--stop-when-empty", "--queue", queue_name, "--driver", driver,
+                                      "--concurrency", str(lanes), *extra, mark=True)
+        rate = jobs / (wall - loops[0]) if loops else jobs / wall
+        bench.add("worker", f"{driver}: {label} (CLI)", rate, ideal,
+                  note=f"floor: the ideal, lanes / job seconds; from the first loop (wall incl. start-up {jobs / wall:,.0f}/s)")
 
 
 # Async #######################################################################################
@@ -1015,6 +1035,7 @@ def bench_amqp(bench):
     bench.add("amqp", f"drain vs floor prefetch {prefetch}", drain, floor_p,
               note=f"{drain_note}; ours at prefetch {d.prefetch}")
     raw.purge()
+    bench_concurrency(bench, "amqp", name, ("--poll", "0.5"))
     p50, p90 = push_to_start_latency(bench, "amqp", name)
     floor50, floor90 = raw_pika_latency(bench, params, names[0])
     bench.add("amqp", "idle push-to-start p50", round(p50, 2), round(floor50, 2), unit="ms",

@@ -38,3 +38,24 @@ class Spin(Queueable):
         end = time.thread_time() + self.seconds
         while time.thread_time() < end:
             pass
+
+
+class Nap(Queueable):
+    """A job that waits `seconds` (time.sleep): I/O-bound, for `work --concurrency N`."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def handle(self):
+        __import__("time").sleep(self.seconds)
+
+
+class AsyncNap(Queueable):
+    """An `async def handle()` that awaits asyncio.sleep(seconds)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    async def handle(self):
+        import asyncio
+        await asyncio.sleep(self.seconds)

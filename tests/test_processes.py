@@ -166,3 +166,33 @@ def test_concurrency_on_amqp(amqp_project, tmp_path, spawn):
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0, worker.output
     assert "Traceback" not in worker.output
+
+
+# async def jobs ###############################################################################
+def test_async_jobs_run_at_once_on_the_event_loop(project, tmp_path):
+    path = str(tmp_path / "out")
+    queue.push(*(testjobs.AsyncSleep(path, 0.5, f"a{i}") for i in range(10)))
+    done = project.cli("work", "--concurrency", "10", "--stop-when-empty", timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    order = values(path)
+    assert sorted(v for v in order if v.endswith("-done")) == sorted(f"a{i}-done" for i in range(10))
+    first_end = min(i for i, v in enumerate(order) if v.endswith("-done"))
+    assert first_end == 10, f"the ten awaited at once: every one began before the first ended ({order})"
+
+
+@pytest.mark.parametrize("lanes", ["1", "2"])
+def test_an_async_job_past_its_timeout_is_cancelled(project, tmp_path, lanes):
+    path = str(tmp_path / "out")
+    queue.push(testjobs.AsyncSleep(path, 60, "a1", timeout=0.5, tries=1),
+               testjobs.AsyncSleep(path, 60, "a2", timeout=0.5, tries=1))
+    done = project.cli("work", "--concurrency", lanes, "--stop-when-empty", timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = queue.driver("database").failed_jobs()
+    assert len(rows) == 2 and all(row["exception"].startswith("JobTimeout") for row in rows), rows
+    assert sorted(values(path)) == ["a1", "a2"], "a cancelled job went on"
+
+
+def test_run_now_awaits_an_async_job(project, tmp_path):
+    path = str(tmp_path / "out")
+    queue.run_now(testjobs.AsyncSleep(path, 0.01, "now"))
+    assert values(path) == ["now", "now-done"]

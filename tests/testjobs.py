@@ -242,6 +242,21 @@ class Busy(Job):
         self.record(self.value + "-done")
 
 
+class AsyncSleep(Job):
+    """An `async def handle()`: records its start, awaits asyncio.sleep(seconds), records
+    "<value>-done"."""
+
+    def __init__(self, path, seconds, value="async", **attributes):
+        super().__init__(path, value, **attributes)
+        self.seconds = seconds
+
+    async def handle(self):
+        import asyncio
+        self.record()
+        await asyncio.sleep(self.seconds)
+        self.record(self.value + "-done")
+
+
 class Patient(Fail):
     """Always fails; retried until 1.5 s after it was pushed (retry_until), whatever `tries`."""
 
