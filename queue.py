@@ -1568,6 +1568,9 @@ class _SQLite(_Dialect):
         path = options["database"] or "queue.sqlite3"
         self.path = path if path == ":memory:" or os.path.isabs(path) else os.path.join(folder, path)
         self.where = self.path
+        # the lanes of a worker claim in turn here: SQLite's own busy handler would make a waiting
+        # writer sleep for up to 100 ms at a time
+        self.claiming = threading.Lock()
 
     def connect(self):
         import sqlite3
@@ -1623,7 +1626,8 @@ class _SQLite(_Dialect):
                     return rows[0][0], queue_name, rows[0][1], rows[0][2], rows[0][3]
             cur.execute("COMMIT")
             return None
-        return driver._transaction(cur, statements, begin=False)
+        with self.claiming:
+            return driver._transaction(cur, statements, begin=False)
 
     def wait(self, driver, conn, seconds):
         """Wait up to `seconds` until another connection commits (PRAGMA data_version changes):
@@ -3393,6 +3397,8 @@ class Worker:
         keeper.start()
         self._lanes = [self] + [self._lane() for _ in range(self.concurrency - 1)]
         self.driver.lanes(self.concurrency)
+        if self.concurrency > 1:
+            sys.setswitchinterval(0.001)  # a lane whose job ended gets the GIL in 1 ms, not 5
         threads = [threading.Thread(target=lane._run_lane, name=f"queue-lane-{i}", daemon=True)
                    for i, lane in enumerate(self._lanes[1:], 1)]
         for thread in threads:
@@ -3745,7 +3751,7 @@ class Worker:
         try:
             while True:
                 try:
-                    return future.result(0.05)  # in slices: a timeout or a cold shutdown gets in
+                    return future.result(0.5)  # in slices: a timeout or a cold shutdown gets in
                 except concurrent.futures.TimeoutError:
                     continue
         except BaseException:

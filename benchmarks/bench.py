@@ -576,7 +576,7 @@ def bench_rss(bench):
         bench.add("worker", f"sqlite drain {size:,}, 1 process (CLI)", size / wall, None, note=note)
 
 
-def bench_processes(bench, jobs=400, spin=0.01):
+def bench_processes(bench, jobs=1000, spin=0.01):
     """CPU-bound jobs (10 ms of CPU each) drained by `work --processes 2` beside one process."""
     from benchjobs import Spin
     say(f"sqlite: {jobs} CPU-bound jobs, --processes 1 and 2")
@@ -597,7 +597,7 @@ def bench_concurrency(bench, driver, queue_name, extra=()):
     if driver == "database":
         runs.append(("async 0.1 s jobs, --concurrency 200", AsyncNap(0.1), 200, 200 / 0.1))
     for label, job, lanes, ideal in runs:
-        jobs = 3000
+        jobs = 10000  # some seconds of steady state: the lanes start one after another
         say(f"{driver}: {jobs} {label}")
         for left in batches(jobs):
             queue.push(*[job] * left, driver=driver, queue=queue_name)
