@@ -3379,12 +3379,14 @@ class Worker:
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
         self._thread = None                 # the thread running it (raising its timeout, if not SIGALRM's)
+        self._armed = 0.0                   # when SIGALRM was set for it (main thread)
         self.tally = _Tally()               # what it did since its last beat
         self._paused = set()                # its queues that are paused (refreshed every second)
         self.registry_key = f"worker:{os.uname().nodename}:{os.getpid()}"
         self.started_at = time.time()
         self._signals = []                  # the signals received, in order
         self._old_handlers = {}
+        self._c_signal = self._mask = None  # the C signal module and the thread's mask, once installed
 
     # the loop
     def run(self):
@@ -3487,6 +3489,8 @@ class Worker:
                     return "empty"
                 self.stopping.wait(self.poll - (time.monotonic() - asked))  # drivers that do not wait
                 continue
+            if self.concurrency > 1:
+                self._reset_signals()  # a timer another lane's job set now must not reach this job
             self.process(message)
             self._reset_signals()
             self.processed += 1
@@ -3513,21 +3517,24 @@ class Worker:
             self._old_handlers[sig] = signal.signal(sig, self._handler)
         import _signal
         self._c_signal = _signal
-        self._alarm_handler = _signal.getsignal(signal.SIGALRM)
+        # SIGALRM is ours while the worker runs: an alarm a job leaves behind is ignored, never fatal
+        self._alarm_handler = self._on_alarm
+        self._old_alarm = signal.signal(signal.SIGALRM, self._alarm_handler)
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
 
     def _reset_signals(self):
-        """Undo what a job did to the worker's signal state: handlers, a pending alarm, a mask.
-        (The C module's getsignal: the signal module's wraps every answer in an enum.)"""
-        if not self._old_handlers:
-            return
+        """Undo what a job did to the worker's signal state: handlers (the main thread's), a pending
+        alarm, this thread's mask. (The C module's getsignal: the signal module's wraps every
+        answer in an enum.) With lanes, no lane's timeout uses SIGALRM: any lane may cancel it."""
         _signal = self._c_signal
-        for sig in self._old_handlers:
+        if _signal is None:  # not run by run() in the main thread
+            return
+        for sig in self._old_handlers:  # the main lane's
             if _signal.getsignal(sig) is not self._handler:
                 signal.signal(sig, self._handler)
         if hasattr(_signal, "setitimer"):
             _signal.setitimer(_signal.ITIMER_REAL, 0)
-        if _signal.getsignal(_signal.SIGALRM) is not self._alarm_handler:
+        if self._old_handlers and _signal.getsignal(_signal.SIGALRM) is not self._alarm_handler:
             signal.signal(_signal.SIGALRM, self._alarm_handler)
         if self._mask is not None:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, self._mask)
@@ -3535,6 +3542,8 @@ class Worker:
     def _restore_signals(self):
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
+        if self._old_handlers:
+            signal.signal(signal.SIGALRM, self._old_alarm)
 
     def _on_signal(self, signum, frame):
         self._signals.append(signum)
@@ -3553,7 +3562,8 @@ class Worker:
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc_type))
 
     def _on_alarm(self, signum, frame):
-        if self._in_job:
+        # an alarm a job left behind (in another lane, say) does not time out this one
+        if self._in_job and self._limit and self._armed and time.monotonic() - self._armed >= self._limit - 0.01:
             raise JobTimeout(f"the job ran past its timeout of {self._limit:g} s")
 
     def _keep(self):
@@ -3705,12 +3715,15 @@ class Worker:
     def _timed(self, timeout, fn, *args):
         """_guard(fn, *args) under a timeout: SIGALRM raises JobTimeout inside it (main thread
         only), and again every second until it gives up."""
-        alarm = bool(timeout) and hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+        alarm = (bool(timeout) and self.concurrency == 1 and hasattr(signal, "setitimer")
+                 and threading.current_thread() is threading.main_thread())
         if alarm:
             previous = signal.signal(signal.SIGALRM, self._on_alarm)
             signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
+            self._armed = time.monotonic()
         self._thread = threading.get_ident() if not alarm else None  # for the keeper's timeouts
         self._in_job, self._limit = True, timeout
+        self._armed = self._armed if alarm else 0.0
         try:
             return _guard(fn, *args)
         except JobTimeout as late:  # raised in this thread by the keeper just as the job returned

@@ -109,3 +109,14 @@ class Alarm(Job):
     def handle(self):
         self.record()
         signal.alarm(1)
+
+
+class LingeringAlarm(Job):
+    """Records the attempt, sets a 0.2 s interval timer and keeps running for a second: SIGALRM
+    arrives while it runs (in whichever thread runs it)."""
+
+    def handle(self):
+        self.record()
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        time.sleep(1.0)
+        self.record(self.value + "-done")

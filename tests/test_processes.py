@@ -196,3 +196,17 @@ def test_run_now_awaits_an_async_job(project, tmp_path):
     path = str(tmp_path / "out")
     queue.run_now(testjobs.AsyncSleep(path, 0.01, "now"))
     assert values(path) == ["now", "now-done"]
+
+
+@pytest.mark.parametrize("lanes", ["1", "2"])
+def test_an_alarm_a_job_sets_goes_off_harmlessly(project, tmp_path, lanes):
+    """SIGALRM is the worker's while it runs: a job's own timer is ignored, not fatal (and, with
+    lanes, it reaches no other lane's job)."""
+    import poisonjobs
+    out, other = str(tmp_path / "out"), str(tmp_path / "other")
+    queue.push(poisonjobs.LingeringAlarm(out, "alarm"), *(testjobs.Sleep(other, 0.3, f"s{i}") for i in range(4)))
+    done = project.cli("work", "--concurrency", lanes, "--stop-when-empty", timeout=60)
+    assert done.returncode == 0, f"the worker died of the job's alarm:\n{done.stdout}{done.stderr}"
+    assert values(out) == ["alarm", "alarm-done"]
+    assert sorted(v for v in values(other) if v.endswith("-done")) == [f"s{i}-done" for i in range(4)]
+    assert queue.driver("database").failed_jobs() == []
