@@ -2839,9 +2839,10 @@ class AMQPDriver(Driver):
 
     # consuming
     def lanes(self, count):
-        """The lanes share the consumer: the broker may hand it one message more per lane."""
+        """The lanes share the consumer: the broker may hand it two messages per lane (one running,
+        one waiting while the acks of finished ones travel)."""
         self._sharing = count
-        self.prefetch = max(self.prefetch, count)
+        self.prefetch = max(self.prefetch, 2 * count) if count > 1 else self.prefetch
 
     def pop(self, queues, wait=0.0):
         with self._consumer_lock:
