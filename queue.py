@@ -4016,6 +4016,7 @@ class Supervisor:
         self.signals = []
 
     def run(self):
+        """Supervise until stopped (a signal, or every worker done); return the exit status (0)."""
         old = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         pause, told = 0.0, 0
         try:
