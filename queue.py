@@ -3400,6 +3400,7 @@ class Worker:
         keeper.start()
         self._lanes = [self] + [self._lane() for _ in range(self.concurrency - 1)]
         self.driver.lanes(self.concurrency)
+        switching = sys.getswitchinterval()
         if self.concurrency > 1:
             sys.setswitchinterval(0.001)  # a lane whose job ended gets the GIL in 1 ms, not 5
         threads = [threading.Thread(target=lane._run_lane, name=f"queue-lane-{i}", daemon=True)
@@ -3428,6 +3429,7 @@ class Worker:
             _, exc, _ = _guard(self._beat, True)
             self._close()
             self._restore_signals()
+            sys.setswitchinterval(switching)
             self.driver.interrupt = None
         self.processed = self._total[0]
         log.info("worker %d: stopped after %d job(s): %s", os.getpid(), self.processed, reason)
@@ -3442,7 +3444,8 @@ class Worker:
 
     def _run_lane(self):
         try:
-            self._loop(announce=False)
+            if self._loop(announce=False) != "empty":
+                self.stopping.set()  # a limit, `restart`: the whole worker stops
         except _ColdShutdown:
             pass
         except BaseException as exc:
