@@ -1788,6 +1788,13 @@ class _MySQL(_Dialect):
                 return True
         return False
 
+    def ready(self, driver, conn):
+        """The generic read, answered by an OK packet instead of a result set, which costs pymysql
+        half as much to read: SELECT ... INTO a variable reports the rows it selected (1 or 0)."""
+        names = ", ".join([conn.escape(name) for name in driver.waiting_for])
+        return conn.query(f"SELECT 1 FROM {self.quote(driver.table)} WHERE queue IN ({names}) AND available_at <= "
+                          f"{conn.escape(driver.clock.now())} LIMIT 1 INTO @queue_py_ready") > 0
+
     def upgrade(self, driver, cur):
         """Tables of queue.py 1.0 compared queue names without case: make them exact."""
         cur.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
