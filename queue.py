@@ -576,14 +576,20 @@ def _sign(signed, magic=_MAGIC):
 
 
 def pack(job, chain=None, until=None, queue=None, chain_queue=None, lock=None, ready=None):
-    """Sign and serialize a job (and the rest of its chain) into a payload for `queue`."""
-    header = dict(_settings(job), name=_job_name(job), queue=queue, until=until)
+    """Sign and serialize a job (and the rest of its chain) into a payload for `queue`. The header
+    is JSON text: the job's settings and name (checked and encoded once per kind of job), its
+    queue, its retry_until deadline, when it was due (the worker reports how long it waited), the
+    queue of its chain and the unique lock it holds while queued or running."""
+    encode, string = _json()[0].encode, json.encoder.encode_basestring_ascii
+    text = lambda value: string(value) if type(value) is str else encode(value)  # noqa: E731
+    head = [_header_start(job), ',"queue":', text(queue), ',"until":', encode(until)]
     if ready is not None:
-        header["ready"] = round(ready, 3)  # when it was due: the worker reports how long it waited
+        head += [',"ready":', float.__repr__(round(float(ready), 3))]
     if chain_queue is not None:
-        header["chain_queue"] = chain_queue
+        head += [',"chain_queue":', text(chain_queue)]
     if lock is not None:
-        header["unique"] = list(lock[:2])  # the lock it holds while queued or running
+        head += [',"unique":', encode(list(lock[:2]))]
+    head.append("}")
     try:
         body = pickle.dumps({"v": 2, "job": job, "chain": list(chain or ())}, _PICKLE_PROTOCOL)
     except Exception as exc:
@@ -591,11 +597,31 @@ def pack(job, chain=None, until=None, queue=None, chain_queue=None, lock=None, r
                          f"{_text(exc)}); keep only plain data on the job") from None
     if b"__main__" in body:
         _refuse_main(job, body)
-    return _seal(header, body)
+    return _seal("".join(head), body)
+
+
+def _header_start(job, _known={}):
+    """The JSON text that opens a job's header, '{"tries":...,"name":"..."': its settings
+    (_settings checks them) and name, made once per class, name and settings, each value taken
+    with its type (so that True is never taken for 1)."""
+    backoff = getattr(job, "backoff", 0) or 0
+    steps = tuple((type(b), b) for b in backoff) if isinstance(backoff, (list, tuple)) else (type(backoff), backoff)
+    values = (getattr(job, "tries", None), getattr(job, "timeout", None), getattr(job, "max_exceptions", None))
+    kind = type(job)  # by name: a cache that held the class would keep its module alive into shutdown
+    key = (kind.__module__, kind.__qualname__, _job_name(job), steps, *[(type(v), v) for v in values])
+    try:
+        return _known[key]
+    except (KeyError, TypeError):  # new, or a value that cannot be a key (it fails its check)
+        start = _json()[0].encode(dict(_settings(job), name=_job_name(job)))[:-1]
+    if len(_known) > 256:
+        _known.clear()
+    _known[key] = start
+    return start
 
 
 def _seal(header, body):
-    head = _json()[0].encode(header).encode()
+    """Sign a header (a dict, or its JSON text) and a pickled body into a Q2 payload."""
+    head = (header if isinstance(header, str) else _json()[0].encode(header)).encode()
     return _sign(len(head).to_bytes(4, "big") + head + body)
 
 
