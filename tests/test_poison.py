@@ -466,6 +466,33 @@ _datetime.datetime = _SkewedDatetime
 '''
 
 
+def test_a_server_that_stalls_while_it_tells_the_time_does_not_set_the_clock_ahead(mysql_project):
+    """The server's time counts at the midpoint of the round trip: a reply held back for a second
+    (a server just restarted, say) would put the clock half a second ahead, and two workers whose
+    clocks differ by retry_after both claim one job. The reading of the shortest round trip counts."""
+    driver = queue.driver("database")
+    dialect, real, calls = driver.dialect, driver.dialect.server_time, []
+
+    def stalling(cur):
+        now = real(cur)
+        calls.append(now)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the point: the first reply arrives a second after the server read its clock
+        return now
+    dialect.server_time = stalling
+    try:
+        driver._sync_clock(driver._conn())
+    finally:
+        del dialect.server_time
+    cur = driver._conn().cursor()
+    before = time.monotonic()
+    server = real(cur)
+    after = time.monotonic()
+    ours = driver.clock.time() - (time.monotonic() - (before + after) / 2)
+    assert len(calls) >= 2, "one slow reading was taken as it was"
+    assert abs(ours - server) < 0.1, f"the clock is {ours - server:+.3f} s off the server's"
+
+
 def test_a_worker_with_a_clock_an_hour_ahead_does_not_take_a_running_job(mysql_project, tmp_path, spawn):
     retry_after = mysql_project.drivers["database"]["retry_after"]
     skew = tmp_path / "skew"
