@@ -1378,6 +1378,9 @@ def _driver(name=None, connection=None):
         with _drivers_lock:
             instance = _drivers.get(key)
             if instance is None:
+                if not _drivers:  # closed at exit, before the interpreter tears modules down
+                    atexit.unregister(_close_drivers)
+                    atexit.register(_close_drivers)
                 instance = _drivers[key] = Driver.registry[name](options, config)
     return instance
 
@@ -1388,6 +1391,8 @@ def driver(name=None, connection=None):
 
 
 def _close_drivers():
+    """Close this process's drivers (at exit too: a connection left to the interpreter's
+    teardown makes pymysql print a traceback)."""
     with _drivers_lock:
         for instance in list(_drivers.values()):
             try:

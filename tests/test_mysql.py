@@ -11,6 +11,7 @@ import datetime
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 import queue
 import testjobs
 from conftest import restarts_a_server, MYSQL
-from test_cli import one_line_error
+from test_cli import ok, one_line_error
 from testjobs import lines, runs, values, wait_for
 
 BARRIER = '''
@@ -185,6 +186,17 @@ def test_workers_share_a_queue_and_run_every_job_exactly_once(mysql_project, tmp
     fair = len(names) / workers
     assert min(shares.values()) >= fair / 4, f"a worker ran less than a quarter of its fair share: {shares}"
     table_empty(mysql_project)
+
+
+def test_an_app_that_pushes_exits_without_a_traceback(mysql_project, tmp_path):
+    """The app's process ends with its connection open: queue.py closes it at exit, before the
+    interpreter's teardown (where pymysql's finalizer printed 'Exception ignored ...')."""
+    path = str(tmp_path / "record")
+    app = subprocess.run([sys.executable, "-c", f"import queue, testjobs; queue.push(testjobs.Record({path!r}, 'a'))"],
+                         cwd=mysql_project.folder, env=mysql_project.env(), capture_output=True, text=True, timeout=60)
+    assert app.returncode == 0 and app.stderr == "", app.stderr
+    ok(mysql_project.cli("work", "--stop-when-empty"))
+    assert values(path) == ["a"]
 
 
 # Lost connections #############################################################################
