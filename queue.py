@@ -37,6 +37,15 @@ import sys
 import threading
 
 _held = sys.modules.get("queue")
+if __name__ == "__main__" and getattr(sys.modules.get("__main__"), "__dict__", None) is not globals():
+    # run in a dict of a runner's (`python -m cProfile queue.py work`): no module holds these
+    # names, so a job's `from queue import Queueable` could not find them; load the file as a
+    # module named queue and run that
+    import importlib.util
+    _spec = importlib.util.spec_from_file_location("queue", os.path.abspath(__file__))
+    sys.modules["queue"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["queue"])
+    sys.exit(sys.modules["queue"].main())
 if __name__ == "__main__":
     sys.modules["queue"] = sys.modules["__main__"]
     __name__ = "queue"

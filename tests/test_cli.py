@@ -8,7 +8,9 @@ classes come from tests/testjobs.py (re-exported by the project's jobs/ modules,
 import os
 import re
 import signal
+import subprocess
 import sqlite3
+import sys
 import time
 
 import pytest
@@ -167,6 +169,19 @@ def test_push_then_work_runs_the_job_with_python_literal_arguments(project, tmp_
         "((42,), {})", "(('42',), {})", "(([1, 2],), {})", "(({'a': (1, None)},), {})",
         "((True, 2.5), {})", "(('word',), {})", "((), {'n': 3, 's': 'x y'})"]
     assert status(project).get("default", {}).get("ready", 0) == 0
+
+
+@pytest.mark.parametrize("runner", [["-m", "cProfile", "-o", "profile.out"], ["-m", "trace", "--count", "-C", "cover"]])
+def test_work_under_a_runner_that_gives_the_script_a_dict_of_its_own(project, tmp_path, runner):
+    """`python -m cProfile queue.py work` runs the file in a dict that no module holds: the jobs'
+    `from queue import Queueable` must still find these names (every job failed to load)."""
+    out = str(tmp_path / "out.txt")
+    ok(project.cli("push", "Literal", out, "1"))
+    result = subprocess.run([sys.executable, *runner, "queue.py", "work", "--stop-when-empty"], cwd=project.folder,
+                            env=project.env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert lines(out) == ["((1,), {})"], result.stderr
+    assert "failed" not in result.stderr
 
 
 def test_push_with_delay_waits_that_long(project, tmp_path):
