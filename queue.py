@@ -1281,7 +1281,8 @@ class Driver:
     def pop(self, queues, wait=0.0):
         """Reserve and return the next ready message of the first of `queues` that has one (a
         strict priority order), its .attempts counting this attempt and its .receipt set; no
-        other pop() returns it while it is reserved. None if nothing is ready within `wait` s."""
+        other pop() returns it while it is reserved. None if nothing is ready within `wait` s.
+        A driver may reserve several at once (a prefetch); close() gives back those not handed out."""
         raise NotImplementedError
 
     def ack(self, message, failed=False):
@@ -1387,9 +1388,9 @@ def _driver(name=None, connection=None):
         with _drivers_lock:
             instance = _drivers.get(key)
             if instance is None:
-                if not _drivers:  # closed at exit, before the interpreter tears modules down
-                    atexit.unregister(_close_drivers)
-                    atexit.register(_close_drivers)
+                if not _drivers:
+                    atexit.unregister(_drop_connections)
+                    atexit.register(_drop_connections)
                 instance = _drivers[key] = Driver.registry[name](options, config)
     return instance
 
@@ -1400,8 +1401,6 @@ def driver(name=None, connection=None):
 
 
 def _close_drivers():
-    """Close this process's drivers (at exit too: a connection left to the interpreter's
-    teardown makes pymysql print a traceback)."""
     with _drivers_lock:
         for instance in list(_drivers.values()):
             try:
@@ -1409,6 +1408,14 @@ def _close_drivers():
             except Exception:
                 log.debug("closing %r failed", instance, exc_info=True)
         _drivers.clear()
+
+
+def _drop_connections():
+    """At exit: close the database connections of this thread, with no statement (the server
+    may be gone), before the interpreter's teardown, where pymysql's finalizer prints a traceback."""
+    for instance in list(_drivers.values()):
+        if isinstance(instance, DatabaseDriver):
+            instance._drop()
 
 
 def _forget_drivers_after_fork():
@@ -1541,26 +1548,29 @@ class _Dialect:
         """The bytes a payload takes on its way to the server."""
         return len(payload)
 
-    def claim(self, driver, cur, queues, done, now, until):
-        """In one transaction: delete the ids in `done`, then reserve the next ready job of the
-        first of `queues` that has one (until `until`); return (id, queue, name, payload,
-        attempts counting this one) or None. The generic way: BEGIN; DELETE; SELECT ... (one
-        per queue tried), then UPDATE; COMMIT."""
+    def claim(self, driver, cur, queues, done, now, until, count=1):
+        """In one transaction: delete the ids in `done`, then reserve (until `until`) up to
+        `count` ready jobs, taken from the first of `queues` and, while that one has too few,
+        the next; return [(id, queue, name, payload, attempts counting this one)] in the order
+        to run them. The generic way: BEGIN; DELETE; SELECT ... (one per queue tried), then
+        UPDATE; COMMIT."""
         sql = driver._sql
 
         def statements(cur):
-            script = [(self.begin, ())]
+            script, taken = [(self.begin, ())], []
             if done:
                 script.append((f"{sql['delete']}({self.marks(len(done))})", done))
             for queue_name in queues:
-                rows = self.script(cur, script + [(sql["next"], (queue_name, now))])
+                rows = self.script(cur, script + [(sql["next"], (queue_name, now, count - len(taken)))])
                 script = []
-                if rows:
-                    id_, name, payload, attempts = rows[0]
-                    self.script(cur, [(sql["reserve"], (now, now, until, id_)), ("COMMIT", ())])
-                    return id_, queue_name, name, payload, attempts + 1
-            self.script(cur, [("COMMIT", ())])
-            return None
+                taken += [(id_, queue_name, name, payload, attempts + 1) for id_, name, payload, attempts in rows]
+                if len(taken) >= count:
+                    break
+            if taken:
+                ids = [row[0] for row in taken]
+                script = [(f"{sql['reserve']}({self.marks(len(ids))})", (now, now, until, *ids))]
+            self.script(cur, script + [("COMMIT", ())])
+            return taken
         return driver._transaction(cur, statements, begin=False)
 
     def wait(self, driver, conn, seconds):
@@ -1646,26 +1656,26 @@ class _SQLite(_Dialect):
         if self.options["synchronous"] in ("full", "extra"):
             cur.execute("PRAGMA synchronous=normal")
 
-    def claim(self, driver, cur, queues, done, now, until):
-        """BEGIN IMMEDIATE; DELETE the acked; UPDATE ... RETURNING the next job (one UPDATE per
+    def claim(self, driver, cur, queues, done, now, until, count=1):
+        """BEGIN IMMEDIATE; DELETE the acked; UPDATE ... RETURNING the next jobs (one UPDATE per
         queue tried); COMMIT. SQLite before 3.35 has no RETURNING: the generic claim."""
         import sqlite3
         if sqlite3.sqlite_version_info < (3, 35):
-            return super().claim(driver, cur, queues, done, now, until)
+            return super().claim(driver, cur, queues, done, now, until, count)
         claim = driver._sql["claim"]
 
         def statements(cur):
             cur.execute(self.begin)
             if done:
                 cur.execute(f"{driver._sql['delete']}({self.marks(len(done))})", done)
+            taken = []
             for queue_name in queues:
-                cur.execute(claim, (now, now, until, queue_name, now))
-                rows = cur.fetchall()
-                if rows:
-                    cur.execute("COMMIT")
-                    return rows[0][0], queue_name, rows[0][1], rows[0][2], rows[0][3]
+                cur.execute(claim, (now, now, until, queue_name, now, count - len(taken)))
+                taken += _in_order(cur.fetchall(), queue_name)
+                if len(taken) >= count:
+                    break
             cur.execute("COMMIT")
-            return None
+            return taken
         with self.claiming:
             return driver._transaction(cur, statements, begin=False)
 
@@ -1928,15 +1938,16 @@ class _Postgres(_Dialect):
     def notify(self, driver, queue):
         return [("SELECT pg_notify(%s, %s)", (f"{driver.table}_pushed", queue))]
 
-    def claim(self, driver, cur, queues, done, now, until):
-        t = self.quote(driver.table)
+    def claim(self, driver, cur, queues, done, now, until, count=1):
+        t, taken = self.quote(driver.table), []
         for index, queue_name in enumerate(queues):
             gone = f"WITH done AS (DELETE FROM {t} WHERE id = ANY(%s)) " if done and not index else ""
-            cur.execute(gone + driver._sql["claim"], ([list(done)] if gone else []) + [now, now, until, queue_name, now])
-            row = cur.fetchone()
-            if row is not None:
-                return row[0], queue_name, row[1], row[2], row[3]
-        return None
+            cur.execute(gone + driver._sql["claim"],
+                        ([list(done)] if gone else []) + [now, now, until, queue_name, now, count - len(taken)])
+            taken += _in_order(cur.fetchall(), queue_name)
+            if len(taken) >= count:
+                break
+        return taken
 
     def wait(self, driver, conn, seconds):
         """Sleep until a push to our table is notified (or `seconds` pass), in slices of 0.25 s
@@ -1959,19 +1970,39 @@ _MARK_TTL = 300.0  # seconds a write's marker is kept: far longer than a write i
 _SLOT_MARGIN = 0.05  # seconds a slot's lease outlasts what was asked (see take_slot)
 
 
+_BATCH_WORK = 0.05  # seconds of work a database worker claims at once (see DatabaseDriver.pop)
+
+
+class _Claim:
+    """The receipt of the jobs of one database claim: its time (their reserved_at, which keep()
+    and put_back() match), the thread's jobs claimed ahead (keep() renews them too), and until
+    when they may be started (keep() moves that on)."""
+
+    __slots__ = ("stamp", "held", "fresh_until")
+
+    def __init__(self, stamp, held, fresh_until):
+        self.stamp, self.held, self.fresh_until = stamp, held, fresh_until
+
+
+def _in_order(rows, queue_name):
+    """A claim's RETURNING rows (id, name, payload, attempts) of one queue, oldest id first."""
+    return [(row[0], queue_name, row[1], row[2], row[3]) for row in sorted(rows, key=lambda row: row[0])]
+
+
 class DatabaseDriver(Driver, FailedStore):
     """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
-    worker finished since its last claim, selects the next ready job in queue priority order and
-    reserves it by moving `available_at` to now + retry_after. A job whose worker died becomes
-    ready again when that moment passes; a running job's reservation is renewed by keep().
+    worker finished since its last claim, selects the next ready jobs in queue priority order (up
+    to `prefetch` short ones) and reserves them by moving `available_at` to now + retry_after. A
+    job whose worker died becomes ready again when that moment passes; keep() renews the
+    reservations of a running job and of the jobs claimed with it.
     The same connection keeps the failed store (failed_table) and the state table (markers
     that make writes exactly once)."""
 
     name = "database"
     defaults = dict(Driver.defaults, connection="sqlite", table="jobs", failed_table="failed_jobs",
-                    state_table="queue_state", retry_after=90)
+                    state_table="queue_state", retry_after=90, prefetch=20)
     kinds = dict(Driver.kinds, connection=_string, table=_table, failed_table=_maybe_table, state_table=_table,
-                 retry_after=_seconds)
+                 retry_after=_seconds, prefetch=_whole)
 
     def __init__(self, options, config):
         super().__init__(options, config)
@@ -1982,6 +2013,7 @@ class DatabaseDriver(Driver, FailedStore):
         self.failed_table = options["failed_table"]
         self.state_table = options["state_table"]
         self.retry_after = float(options["retry_after"])
+        self.prefetch = options["prefetch"]
         self.keep_every = max(0.05, self.retry_after / 3)
         self.limit_name = self.dialect.limit_name
         self._local = threading.local()
@@ -1992,17 +2024,18 @@ class DatabaseDriver(Driver, FailedStore):
         """Every SQL statement of the driver, in one place."""
         q, p = self.dialect.quote, self.dialect.param
         t, f, s = q(self.table), q(self.failed_table or "failed_jobs"), q(self.state_table)
+        ready = f"FROM {t} WHERE queue = {p} AND available_at <= {p} ORDER BY available_at, id LIMIT {p}"
+        reserve = f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, attempts = attempts + 1"
         return {
             "insert": f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) VALUES ",
-            "next": f"SELECT id, name, payload, attempts FROM {t} WHERE queue = {p} AND available_at <= {p} "
-                    f"ORDER BY available_at, id LIMIT 1{self.dialect.skip_locked}",
-            "reserve": f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, "
-                       f"attempts = attempts + 1 WHERE id = {p}",
-            "claim": f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, attempts = attempts + 1 "
-                     f"WHERE id = (SELECT id FROM {t} WHERE queue = {p} AND available_at <= {p} "
-                     f"ORDER BY available_at, id LIMIT 1{self.dialect.skip_locked}) RETURNING id, name, payload, attempts",
+            "next": f"SELECT id, name, payload, attempts {ready}{self.dialect.skip_locked}",
+            "reserve": f"{reserve} WHERE id IN ",
+            "claim": f"{reserve} WHERE id IN (SELECT id {ready}{self.dialect.skip_locked}) "
+                     f"RETURNING id, name, payload, attempts",
             "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p}, attempts = {p} WHERE id = {p}",
-            "keep": f"UPDATE {t} SET available_at = {p} WHERE id = {p} AND reserved_at = {p}",
+            "keep": f"UPDATE {t} SET available_at = {p} WHERE reserved_at = {p} AND id IN ",
+            "put_back": f"UPDATE {t} SET available_at = reserved_at, reserved_at = NULL, attempts = attempts - 1 "
+                        f"WHERE reserved_at = {p} AND id IN ",
             "delete": f"DELETE FROM {t} WHERE id IN ",
             "clear": f"DELETE FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p})",
             "oldest": f"SELECT queue, MIN(available_at) FROM {t} WHERE available_at <= {p} GROUP BY queue",
@@ -2013,7 +2046,6 @@ class DatabaseDriver(Driver, FailedStore):
             "add_failed": f"INSERT INTO {f} (driver, connection, queue, name, payload, exception, failed_at, "
                           f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
             "failed": f"SELECT {{columns}} FROM {f}{{where}} ORDER BY id {{order}} LIMIT {{limit}}",
-            "failed_lock": self.dialect.skip_locked,
             "forget": f"DELETE FROM {f}",
             "failed_counts": f"SELECT queue, COUNT(*) FROM {f} GROUP BY queue",
             "mark": f"INSERT INTO {s} (name, expires_at) VALUES ({p}, {p})",
@@ -2287,27 +2319,73 @@ class DatabaseDriver(Driver, FailedStore):
         return statements
 
     def pop(self, queues, wait=0.0):
-        """Claim the next job in one transaction that also deletes the jobs this thread acked
-        (the dialect's claim(): 2 round trips on MySQL, 1 on PostgreSQL). With nothing ready, a
-        dialect that can be woken (PostgreSQL's LISTEN) waits up to `wait` s for a push."""
-        done, d = self._acked(), self.dialect
+        """The next job this thread claimed ahead, or a claim in one transaction that also
+        deletes the jobs this thread acked (the dialect's claim(): 2 round trips on MySQL, 1 on
+        PostgreSQL). A claim takes up to `prefetch` jobs, as many as this thread ran in the last
+        _BATCH_WORK seconds (one, for jobs that take that long). With nothing ready, a dialect
+        that can be woken (PostgreSQL's LISTEN, SQLite's WAL) waits up to `wait` s for a push."""
+        local, d = self._local, self.dialect
+        held, done, count = self._held(), self._acked(), self._pace()
+        if held:
+            if queues == local.held_for and self.clock.time() < held[0].receipt.fresh_until:
+                self._delete_acked()  # before the next job starts: a worker killed then runs them no more
+                return self._handed(held.popleft())
+            self.put_back()  # other queues asked for, or a reservation the keeper could not renew
 
         def session(cur):
-            if getattr(self._local, "worker_conn", None) is not self._local.conn:
+            if getattr(local, "worker_conn", None) is not local.conn:
                 d.worker_session(self, cur)
-                self._local.worker_conn = self._local.conn
+                local.worker_conn = local.conn
             now, until = self.clock.now(0, self.retry_after)
-            row = d.claim(self, cur, queues, done, now, until)
+            rows = d.claim(self, cur, queues, done, now, until, count)
             del done[:]
             self.waiting_for = queues
-            if row is None and wait and d.wait(self, self._local.conn, wait):
+            if not rows and wait and d.wait(self, local.conn, wait):
                 now, until = self.clock.now(0, self.retry_after)
-                row = d.claim(self, cur, queues, done, now, until)
-            if row is None:
+                rows = d.claim(self, cur, queues, done, now, until, count)
+            if not rows:
                 return None
-            id_, queue_name, name, payload, attempts = row
-            return Message(id_, queue_name, name, _as_bytes(payload), attempts, receipt=now)
+            receipt = _Claim(now, held, self.clock.time() + self.retry_after * 2 / 3)
+            held.extend(Message(id_, queue_name, name, _as_bytes(payload), attempts, receipt=receipt)
+                        for id_, queue_name, name, payload, attempts in rows)
+            local.held_for = queues
+            return self._handed(held.popleft())
         return self._execute(session, retry="forever")
+
+    def _held(self):
+        """This thread's jobs claimed ahead, not started yet (in the order to run them)."""
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = collections.deque()
+        return held
+
+    def _pace(self):
+        """How many jobs to claim now: up to prefetch, as many as ran lately in _BATCH_WORK s
+        (the time from one pop() to the next, averaged over the last few)."""
+        local, now = self._local, self.clock.time()
+        handed, took = getattr(local, "handed", None), getattr(local, "took", None)
+        if handed is not None:
+            spent = now - handed
+            local.took = took = spent if took is None else took * 0.75 + spent * 0.25
+        local.handed = None
+        if took is None or self.prefetch == 1:
+            return 1
+        return max(1, min(self.prefetch, int(_BATCH_WORK / max(took, 1e-6))))
+
+    def _handed(self, message):
+        self._local.handed = self.clock.time()
+        return message
+
+    def put_back(self):
+        """Make this thread's jobs claimed ahead ready again, as they stood, their attempt not
+        counted (a worker that stops, or that is asked for other queues). The SQL sets
+        available_at before reserved_at: MySQL assigns from left to right."""
+        held = self._held()
+        if held:
+            ids, stamp = [m.id for m in held], held[0].receipt.stamp
+            held.clear()
+            self._execute(lambda cur: cur.execute(f"{self._sql['put_back']}({self.dialect.marks(len(ids))})",
+                                                  (stamp, *ids)), retry="forever")
 
     def _acked(self):
         """Ids this thread acked since its last claim (deleted by that claim's transaction)."""
@@ -2324,8 +2402,14 @@ class DatabaseDriver(Driver, FailedStore):
         self._execute(lambda cur: cur.execute(self._sql["release"], values), retry="forever")
 
     def keep(self, message):
-        values = (self.clock.now(self.retry_after), message.id, message.receipt)  # the reservation's time
-        self._execute(lambda cur: cur.execute(self._sql["keep"], values))
+        """Renew the reservation of the running job and of the jobs claimed with it that wait
+        (one statement, matched by the claim's time)."""
+        claim = message.receipt
+        ids = [message.id] + [m.id for m in list(claim.held) if m.receipt is claim]
+        values = (self.clock.now(self.retry_after), claim.stamp, *ids)
+        fresh = self.clock.time() + self.retry_after * 2 / 3
+        self._execute(lambda cur: cur.execute(f"{self._sql['keep']}({self.dialect.marks(len(ids))})", values))
+        claim.fresh_until = fresh
 
     def stats(self, queues=None):
         now = self.clock.now()
@@ -2447,12 +2531,16 @@ class DatabaseDriver(Driver, FailedStore):
         return self._execute(lambda cur: self._transaction(cur, add, begin=False))
 
     def close(self):
+        self.put_back()
+        self._delete_acked()
+        self._drop()
+
+    def _delete_acked(self):
         done = self._acked()
         if done:
             self._execute(lambda cur: cur.execute(f"{self._sql['delete']}({self.dialect.marks(len(done))})", done),
                           retry="forever")
             del done[:]
-        self._drop()
 
     # the failed store
     def failed_store(self):
