@@ -1760,6 +1760,7 @@ class _MySQL(_Dialect):
         super().__init__(options, folder)
         self.where = f"{options['host']}:{options['port']}/{options['database']}"
         self.packet = 4 * 1024 * 1024  # max_allowed_packet, read by check_server
+        self.mariadb = False           # MariaDB runs anonymous blocks (see wait)
 
     def connect(self):
         pymysql = _import_optional("pymysql", "mysql")
@@ -1787,7 +1788,8 @@ class _MySQL(_Dialect):
             cur.execute("SELECT VERSION(), @@max_allowed_packet")
             version, packet = cur.fetchone()
         numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
-        needed = (10, 6) if "MariaDB" in version else (8, 0)
+        self.mariadb = "MariaDB" in version
+        needed = (10, 6) if self.mariadb else (8, 0)
         if numbers < needed:
             raise QueueError(f"MySQL server {version} at {self.where} has no SKIP LOCKED; "
                              f"queue.py needs MariaDB 10.6+ or MySQL 8.0+")
@@ -1830,11 +1832,21 @@ class _MySQL(_Dialect):
 
     def wait(self, driver, conn, seconds):
         """MySQL has no notifications: look every 20 ms for a ready job of the worker's queues
-        with one indexed read (a round trip that locks nothing), for up to `seconds`."""
+        with one indexed read that locks nothing, for up to `seconds`. MariaDB looks itself, in
+        an anonymous block of a quarter second that the worker waits on (no CPU of the worker's,
+        half the server's of a query every 20 ms); MySQL gets a round trip each time."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and not (driver.interrupt is not None and driver.interrupt.is_set()):
-            time.sleep(min(0.02, max(0.0, deadline - time.monotonic())))
-            if self.ready(driver, conn):
+            left = max(0.0, deadline - time.monotonic())
+            if self.mariadb and left > 0.04:
+                names = ", ".join([conn.escape(name) for name in driver.waiting_for])
+                conn.query(f"BEGIN NOT ATOMIC DECLARE turns INT DEFAULT {int(min(left, 0.25) / 0.02)}; "
+                           f"WHILE turns > 0 AND NOT EXISTS (SELECT 1 FROM {self.quote(driver.table)} WHERE queue "
+                           f"IN ({names}) AND available_at <= UTC_TIMESTAMP(6)) DO DO SLEEP(0.02); "
+                           f"SET turns = turns - 1; END WHILE; END")
+            else:
+                time.sleep(min(0.02, left))
+            if self.ready(driver, conn):  # by the worker's clock (the server's, synced)
                 return True
         return False
 

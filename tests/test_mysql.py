@@ -199,6 +199,20 @@ def test_an_app_that_pushes_exits_without_a_traceback(mysql_project, tmp_path):
     assert values(path) == ["a"]
 
 
+def test_an_idle_worker_takes_a_push_long_before_its_poll_and_stops_at_once(mysql_project, tmp_path, spawn):
+    """poll is 30 s: the worker looks for a ready job every 20 ms (on MariaDB, the server looks
+    for it, in a block the worker waits on), and a SIGTERM still ends it at once."""
+    path = str(tmp_path / "record")
+    worker = spawn(mysql_project, "work", "--poll", "30")
+    queue.push(testjobs.Record(path, "first"))
+    wait_worker(worker, lambda: len(values(path)) == 1, 20, "the worker did not start")
+    for n in range(3):
+        queue.push(testjobs.Record(path, f"r{n}"))
+        wait_worker(worker, lambda: len(values(path)) == n + 2, 5, f"push {n} was not taken within 5 s")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait(2) == 0, worker.output
+
+
 # Lost connections #############################################################################
 def test_a_worker_whose_connections_are_killed_recovers_by_itself(mysql_project, tmp_path, spawn):
     path = str(tmp_path / "record")
