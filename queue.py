@@ -590,12 +590,12 @@ def pack(job, chain=None, until=None, queue=None, chain_queue=None, lock=None, r
     queue, its retry_until deadline, when it was due (the worker reports how long it waited), the
     queue of its chain and the unique lock it holds while queued or running."""
     encode, string = _json()[0].encode, json.encoder.encode_basestring_ascii
-    text = lambda value: string(value) if type(value) is str else encode(value)  # noqa: E731
-    head = [_header_start(job), ',"queue":', text(queue), ',"until":', encode(until)]
+    head = [_header_start(job), ',"queue":', string(queue) if type(queue) is str else encode(queue),
+            ',"until":', "null" if until is None else encode(until)]
     if ready is not None:
         head += [',"ready":', float.__repr__(round(float(ready), 3))]
     if chain_queue is not None:
-        head += [',"chain_queue":', text(chain_queue)]
+        head += [',"chain_queue":', encode(chain_queue)]
     if lock is not None:
         head += [',"unique":', encode(list(lock[:2]))]
     head.append("}")
@@ -614,10 +614,11 @@ def _header_start(job, _known={}):
     (_settings checks them) and name, made once per class, name and settings, each value taken
     with its type (so that True is never taken for 1)."""
     backoff = getattr(job, "backoff", 0) or 0
-    steps = tuple((type(b), b) for b in backoff) if isinstance(backoff, (list, tuple)) else (type(backoff), backoff)
-    values = (getattr(job, "tries", None), getattr(job, "timeout", None), getattr(job, "max_exceptions", None))
+    steps = tuple([(type(b), b) for b in backoff]) if isinstance(backoff, (list, tuple)) else (type(backoff), backoff)
+    tries, timeout, most = getattr(job, "tries", None), getattr(job, "timeout", None), getattr(job, "max_exceptions", None)
     kind = type(job)  # by name: a cache that held the class would keep its module alive into shutdown
-    key = (kind.__module__, kind.__qualname__, _job_name(job), steps, *[(type(v), v) for v in values])
+    key = (kind.__module__, kind.__qualname__, _job_name(job), steps, type(tries), tries, type(timeout), timeout,
+           type(most), most)
     try:
         return _known[key]
     except (KeyError, TypeError):  # new, or a value that cannot be a key (it fails its check)
