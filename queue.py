@@ -3241,8 +3241,10 @@ class _Consumer:
         self.generation = 0            # which connection a delivery tag belongs to
         self.lost, self.retry_at, self.retry = False, 0.0, _Retry(None)
         self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
-        self.unsent = 0                # acks written to the connection's buffer, not yet sent
-        self.unsent_at = 0.0           # when the oldest of them was written (monotonic)
+        self.unsent = 0                # acks of completed jobs not yet sent
+        self.unsent_at = 0.0           # when the oldest of them was settled (monotonic)
+        self.delivered = collections.deque()  # delivery tags handed to the buffer, not yet acked
+        self.finished, self.alone = set(), set()  # tags completed, not acked yet; tags acked one by one
         self.send_every = max(1, driver.prefetch // 4)
 
     def take(self, wait):
@@ -3258,10 +3260,22 @@ class _Consumer:
                     if self.buffer[queue_name]:
                         return self.buffer[queue_name].popleft()
                 left = deadline - time.monotonic()
-                if left <= 0 and serviced:
+                if left <= 0 and serviced and (wait or not self._held_by_broker()):
                     return None
                 self._service(min(max(left, 0.01), turn))  # wait=0 still asks the broker once
                 serviced = True
+
+    def _held_by_broker(self):
+        """Whether the broker holds ready messages of our queues that it has not delivered yet
+        (it delivers more as acks arrive): then a worker asked for wait=0 (--stop-when-empty)
+        must wait for them, not report its queues empty."""
+        if self.channel is None:
+            return False
+        try:
+            return any(self.channel.queue_declare(q, passive=True).method.message_count for q in self.queues)
+        except Exception as exc:  # a lost connection: the next _service() reconnects
+            self._lost(exc)
+            return False
 
     def service(self):
         """Let the connection do its work for a moment (from the keeper thread, during a job)."""
@@ -3280,6 +3294,7 @@ class _Consumer:
                     time.sleep(min(time_limit, self.retry_at - time.monotonic()))
                     return
                 self._connect()
+            self._write_acks()
             if len(self.queues) > 1:
                 for queue_name in self.queues if fetch else ():
                     method, properties, body = self.channel.basic_get(queue_name)
@@ -3297,6 +3312,26 @@ class _Consumer:
                 raise QueueError(f"RabbitMQ at {self.driver.where} refused: {exc.reply_text}") from None
             self._lost(exc)
 
+    def _write_acks(self):
+        """Write the acks of the jobs completed since the last time: one ack (multiple) for the
+        oldest deliveries while all of them are settled, one ack each for the others (a job
+        still waiting in the buffer, or running in a lane, keeps its own delivery unacked)."""
+        if not self.finished:
+            return
+        finished, self.finished = self.finished, set()
+        last, ack = None, self.channel._impl.basic_ack
+        while self.delivered and (self.delivered[0] in finished or self.delivered[0] in self.alone):
+            tag = self.delivered.popleft()
+            self.alone.discard(tag)
+            if tag in finished:
+                finished.discard(tag)
+                last = tag
+        if last is not None:
+            ack(last, multiple=True)
+        for tag in finished:
+            ack(tag)
+            self.alone.add(tag)
+
     def _connect(self):
         connection = self.driver.connect()
         try:
@@ -3311,6 +3346,7 @@ class _Consumer:
             connection.close() if connection.is_open else None
             raise
         self.connection, self.channel = connection, channel
+        self.delivered, self.finished, self.alone = collections.deque(), set(), set()  # tags start again
         self.generation += 1
         if self.lost:
             log.warning("amqp %s: reconnected", self.driver.where)
@@ -3340,6 +3376,7 @@ class _Consumer:
             if method.redelivered and properties.message_id and properties.message_id in self.done:
                 channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
                 return
+            self.delivered.append(method.delivery_tag)
             self.buffer[queue_name].append(
                 Message(properties.message_id, queue_name, properties.type or "", body, attempts, receipt=receipt))
         return deliver
@@ -3347,10 +3384,11 @@ class _Consumer:
     def settle(self, message, remember=True, now=False):
         """Ack a delivery; one of a dropped connection needs none (the broker requeued it).
         remember: the job ended here (kept in mind, in case the ack is lost with the connection).
-        Acks of completed jobs are buffered and sent every prefetch/4 jobs, or once the oldest
-        is 0.1 s old (by the next take, or the keeper during a job): a worker killed in between
-        runs those few jobs again (at least once). now: send it at once (after a failure, or to complete a republish: were that ack
-        lost, the job would be failed twice, or exist twice)."""
+        Acks of completed jobs are kept and sent every prefetch/4 jobs, or once the oldest is
+        0.1 s old (by the next take, or the keeper during a job), most of them as one ack (see
+        _write_acks): a worker killed in between runs those few jobs again (at least once).
+        now: send it at once (after a failure, or to complete a republish: were that ack lost,
+        the job would be failed twice, or exist twice)."""
         if remember and message.id:
             self.done.append(message.id)
         pika = _import_optional("pika", "amqp")
@@ -3358,22 +3396,31 @@ class _Consumer:
             if self.channel is None or message.receipt.generation != self.generation:
                 return
             try:
-                self.channel._impl.basic_ack(message.receipt.tag)
+                if now:
+                    self.channel._impl.basic_ack(message.receipt.tag)
+                    self.alone.add(message.receipt.tag)
+                    self._service(0, fetch=False)
+                    return
                 if not self.unsent:
                     self.unsent_at = time.monotonic()
                 self.unsent += 1
-                if now:
-                    self._service(0, fetch=False)
+                self.finished.add(message.receipt.tag)
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self._lost(exc)
 
     def stop(self):
         """Close the connection; the broker requeues the deliveries that were not acked."""
         with self.lock:
-            connection, self.connection, self.channel = self.connection, None, None
+            connection = self.connection
             if connection is not None and connection.is_open:
                 try:
-                    connection.process_data_events(0)  # send the buffered acks first
+                    self._write_acks()
+                except Exception:
+                    pass
+            self.connection = self.channel = None
+            if connection is not None and connection.is_open:
+                try:
+                    connection.process_data_events(0)  # send the acks first
                     connection.close()
                 except Exception:
                     pass

@@ -97,6 +97,20 @@ def failed_rows():
     return queue.driver("database").failed_jobs()
 
 
+# Draining ####################################################################################
+def test_stop_when_empty_drains_a_long_queue_to_the_end(amqp, tmp_path):
+    """The broker hands a consumer `prefetch` messages at a time, the next ones as acks arrive: a
+    moment with an empty local buffer is not an empty queue (the worker used to stop after a
+    few hundred of these jobs)."""
+    configure(amqp, queue_type="classic")  # where the broker's deliveries lag the acks most
+    for _ in range(40):
+        queue.push(*(testjobs.Noop() for _ in range(500)))
+    result = amqp.cli("work", "--stop-when-empty", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "stopped after 20000 job(s): empty" in result.stderr, result.stderr[-300:]
+    assert queue.driver().stats([amqp.queue])[amqp.queue]["ready"] == 0
+
+
 # Worker deaths and long jobs ##################################################################
 def test_a_sigkilled_workers_job_is_redelivered_and_nothing_is_lost(amqp, tmp_path, spawn):
     held, gate, quick = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "quick")
