@@ -3580,8 +3580,9 @@ class Worker:
         self._ended = threading.Event()     # set when the loop has ended: the keeper stops
         self.processed = 0
         self._total = [0]                   # jobs run by every lane (for max_jobs)
-        self._lanes = [self]                # this worker's loops (itself first)
+        self._lanes = [self]                # this worker's loops (itself, or its lanes' threads)
         self.error = None                   # what ended a lane's thread
+        self.reason = None                  # why a lane's loop ended
         self.current = None                 # the _Running job
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
@@ -3604,21 +3605,24 @@ class Worker:
         _guard(self._refresh_paused)  # before the first claim; then every second, on the keeper
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
-        self._lanes = [self] + [self._lane() for _ in range(self.concurrency - 1)]
+        # lanes run on threads of their own, the main thread only waits: a job cannot change the
+        # process's signal handlers (Python allows that in the main thread only) under the others
+        self._lanes = [self._lane() for _ in range(self.concurrency)] if self.concurrency > 1 else [self]
         self.driver.lanes(self.concurrency)
         switching = sys.getswitchinterval()
         if self.concurrency > 1:
             sys.setswitchinterval(0.001)  # a lane whose job ended gets the GIL in 1 ms, not 5
-        threads = [threading.Thread(target=lane._run_lane, name=f"queue-lane-{i}", daemon=True)
-                   for i, lane in enumerate(self._lanes[1:], 1)]
+        threads = [threading.Thread(target=lane._run_lane, args=(i == 0,), name=f"queue-lane-{i}", daemon=True)
+                   for i, lane in enumerate(self._lanes) if lane is not self]
         for thread in threads:
             thread.start()
         reason = "error"
         try:
-            reason = self._loop()
-            if reason != "empty":
-                self.stopping.set()
-            self._join(threads)
+            if threads:
+                self._join(threads)
+                reason = self._lanes[0].reason or "signal " + signal.Signals(self._signals[-1]).name + " (cold)"
+            else:
+                reason = self._loop()
         except _ColdShutdown:
             reason = "signal " + signal.Signals(self._signals[-1]).name + " (cold)"
         except ConnectionFailed as exc:
@@ -3648,9 +3652,10 @@ class Worker:
         lane.current, lane._in_job, lane._limit, lane.error, lane._old_handlers = None, False, None, None, {}
         return lane
 
-    def _run_lane(self):
+    def _run_lane(self, announce):
         try:
-            if self._loop(announce=False) != "empty":
+            self.reason = self._loop(announce=announce)
+            if self.reason != "empty":
                 self.stopping.set()  # a limit, `restart`: the whole worker stops
         except _ColdShutdown:
             pass
@@ -3665,7 +3670,7 @@ class Worker:
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.1)
-        errors = [lane.error for lane in self._lanes[1:] if lane.error is not None]
+        errors = [lane.error for lane in self._lanes if lane.error is not None]
         if raising and errors:
             raise errors[0]
 
@@ -3759,8 +3764,9 @@ class Worker:
         self._signals.append(signum)
         self.stopping.set()
         if len(self._signals) > 1:
-            for lane in self._lanes[1:]:
-                lane._interrupt(_ColdShutdown)
+            for lane in self._lanes:
+                if lane is not self:
+                    lane._interrupt(_ColdShutdown)
             if self._in_job:
                 raise _ColdShutdown()
 

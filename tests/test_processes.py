@@ -116,8 +116,7 @@ def test_concurrency_runs_n_jobs_at_once_in_one_worker(project, tmp_path, spawn)
 
 def test_every_lane_renews_its_reservation_and_enforces_its_timeout(project, tmp_path, spawn):
     """retry_after is 2 s: jobs held 5 s in both lanes still run once. Busy jobs past their
-    timeout of 1 s are interrupted in either lane (SIGALRM in the main thread, the keeper in
-    the other)."""
+    timeout of 1 s are interrupted in either lane (by the keeper)."""
     held, gate, busy = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "busy")
     queue.push(testjobs.Gate(held, gate), testjobs.Gate(held, gate))
     worker = spawn(project, "work", "--concurrency", "2")
@@ -154,6 +153,26 @@ def test_sigterm_reaches_every_lane(project, tmp_path, spawn, signals):
         assert worker.wait(20) == 0, worker.output
         assert values(held).count("gate-done") == 3 and ready(project) == 0
     assert "Traceback" not in worker.output
+
+
+def test_no_lane_can_change_the_workers_signal_handlers(project, tmp_path, spawn):
+    """Lanes run on threads of their own, the main thread only waits: a job that sets SIGTERM to
+    SIG_IGN fails in every lane (Python allows signal.signal() in the main thread only), so it
+    can never leave the jobs of the other lanes without their warm shutdown."""
+    ignore, held, gate = str(tmp_path / "ignore"), str(tmp_path / "held"), str(tmp_path / "gate")
+    sys.path.insert(0, os.path.dirname(__file__))
+    import poisonjobs
+    queue.push(*(poisonjobs.IgnoreTerm(ignore, f"i{n}", tries=1) for n in range(4)))
+    worker = spawn(project, "work", "--concurrency", "2")
+    wait_for(lambda: len(testjobs.failures(ignore)) == 4, 30, message=f"the jobs did not fail:\n{worker.output}")
+    assert all("signal only works in main thread" in line for line in testjobs.failures(ignore))
+    queue.push(testjobs.Gate(held, gate))
+    wait_for(lambda: values(held) == ["gate"], 30, message="the gate job did not start")
+    worker.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "SIGTERM: finishing the current job" in worker.output, 10, message="SIGTERM was ignored")
+    open(gate, "w").close()
+    assert worker.wait(20) == 0, worker.output
+    assert values(held) == ["gate", "gate-done"]
 
 
 def test_concurrency_on_amqp(amqp_project, tmp_path, spawn):
