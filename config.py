@@ -14,6 +14,7 @@ DRIVERS = {
         "poll": 1,                    # seconds an idle worker waits before looking again
         "tz": "UTC",                  # timestamps are saved and compared in this time zone
         "retry_after": 90,            # seconds before a dead worker's job runs again
+        "prefetch": 20,               # most jobs one claim takes (short jobs only); 1: one a claim
     },
     "amqp": {
         "username": "guest", "password": "guest", "host": "localhost", "port": "5672",
