@@ -274,6 +274,23 @@ def test_queue_key_overrides_the_config_key(sqlite_project, tmp_path, monkeypatc
         queue.unpack(payload)
 
 
+@pytest.mark.parametrize("length", [16, 63, 64, 65, 200])
+def test_the_signature_is_hmac_sha256_for_a_key_of_any_length(sqlite_project, tmp_path, monkeypatch, length):
+    """queue.py computes the HMAC itself (its pads hashed once per key): it must agree with the
+    hmac module on both sides of the 64-byte block, where a longer key is hashed first."""
+    key = "k" * length
+    monkeypatch.setenv("QUEUE_KEY", key)
+    sqlite_project.configure()
+    payload = queue.pack(testjobs.Record(tmp_path / "out", "x"))
+    assert payload[2:34] == mac(key.encode(), payload[34:])
+    assert queue.unpack(payload)["job"].value == "x"
+    forged = payload[:2] + mac(b"another " + key.encode(), payload[34:]) + payload[34:]
+    with pytest.raises(queue.BadPayload, match="signature"):
+        queue.unpack(forged)
+    monkeypatch.delenv("QUEUE_KEY")
+    sqlite_project.configure()
+
+
 def test_queue_key_overrides_the_key_file(keyless, tmp_path):
     out = tmp_path / "out"
     ok(keyless.cli("push", "Record", out, "a", QUEUE_KEY="environment-key-0123456789"))
