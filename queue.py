@@ -1578,10 +1578,10 @@ class _Dialect:
 
     def claim(self, driver, cur, queues, done, now, until, count=1):
         """In one transaction: delete the ids in `done`, then reserve (until `until`) up to
-        `count` ready jobs, taken from the first of `queues` and, while that one has too few,
-        the next; return [(id, queue, name, payload, attempts counting this one)] in the order
-        to run them. The generic way: BEGIN; DELETE; SELECT ... (one per queue tried), then
-        UPDATE; COMMIT."""
+        `count` ready jobs of the first of `queues` that has any (a claim never mixes queues, so
+        the priority order holds); return [(id, queue, name, payload, attempts so far)], oldest
+        id first. The attempt is counted when a job starts (start()). The generic way: BEGIN;
+        DELETE; SELECT ... (one per queue tried), then UPDATE; COMMIT."""
         sql = driver._sql
 
         def statements(cur):
@@ -1589,10 +1589,9 @@ class _Dialect:
             if done:
                 script.append((f"{sql['delete']}({self.marks(len(done))})", done))
             for queue_name in queues:
-                rows = self.script(cur, script + [(sql["next"], (queue_name, now, count - len(taken)))])
+                taken = _in_order(self.script(cur, script + [(sql["next"], (queue_name, now, count))]), queue_name)
                 script = []
-                taken += [(id_, queue_name, name, payload, attempts + 1) for id_, name, payload, attempts in rows]
-                if len(taken) >= count:
+                if taken:
                     break
             if taken:
                 ids = [row[0] for row in taken]
@@ -1600,6 +1599,19 @@ class _Dialect:
             self.script(cur, script + [("COMMIT", ())])
             return taken
         return driver._transaction(cur, statements, begin=False)
+
+    def start(self, driver, cur, done, id_, stamp, until):
+        """In one transaction: delete the ids in `done`, then count the attempt of job `id_` and
+        renew its reservation (until), if the claim made at `stamp` still holds it (else another
+        worker took it after it lapsed: False)."""
+        sql = driver._sql
+
+        def statements(cur):
+            if done:
+                cur.execute(f"{sql['delete']}({self.marks(len(done))})", done)
+            cur.execute(sql["start"], (until, id_, stamp))
+            return cur.rowcount == 1
+        return driver._transaction(cur, statements)
 
     def wait(self, driver, conn, seconds):
         """Wait up to `seconds` for a push (True: something may be ready). False: no way to be
@@ -1698,14 +1710,18 @@ class _SQLite(_Dialect):
                 cur.execute(f"{driver._sql['delete']}({self.marks(len(done))})", done)
             taken = []
             for queue_name in queues:
-                cur.execute(claim, (now, now, until, queue_name, now, count - len(taken)))
-                taken += _in_order(cur.fetchall(), queue_name)
-                if len(taken) >= count:
+                cur.execute(claim, (now, now, until, queue_name, now, count))
+                taken = _in_order(cur.fetchall(), queue_name)
+                if taken:
                     break
             cur.execute("COMMIT")
             return taken
         with self.claiming:
             return driver._transaction(cur, statements, begin=False)
+
+    def start(self, driver, cur, done, id_, stamp, until):
+        with self.claiming:  # lanes take turns for the write lock (SQLite's busy handler sleeps)
+            return super().start(driver, cur, done, id_, stamp, until)
 
     def wait(self, driver, conn, seconds):
         """Wait up to `seconds` until another connection commits (PRAGMA data_version changes):
@@ -1858,6 +1874,14 @@ class _MySQL(_Dialect):
             rows = cur.fetchall()
         return rows
 
+    def start(self, driver, cur, done, id_, stamp, until):
+        """One round trip: BEGIN; DELETE; UPDATE; the UPDATE's row count kept; COMMIT; read it."""
+        sql = driver._sql
+        script = [(self.begin, ())] + ([(f"{sql['delete']}({self.marks(len(done))})", done)] if done else [])
+        script += [(sql["start"], (until, id_, stamp)), ("SET @queue_py_started = ROW_COUNT()", ()),
+                   ("COMMIT", ()), ("SELECT @queue_py_started", ())]
+        return driver._transaction(cur, lambda cur: self.script(cur, script)[0][0] == 1, begin=False)
+
     def wait(self, driver, conn, seconds):
         """MySQL has no notifications: look every 20 ms for a ready job of the worker's queues
         with one indexed read that locks nothing, for up to `seconds`. MariaDB looks itself, in
@@ -1979,15 +2003,21 @@ class _Postgres(_Dialect):
         return [("SELECT pg_notify(%s, %s)", (f"{driver.table}_pushed", queue))]
 
     def claim(self, driver, cur, queues, done, now, until, count=1):
-        t, taken = self.quote(driver.table), []
+        t = self.quote(driver.table)
         for index, queue_name in enumerate(queues):
             gone = f"WITH done AS (DELETE FROM {t} WHERE id = ANY(%s)) " if done and not index else ""
             cur.execute(gone + driver._sql["claim"],
-                        ([list(done)] if gone else []) + [now, now, until, queue_name, now, count - len(taken)])
-            taken += _in_order(cur.fetchall(), queue_name)
-            if len(taken) >= count:
-                break
-        return taken
+                        ([list(done)] if gone else []) + [now, now, until, queue_name, now, count])
+            taken = _in_order(cur.fetchall(), queue_name)
+            if taken:
+                return taken
+        return []
+
+    def start(self, driver, cur, done, id_, stamp, until):
+        """One statement: WITH done AS (DELETE ...) UPDATE ... (autocommit)."""
+        gone = f"WITH done AS (DELETE FROM {self.quote(driver.table)} WHERE id = ANY(%s)) " if done else ""
+        cur.execute(gone + driver._sql["start"], ([list(done)] if done else []) + [until, id_, stamp])
+        return cur.rowcount == 1
 
     def wait(self, driver, conn, seconds):
         """Sleep until a push to our table is notified (or `seconds` pass), in slices of 0.25 s
@@ -2014,18 +2044,17 @@ _BATCH_WORK = 0.05  # seconds of work a database worker claims at once (see Data
 
 
 class _Claim:
-    """The receipt of the jobs of one database claim: its time (their reserved_at, which keep()
-    and put_back() match), the thread's jobs claimed ahead (keep() renews them too), and until
-    when they may be started (keep() moves that on)."""
+    """The receipt of the jobs of one database claim: its time (their reserved_at, which start(),
+    keep() and put_back() match) and the thread's jobs claimed ahead (keep() renews them too)."""
 
-    __slots__ = ("stamp", "held", "fresh_until")
+    __slots__ = ("stamp", "held")
 
-    def __init__(self, stamp, held, fresh_until):
-        self.stamp, self.held, self.fresh_until = stamp, held, fresh_until
+    def __init__(self, stamp, held):
+        self.stamp, self.held = stamp, held
 
 
 def _in_order(rows, queue_name):
-    """A claim's RETURNING rows (id, name, payload, attempts) of one queue, oldest id first."""
+    """A claim's rows (id, name, payload, attempts) of one queue, oldest id first."""
     return [(row[0], queue_name, row[1], row[2], row[3]) for row in sorted(rows, key=lambda row: row[0])]
 
 
@@ -2065,7 +2094,7 @@ class DatabaseDriver(Driver, FailedStore):
         q, p = self.dialect.quote, self.dialect.param
         t, f, s = q(self.table), q(self.failed_table or "failed_jobs"), q(self.state_table)
         ready = f"FROM {t} WHERE queue = {p} AND available_at <= {p} ORDER BY available_at, id LIMIT {p}"
-        reserve = f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}, attempts = attempts + 1"
+        reserve = f"UPDATE {t} SET reserved_at = {p}, ran_at = {p}, available_at = {p}"
         return {
             "insert": f"INSERT INTO {t} (name, queue, payload, attempts, available_at, created_at) VALUES ",
             "next": f"SELECT id, name, payload, attempts {ready}{self.dialect.skip_locked}",
@@ -2073,9 +2102,9 @@ class DatabaseDriver(Driver, FailedStore):
             "claim": f"{reserve} WHERE id IN (SELECT id {ready}{self.dialect.skip_locked}) "
                      f"RETURNING id, name, payload, attempts",
             "release": f"UPDATE {t} SET reserved_at = NULL, available_at = {p}, attempts = {p} WHERE id = {p}",
+            "start": f"UPDATE {t} SET attempts = attempts + 1, available_at = {p} WHERE id = {p} AND reserved_at = {p}",
             "keep": f"UPDATE {t} SET available_at = {p} WHERE reserved_at = {p} AND id IN ",
-            "put_back": f"UPDATE {t} SET available_at = reserved_at, reserved_at = NULL, attempts = attempts - 1 "
-                        f"WHERE reserved_at = {p} AND id IN ",
+            "put_back": f"UPDATE {t} SET available_at = reserved_at, reserved_at = NULL WHERE reserved_at = {p} AND id IN ",
             "delete": f"DELETE FROM {t} WHERE id IN ",
             "clear": f"DELETE FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p})",
             "oldest": f"SELECT queue, MIN(available_at) FROM {t} WHERE available_at <= {p} GROUP BY queue",
@@ -2366,11 +2395,12 @@ class DatabaseDriver(Driver, FailedStore):
         that can be woken (PostgreSQL's LISTEN, SQLite's WAL) waits up to `wait` s for a push."""
         local, d = self._local, self.dialect
         held, done, count = self._held(), self._acked(), self._pace()
-        if held:
-            if queues == local.held_for and self.clock.time() < held[0].receipt.fresh_until:
-                self._delete_acked()  # before the next job starts: a worker killed then runs them no more
-                return self._handed(held.popleft())
-            self.put_back()  # other queues asked for, or a reservation the keeper could not renew
+        if held and queues != local.held_for:
+            self.put_back()
+        while held:
+            message = held.popleft()
+            if self._start(message):
+                return self._handed(message)
 
         def session(cur):
             if getattr(local, "worker_conn", None) is not local.conn:
@@ -2384,13 +2414,30 @@ class DatabaseDriver(Driver, FailedStore):
                 now, until = self.clock.now(0, self.retry_after)
                 rows = d.claim(self, cur, queues, done, now, until, count)
             if not rows:
-                return None
-            receipt = _Claim(now, held, self.clock.time() + self.retry_after * 2 / 3)
+                return False
+            receipt = _Claim(now, held)
             held.extend(Message(id_, queue_name, name, _as_bytes(payload), attempts, receipt=receipt)
                         for id_, queue_name, name, payload, attempts in rows)
             local.held_for = queues
-            return self._handed(held.popleft())
-        return self._execute(session, retry="forever")
+            return True
+        while self._execute(session, retry="forever"):
+            while held:
+                message = held.popleft()
+                if self._start(message):
+                    return self._handed(message)
+        return None
+
+    def _start(self, message):
+        """Before a claimed job runs, in one transaction: delete the jobs this thread acked (so a
+        worker killed during this job runs none of them again), count this job's attempt and
+        renew its reservation. False if its claim lapsed and another worker took it."""
+        done, until = self._acked(), self.clock.now(self.retry_after)
+        started = self._execute(lambda cur: self.dialect.start(self, cur, done, message.id, message.receipt.stamp,
+                                                                until), retry="forever")
+        del done[:]
+        if started:
+            message.attempts += 1
+        return started
 
     def _held(self):
         """This thread's jobs claimed ahead, not started yet (in the order to run them)."""
@@ -2417,9 +2464,10 @@ class DatabaseDriver(Driver, FailedStore):
         return message
 
     def put_back(self):
-        """Make this thread's jobs claimed ahead ready again, as they stood, their attempt not
-        counted (a worker that stops, or that is asked for other queues). The SQL sets
-        available_at before reserved_at: MySQL assigns from left to right."""
+        """Make this thread's jobs claimed ahead ready again at once (a worker that stops, or
+        that is asked for other queues), ahead of jobs that came due after the claim; they had
+        not started, so no attempt of theirs was counted. The SQL sets available_at before
+        reserved_at: MySQL assigns from left to right."""
         held = self._held()
         if held:
             ids, stamp = [m.id for m in held], held[0].receipt.stamp
@@ -2447,9 +2495,7 @@ class DatabaseDriver(Driver, FailedStore):
         claim = message.receipt
         ids = [message.id] + [m.id for m in list(claim.held) if m.receipt is claim]
         values = (self.clock.now(self.retry_after), claim.stamp, *ids)
-        fresh = self.clock.time() + self.retry_after * 2 / 3
         self._execute(lambda cur: cur.execute(f"{self._sql['keep']}({self.dialect.marks(len(ids))})", values))
-        claim.fresh_until = fresh
 
     def stats(self, queues=None):
         now = self.clock.now()
@@ -2571,9 +2617,11 @@ class DatabaseDriver(Driver, FailedStore):
         return self._execute(lambda cur: self._transaction(cur, add, begin=False))
 
     def close(self):
-        self.put_back()
-        self._delete_acked()
-        self._drop()
+        try:
+            self.put_back()
+            self._delete_acked()
+        finally:
+            self._drop()
 
     def _delete_acked(self):
         done = self._acked()
@@ -3032,13 +3080,16 @@ class AMQPDriver(Driver):
 
     def pop(self, queues, wait=0.0):
         with self._consumer_lock:
-            consumer = self._consumer
-            if consumer is None or consumer.queues != list(queues):
+            consumer, queues = self._consumer, list(queues)
+            # a worker of several queues asks them one by one (basic.get): its consumer serves any
+            # of them (a paused queue is left out), so the lanes' deliveries stay on their channel
+            if consumer is None or not (consumer.queues == queues or len(consumer.queues) > 1 <= len(queues)
+                                        and set(queues) <= set(consumer.queues)):
                 if consumer is not None:
                     consumer.stop()
-                consumer = self._consumer = _Consumer(self, list(queues))
+                consumer = self._consumer = _Consumer(self, queues)
         while True:
-            message = consumer.take(wait)
+            message = consumer.take(wait, queues)
             if message is None or not message.receipt.uncounted:
                 return message
             # redelivered from a classic queue: its worker died (or its connection dropped) before
@@ -3048,7 +3099,7 @@ class AMQPDriver(Driver):
             consumer.settle(message, remember=False, now=True)
 
     def ack(self, message, failed=False):
-        self._consumer.settle(message, now=failed)
+        message.receipt.consumer.settle(message, now=failed)
 
     def keep(self, message):
         """Service the consuming connection while a job runs (heartbeats, deliveries)."""
@@ -3059,7 +3110,7 @@ class AMQPDriver(Driver):
     def release(self, message, delay=0.0):
         again = Message(message.id, message.queue, message.name, message.payload, message.attempts, delay)
         self.put([again], forever=True)
-        self._consumer.settle(message, remember=False, now=True)
+        message.receipt.consumer.settle(message, remember=False, now=True)
 
     def stats(self, queues=None):
         """Ready counts come from the broker over AMQP (exact); without `queues`, every queue of
@@ -3245,13 +3296,13 @@ _MAX_PUSH_DELAY = (2 ** _LEVELS - 1) * _DELAY_UNIT  # about 4.25 years: the long
 
 
 class _Delivery:
-    """The receipt of an amqp message: the connection (generation) and delivery tag to ack it
-    on, and whether it is a redelivery the broker did not count (classic queues)."""
+    """The receipt of an amqp message: the consumer, connection (generation) and delivery tag to
+    ack it on, and whether it is a redelivery the broker did not count (classic queues)."""
 
-    __slots__ = ("generation", "tag", "uncounted")
+    __slots__ = ("consumer", "generation", "tag", "uncounted")
 
-    def __init__(self, generation, tag, uncounted):
-        self.generation, self.tag, self.uncounted = generation, tag, uncounted
+    def __init__(self, consumer, generation, tag, uncounted):
+        self.consumer, self.generation, self.tag, self.uncounted = consumer, generation, tag, uncounted
 
 
 class _Consumer:
@@ -3261,7 +3312,7 @@ class _Consumer:
     connection is reopened with backoff; the broker requeues what it had not seen acked."""
 
     def __init__(self, driver, queues):
-        self.driver, self.queues = driver, queues
+        self.driver, self.queues, self.asked = driver, queues, queues
         self.lock = threading.Lock()
         self.buffer = {q: collections.deque() for q in queues}
         self.connection = self.channel = None
@@ -3274,8 +3325,10 @@ class _Consumer:
         self.finished, self.alone = set(), set()  # tags completed, not acked yet; tags acked one by one
         self.send_every = max(1, driver.prefetch // 4)
 
-    def take(self, wait):
-        """The first buffered message in queue priority order, waiting up to `wait` seconds."""
+    def take(self, wait, queues=None):
+        """The first buffered message of `queues` (default: all of ours) in priority order,
+        waiting up to `wait` seconds."""
+        self.asked = queues or self.queues
         deadline = time.monotonic() + wait
         serviced = False
         turn = 0.05 if self.driver._sharing > 1 else float("inf")  # lanes take turns with the connection
@@ -3283,7 +3336,7 @@ class _Consumer:
             with self.lock:
                 if self.unsent >= self.send_every or (self.unsent and time.monotonic() - self.unsent_at >= 0.1):
                     self._service(0, fetch=False)  # send the acks (the broker then delivers more)
-                for queue_name in self.queues:
+                for queue_name in self.asked:
                     if self.buffer[queue_name]:
                         return self.buffer[queue_name].popleft()
                 left = deadline - time.monotonic()
@@ -3299,9 +3352,13 @@ class _Consumer:
         if self.channel is None:
             return False
         try:
-            return any(self.channel.queue_declare(q, passive=True).method.message_count for q in self.queues)
-        except Exception as exc:  # a lost connection: the next _service() reconnects
-            self._lost(exc)
+            return any(self.channel.queue_declare(q, passive=True).method.message_count for q in self.asked)
+        except Exception as exc:  # a queue deleted meanwhile (the channel closes), a lost connection
+            try:
+                self.connection.close()  # the broker requeues what this connection held
+            except Exception:
+                pass
+            self._lost(exc)  # the next _service() reconnects (and declares the queues again)
             return False
 
     def service(self):
@@ -3323,7 +3380,7 @@ class _Consumer:
                 self._connect()
             self._write_acks()
             if len(self.queues) > 1:
-                for queue_name in self.queues if fetch else ():
+                for queue_name in self.asked if fetch else ():
                     method, properties, body = self.channel.basic_get(queue_name)
                     if method is not None:
                         return self._on_message(queue_name)(self.channel, method, properties, body)
@@ -3399,7 +3456,7 @@ class _Consumer:
             # a quorum queue counts deliveries itself; on a classic queue a redelivered message is
             # published again to count the attempt that died (pop), as far as the flag tells
             uncounted = method.redelivered and "x-delivery-count" not in headers
-            receipt = _Delivery(self.generation, method.delivery_tag, uncounted)
+            receipt = _Delivery(self, self.generation, method.delivery_tag, uncounted)
             if method.redelivered and properties.message_id and properties.message_id in self.done:
                 channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
                 return
@@ -3420,7 +3477,8 @@ class _Consumer:
             self.done.append(message.id)
         pika = _import_optional("pika", "amqp")
         with self.lock:
-            if self.channel is None or message.receipt.generation != self.generation:
+            receipt = message.receipt
+            if self.channel is None or receipt.consumer is not self or receipt.generation != self.generation:
                 return
             try:
                 if now:
@@ -3632,22 +3690,15 @@ class Worker:
         _guard(self._refresh_paused)  # before the first claim; then every second, on the keeper
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
-        # lanes run on threads of their own, the main thread only waits: a job cannot change the
-        # process's signal handlers (Python allows that in the main thread only) under the others
-        self._lanes = [self._lane() for _ in range(self.concurrency)] if self.concurrency > 1 else [self]
-        self.driver.lanes(self.concurrency)
         switching = sys.getswitchinterval()
-        if self.concurrency > 1:
-            sys.setswitchinterval(0.001)  # a lane whose job ended gets the GIL in 1 ms, not 5
-        threads = [threading.Thread(target=lane._run_lane, args=(i == 0,), name=f"queue-lane-{i}", daemon=True)
-                   for i, lane in enumerate(self._lanes) if lane is not self]
-        for thread in threads:
-            thread.start()
+        threads = self._start_lanes()
         reason = "error"
         try:
             if threads:
                 self._join(threads)
-                reason = self._lanes[0].reason or "signal " + signal.Signals(self._signals[-1]).name + " (cold)"
+                reasons = [lane.reason for lane in self._lanes if lane.reason] or [
+                    "signal " + signal.Signals(self._signals[-1]).name + " (cold)"]
+                reason = next((r for r in reasons if r not in ("stopped", "empty")), reasons[0])
             else:
                 reason = self._loop()
         except _ColdShutdown:
@@ -3673,6 +3724,20 @@ class Worker:
         return 0
 
     # lanes (--concurrency)
+    def _start_lanes(self):
+        """With concurrency N, N lanes on threads of their own while the main thread only waits,
+        so that no job can change the process's signal handlers under the others (Python allows
+        that in the main thread only); return the started threads ([]: one lane, the main one)."""
+        self._lanes = [self._lane() for _ in range(self.concurrency)] if self.concurrency > 1 else [self]
+        self.driver.lanes(self.concurrency)
+        if self.concurrency > 1:
+            sys.setswitchinterval(0.001)  # a lane whose job ended gets the GIL in 1 ms, not 5
+        threads = [threading.Thread(target=lane._run_lane, args=(i == 0,), name=f"queue-lane-{i}", daemon=True)
+                   for i, lane in enumerate(self._lanes) if lane is not self]
+        for thread in threads:
+            thread.start()
+        return threads
+
     def _lane(self):
         """Another loop of this worker, for a thread of its own (shares all but the running job)."""
         lane = copy.copy(self)

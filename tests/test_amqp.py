@@ -111,6 +111,31 @@ def test_stop_when_empty_drains_a_long_queue_to_the_end(amqp, tmp_path):
     assert queue.driver().stats([amqp.queue])[amqp.queue]["ready"] == 0
 
 
+def test_pausing_one_of_its_queues_leaves_a_running_lane_its_delivery(amqp, tmp_path, spawn):
+    """A worker of two queues with two lanes: pausing the second queue must not close the
+    connection that delivered the first lane's running job (the broker would hand that job to
+    the other lane while it still runs)."""
+    other = amqp.queue + "_other"
+    amqp.extra.append(other)
+    held, gate, after = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "after")
+    queue.push(testjobs.Gate(held, gate))
+    worker = spawn(amqp, "work", "--queue", f"{amqp.queue},{other}", "--concurrency", "2")
+    wait_worker(worker, lambda: values(held) == ["gate"], 30, "the gated job did not start")
+    queue.pause(other)
+    deadline = time.monotonic() + 1.5  # a worker sees a pause within a second: give it more
+    while time.monotonic() < deadline:
+        assert values(held) == ["gate"], "the running job was delivered again to the other lane"
+        time.sleep(0.1)
+    queue.push(testjobs.Record(after, "after"))
+    wait_worker(worker, lambda: values(after) == ["after"], 15, "the other lane took no job")
+    assert values(held) == ["gate"], "the running job was delivered again to the other lane"
+    open(gate, "w").close()
+    wait_worker(worker, lambda: values(held) == ["gate", "gate-done"], 15, "the gated job did not finish")
+    queue.resume(other)
+    stop(worker)
+    assert values(held) == ["gate", "gate-done"]
+
+
 # Worker deaths and long jobs ##################################################################
 def test_a_sigkilled_workers_job_is_redelivered_and_nothing_is_lost(amqp, tmp_path, spawn):
     held, gate, quick = str(tmp_path / "held"), str(tmp_path / "gate"), str(tmp_path / "quick")
