@@ -120,6 +120,26 @@ def test_a_job_claimed_ahead_whose_reservation_ran_out_is_not_started(project, t
     assert stats(driver, name) == {"ready": 0, "delayed": 0, "reserved": 0}
 
 
+def test_a_job_started_late_in_its_claim_is_not_taken_by_another_worker(project, tmp_path):
+    """A waiting job's reservation is renewed when it starts: started 0.6 x retry_after after
+    its claim, it must not lapse before the keeper's first renewal (a third of retry_after on)."""
+    driver, name = queue.driver(), unique("q")
+    queue.push(*(Record(str(tmp_path / "r"), i) for i in range(4)), queue=name)
+    driver.ack(driver.pop([name]))
+    driver.ack(driver.pop([name]))          # claims the other three; the next two wait
+    driver.clock.advance(driver.retry_after * 0.6)  # that job ran long (its keeper renewed it)
+    running = driver.pop([name])
+    other = queue.DatabaseDriver(driver.options, driver.config)
+    other.clock.advance(driver.retry_after * 1.1)  # later: the claim's own reservation ran out
+    taken = [value(m) for m in quick_pops(other, [name], 3)]
+    assert value(running) not in taken, "two workers run one job"
+    assert taken == ["3"], "the job that had not started lapsed, and was taken"
+    driver.ack(running)
+    assert driver.pop([name]) is None, "this worker does not start the job the other one took"
+    driver.close()
+    other.close()
+
+
 def test_a_claim_keeps_the_priority_order_of_queues(project, tmp_path):
     driver, high, low = queue.driver(), unique("high"), unique("low")
     out = str(tmp_path / "r")
