@@ -2003,21 +2003,25 @@ class _Postgres(_Dialect):
         return [("SELECT pg_notify(%s, %s)", (f"{driver.table}_pushed", queue))]
 
     def claim(self, driver, cur, queues, done, now, until, count=1):
-        t = self.quote(driver.table)
         for index, queue_name in enumerate(queues):
-            gone = f"WITH done AS (DELETE FROM {t} WHERE id = ANY(%s)) " if done and not index else ""
-            cur.execute(gone + driver._sql["claim"],
-                        ([list(done)] if gone else []) + [now, now, until, queue_name, now, count])
+            self._after_deleting(driver, cur, [] if index else done, "claim", [now, now, until, queue_name, now, count])
             taken = _in_order(cur.fetchall(), queue_name)
             if taken:
                 return taken
         return []
 
     def start(self, driver, cur, done, id_, stamp, until):
-        """One statement: WITH done AS (DELETE ...) UPDATE ... (autocommit)."""
-        gone = f"WITH done AS (DELETE FROM {self.quote(driver.table)} WHERE id = ANY(%s)) " if done else ""
-        cur.execute(gone + driver._sql["start"], ([list(done)] if done else []) + [until, id_, stamp])
+        self._after_deleting(driver, cur, done, "start", [until, id_, stamp])
         return cur.rowcount == 1
+
+    def _after_deleting(self, driver, cur, done, statement, params):
+        """Run one of the driver's statements, deleting the ids in `done` in the same statement
+        (WITH done AS (DELETE ...)): one round trip, one commit."""
+        if done:
+            cur.execute(f"WITH done AS (DELETE FROM {self.quote(driver.table)} WHERE id = ANY(%s)) "
+                        + driver._sql[statement], [list(done)] + params)
+        else:
+            cur.execute(driver._sql[statement], params)
 
     def wait(self, driver, conn, seconds):
         """Sleep until a push to our table is notified (or `seconds` pass), in slices of 0.25 s
