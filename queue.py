@@ -121,6 +121,7 @@ atexit = _Lazy("atexit", "atexit")
 bisect = _Lazy("bisect", "bisect")
 collections = _Lazy("collections", "collections")
 _dt = _Lazy("_dt", "datetime")
+heapq = _Lazy("heapq", "heapq")
 hmac = _Lazy("hmac", "hmac")
 importlib = _Lazy("importlib", "importlib.util", lambda m: sys.modules["importlib"])
 json = _Lazy("json", "json")
@@ -3529,8 +3530,8 @@ class MemoryDriver(Driver):
 
     _changed = threading.Condition()  # every instance of a process shares the jobs
     _jobs = {}                        # id -> Message, its .delay holding when it is due
-    _order = {}                       # id -> push order, among jobs due at the same moment
-    _last_id = [0]
+    _due = {}                         # queue -> heap of (due, order, id): an entry whose job
+    _order = [0]                      # is gone or due at another time is dropped when met
 
     def __init__(self, options, config):
         super().__init__(options, config)
@@ -3541,11 +3542,16 @@ class MemoryDriver(Driver):
         now = self.clock.time()
         with self._changed:
             for m in messages:
-                self._last_id[0] += 1  # the push order, among jobs due at the same moment
-                job_id = _new_id()     # unique across processes (failed jobs outlive the process)
-                self._jobs[job_id] = Message(job_id, m.queue, m.name, m.payload, m.attempts, now + m.delay)
-                self._order[job_id] = self._last_id[0]
+                job_id = _new_id()  # unique across processes (failed jobs outlive the process)
+                self._due_at(Message(job_id, m.queue, m.name, m.payload, m.attempts), now + m.delay)
             self._changed.notify_all()
+
+    def _due_at(self, job, when):
+        """(Re)schedule a job (under the lock): ready at `when`, after the jobs scheduled before
+        it for the same moment."""
+        self._jobs[job.id], job.delay = job, when
+        self._order[0] += 1
+        heapq.heappush(self._due.setdefault(job.queue, []), (when, self._order[0], job.id))
 
     def pop(self, queues, wait=0.0):
         deadline = self.clock.monotonic() + wait
@@ -3553,10 +3559,13 @@ class MemoryDriver(Driver):
             while True:
                 now = self.clock.time()
                 for queue_name in queues:
-                    ready = [m for m in self._jobs.values() if m.queue == queue_name and m.delay <= now]
-                    if ready:
-                        job = min(ready, key=lambda m: (m.delay, self._order[m.id]))
-                        job.attempts, job.delay, job.receipt = job.attempts + 1, now + self.retry_after, now
+                    heap = self._due.get(queue_name, ())
+                    while heap and heap[0][0] <= now:
+                        job = self._jobs.get(heapq.heappop(heap)[2])
+                        if job is None or job.delay > now:
+                            continue  # acked, or rescheduled (its newer entry is in the heap)
+                        job.attempts, job.receipt = job.attempts + 1, now
+                        self._due_at(job, now + self.retry_after)  # ready again if its reservation lapses
                         return Message(job.id, job.queue, job.name, job.payload, job.attempts, receipt=now)
                 left = deadline - self.clock.monotonic()
                 if left <= 0:
@@ -3566,27 +3575,27 @@ class MemoryDriver(Driver):
     def ack(self, message, failed=False):
         with self._changed:
             self._jobs.pop(message.id, None)
-            self._order.pop(message.id, None)
 
     def release(self, message, delay=0.0):
         with self._changed:
             job = self._jobs.get(message.id)
             if job is not None:
-                job.attempts, job.delay, job.receipt = message.attempts, self.clock.time() + delay, None
+                job.attempts, job.receipt = message.attempts, None
+                self._due_at(job, self.clock.time() + delay)
                 self._changed.notify_all()
 
     def keep(self, message):
         with self._changed:
             job = self._jobs.get(message.id)
             if job is not None and job.receipt == message.receipt:
-                job.delay = self.clock.time() + self.retry_after
+                self._due_at(job, self.clock.time() + self.retry_after)
 
     def clear(self, queue):
         now = self.clock.time()
         with self._changed:
             gone = [i for i, job in self._jobs.items() if job.queue == queue and (job.receipt is None or job.delay <= now)]
             for job_id in gone:
-                del self._jobs[job_id], self._order[job_id]
+                del self._jobs[job_id]
         return len(gone)
 
     def stats(self, queues=None):
@@ -4029,9 +4038,10 @@ class Worker:
         only), and again every second until it gives up."""
         alarm = (bool(timeout) and self.concurrency == 1 and hasattr(signal, "setitimer")
                  and threading.current_thread() is threading.main_thread())
-        if alarm:
-            previous = signal.signal(signal.SIGALRM, self._on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, timeout, 1.0)
+        if alarm:  # the C module's signal(): the signal module's converts each answer to an enum, slowly
+            import _signal
+            previous = _signal.signal(_signal.SIGALRM, self._on_alarm)
+            _signal.setitimer(_signal.ITIMER_REAL, timeout, 1.0)
             self._armed = time.monotonic()
         self._thread = threading.get_ident() if not alarm else None  # for the keeper's timeouts
         self._in_job, self._limit = True, timeout
@@ -4043,8 +4053,8 @@ class Worker:
         finally:
             self._in_job = False
             if alarm:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, previous)
+                _signal.setitimer(_signal.ITIMER_REAL, 0)
+                _signal.signal(_signal.SIGALRM, previous)
 
     def _run(self, message, body, loaded):
         """The user code of one attempt: unpickling, the before hooks, the job's callback. The
