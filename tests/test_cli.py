@@ -712,3 +712,27 @@ def test_config_option_and_environment_select_the_config_file(project, tmp_path,
 def test_config_option_naming_a_missing_file(project):
     one_line_error(project.cli("status", "--config", "nope.py"), "nope.py")
     one_line_error(project.cli("status", QUEUE_CONFIG="nope.py"), "nope.py")
+
+
+def test_the_command_lines_log_lines_read_as_logging_formats_them(monkeypatch):
+    """The CLI's handler formats the date and time once a second; each line must still be the
+    one logging.Formatter('%(asctime)s %(levelname)s %(message)s') writes, tracebacks included."""
+    import logging
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    queue._log_lines()
+    handler = root.handlers[0]
+    reference = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        failure = sys.exc_info()
+    records = [logging.LogRecord("queue", logging.INFO, __file__, 1, "%s #%s done in %.1f ms", ("Job", 7, 0.25), None),
+               logging.LogRecord("queue", logging.WARNING, __file__, 1, {"not": "a string"}, None, None),
+               logging.LogRecord("queue", logging.ERROR, __file__, 1, "failed: %s", ("x",), failure)]
+    records[1].created, records[1].msecs = records[0].created + 1.5, 5.0  # the next second
+    for record in records:
+        expected = reference.format(record)
+        record.exc_text = None  # as a fresh record: the reference cached the traceback's text
+        assert handler.format(record) == expected
