@@ -2,7 +2,6 @@
 short, each with its own reservation (renewed while it waits) and its own attempt; the jobs
 claimed ahead go back, uncounted, when the worker stops, and lapse with a worker that dies.
 Run on SQLite, MySQL/MariaDB and PostgreSQL (the clock is the driver's injectable one)."""
-import os
 import signal
 
 import pytest
@@ -165,14 +164,14 @@ def test_a_worker_that_stops_hands_back_what_it_claimed_ahead(project, tmp_path)
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_the_jobs_claimed_with_a_running_one_go_back_on_sigterm_and_lapse_on_sigkill(project, tmp_path, spawn, stop):
-    out, gate = str(tmp_path / "r"), str(tmp_path / "gate")
-    with open(os.path.join(project.folder, "jobs", "Block.py"), "w") as f:
-        f.write(BLOCK)
+    out, gate, started = str(tmp_path / "r"), str(tmp_path / "gate"), str(tmp_path / "started")
     queue.push(*(Record(out, i) for i in range(30)))
-    assert project.cli("push", "Block", gate).returncode == 0
-    queue.push(*(Record(out, i) for i in range(30, 40)))
     worker = spawn(project, "work")
-    wait_for(lambda: os.path.exists(gate + ".started"), 30, message="the blocking job did not start")
+    wait_for(lambda: len(values(out)) == 30, 30, message="the quick jobs did not run")
+    # the worker waits, paced by quick jobs: its next claim takes the blocking job and those
+    # pushed with it (one push, one transaction), whatever the claims before it took
+    queue.push(testjobs.Gate(started, gate), *(Record(out, i) for i in range(30, 40)))
+    wait_for(lambda: values(started) == ["gate"], 30, message="the blocking job did not start")
     driver = queue.driver()
     name = driver.default_queue
     counts = stats(driver, name)
@@ -190,19 +189,3 @@ def test_the_jobs_claimed_with_a_running_one_go_back_on_sigterm_and_lapse_on_sig
     assert ints(out) == list(range(30)), "the jobs before it ran once"
     assert project.cli("work", "--stop-when-empty").returncode == 0
     assert ints(out) == list(range(40)), "every job once"
-
-
-BLOCK = '''import os, time
-from queue import Queueable
-
-
-class Block(Queueable):
-    def __init__(self, gate):
-        self.gate = gate
-
-    def handle(self):
-        open(self.gate + ".started", "w").close()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(self.gate) and time.monotonic() < deadline:
-            time.sleep(0.01)
-'''
