@@ -3534,8 +3534,9 @@ class MemoryDriver(Driver):
 
     _changed = threading.Condition()  # every instance of a process shares the jobs
     _jobs = {}                        # id -> Message, its .delay holding when it is due
-    _due = {}                         # queue -> heap of (due, order, id): an entry whose job
-    _order = [0]                      # is gone or due at another time is dropped when met
+    _due = {}                         # queue -> heap of (due, order, id), one entry per schedule:
+    _entry = {}                       # id -> the order of its job's entry that counts (the others
+    _order = [0]                      # are dropped when met, or when the heap is rebuilt)
 
     def __init__(self, options, config):
         super().__init__(options, config)
@@ -3552,10 +3553,18 @@ class MemoryDriver(Driver):
 
     def _due_at(self, job, when):
         """(Re)schedule a job (under the lock): ready at `when`, after the jobs scheduled before
-        it for the same moment."""
+        it for the same moment. A heap grown past twice the jobs is rebuilt of its live entries."""
         self._jobs[job.id], job.delay = job, when
         self._order[0] += 1
-        heapq.heappush(self._due.setdefault(job.queue, []), (when, self._order[0], job.id))
+        self._entry[job.id] = self._order[0]
+        heap = self._due.setdefault(job.queue, [])
+        heapq.heappush(heap, (when, self._order[0], job.id))
+        if len(heap) > 2 * len(self._jobs) + 100:
+            heap[:] = [entry for entry in heap if self._live(entry)]
+            heapq.heapify(heap)
+
+    def _live(self, entry):
+        return entry[2] in self._jobs and self._entry.get(entry[2]) == entry[1]
 
     def pop(self, queues, wait=0.0):
         deadline = self.clock.monotonic() + wait
@@ -3565,9 +3574,10 @@ class MemoryDriver(Driver):
                 for queue_name in queues:
                     heap = self._due.get(queue_name, ())
                     while heap and heap[0][0] <= now:
-                        job = self._jobs.get(heapq.heappop(heap)[2])
-                        if job is None or job.delay > now:
+                        entry = heapq.heappop(heap)
+                        if not self._live(entry):
                             continue  # acked, or rescheduled (its newer entry is in the heap)
+                        job = self._jobs[entry[2]]
                         job.attempts, job.receipt = job.attempts + 1, now
                         self._due_at(job, now + self.retry_after)  # ready again if its reservation lapses
                         return Message(job.id, job.queue, job.name, job.payload, job.attempts, receipt=now)
@@ -3579,6 +3589,7 @@ class MemoryDriver(Driver):
     def ack(self, message, failed=False):
         with self._changed:
             self._jobs.pop(message.id, None)
+            self._entry.pop(message.id, None)
 
     def release(self, message, delay=0.0):
         with self._changed:
@@ -3599,7 +3610,7 @@ class MemoryDriver(Driver):
         with self._changed:
             gone = [i for i, job in self._jobs.items() if job.queue == queue and (job.receipt is None or job.delay <= now)]
             for job_id in gone:
-                del self._jobs[job_id]
+                del self._jobs[job_id], self._entry[job_id]
         return len(gone)
 
     def stats(self, queues=None):
@@ -5266,18 +5277,19 @@ def _log_lines():
     %(message)s") would, the date and time formatted once a second: a worker writes one line
     per job, and the logging module's formatter takes a fifth of a no-op job's time."""
     class Lines(logging.StreamHandler):
-        second, text = None, ""
+        plain, second, text = logging.Formatter("%(asctime)s %(levelname)s %(message)s"), None, ""
 
         def format(self, record):
-            if record.exc_info or record.exc_text or record.stack_info:
-                return super().format(record)
+            form = self.formatter
+            if form is not self.plain or record.exc_info or record.exc_text or record.stack_info:
+                return super().format(record)  # a formatter set by the app, or a traceback
             second = int(record.created)
-            if second != self.second:
-                self.second, self.text = second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-            return "%s,%03d %s %s" % (self.text, record.msecs, record.levelname, record.getMessage())
+            if second != self.second:  # converter: time.localtime, unless the app set another
+                self.second, self.text = second, time.strftime(form.default_time_format, form.converter(second))
+            return form.default_msec_format % (self.text, record.msecs) + f" {record.levelname} {record.getMessage()}"
 
     handler = Lines()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(Lines.plain)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
 

@@ -736,3 +736,7 @@ def test_the_command_lines_log_lines_read_as_logging_formats_them(monkeypatch):
         expected = reference.format(record)
         record.exc_text = None  # as a fresh record: the reference cached the traceback's text
         assert handler.format(record) == expected
+    monkeypatch.setattr(logging.Formatter, "converter", time.gmtime)  # the logging docs' way to UTC
+    utc = logging.LogRecord("queue", logging.INFO, __file__, 1, "in UTC", (), None)
+    utc.created += 10  # a second of its own
+    assert handler.format(utc) == reference.format(utc)

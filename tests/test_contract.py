@@ -619,6 +619,16 @@ class ClockLapse:
         self.driver.clock.advance(self.driver.retry_after + 0.001)
         assert self.driver.stats([message.queue])[message.queue]["reserved"] == 0
 
+    def test_a_job_retried_after_its_reservation_would_lapse_keeps_its_place(self):
+        """Released to a time past its reservation's end, a job waits behind a job due before it
+        (the memory driver once took it at its old reservation's time)."""
+        later = self.driver.retry_after + 10
+        queue.push(Record(self.path(), "first"), queue=self.q, delay=later)
+        queue.push(Record(self.path(), "retried"), queue=self.q)
+        self.driver.release(self.pop_one(), later)
+        self.driver.clock.advance(later + 1)
+        assert [self.value(self.pop_one()), self.value(self.pop_one())] == ["first", "retried"]
+
 
 class TestSQLiteContract(ClockLapse, DriverContract):
     project_fixture = "sqlite_project"
