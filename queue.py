@@ -5275,7 +5275,7 @@ _COMMANDS = [  # name, function, help, arguments
 def _log_lines():
     """Log INFO and up to stderr as logging.basicConfig(format="%(asctime)s %(levelname)s
     %(message)s") would, the date and time formatted once a second: a worker writes one line
-    per job, and the logging module's formatter takes a fifth of a no-op job's time."""
+    per job, and the logging module's formatter spends 2 to 4 us of it (a no-op job takes 70)."""
     class Lines(logging.StreamHandler):
         plain, second, text = logging.Formatter("%(asctime)s %(levelname)s %(message)s"), None, ""
 
