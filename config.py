@@ -37,8 +37,11 @@ DATABASES = {
     "sqlite": {"driver": "sqlite", "database": "queue.sqlite3",
                "synchronous": "full"},  # pushed jobs survive a power loss; "normal": only a crash
     "mysql": {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root",
-              "password": "", "database": "test"},
+              "password": "", "database": "test"},           # pip install pymysql
+    "postgres": {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres",
+                 "password": "", "database": "test"},        # pip install "psycopg[binary]"
 }
+# An entry is read only when a driver names it: "connection": "mysql" or "postgres" above.
 
 # The key that signs payloads. Leave it unset on one machine (a random key is kept in .queue.key);
 # hosts that share jobs must all set the same secret, e.g. in the environment as QUEUE_KEY.
