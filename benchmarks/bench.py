@@ -21,7 +21,6 @@ import os
 import platform
 import pstats
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -30,25 +29,15 @@ import tempfile
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):  # ROOT first: `import queue` must find our queue.py, not the stdlib's
-    if _path in sys.path:
-        sys.path.remove(_path)
-    sys.path.insert(0, _path)
+import common
+from common import AMQP, BENCHMARKS as HERE, MYSQL, ROOT, close_quietly, pg_connect, pg_kwargs
 
-import queue  # noqa: E402
-
-assert hasattr(queue, "Queueable"), f"imported {queue.__file__}, not {ROOT}/queue.py"
+queue = common.import_queue(HERE)  # ROOT first: `import queue` must find our queue.py, not the stdlib's
 from benchjobs import Noop, noop  # noqa: E402
 
-MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "", "database": "test"}
-AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
 DRIVERS = ("sqlite", "async", "mysql", "postgres", "amqp")
 BATCH = 1000
 QUEUE = "bench"
-KEY = "bench-signing-key-0123456789abcdef"  # a fixed test key, so subprocess workers verify payloads
 
 
 def say(*parts):
@@ -62,14 +51,6 @@ def stamp(plus=0.0):
     if plus:
         when += _dt.timedelta(seconds=plus)
     return when.replace(tzinfo=None).isoformat(" ", "microseconds")
-
-
-def server_up(host, port):
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def batches(n, size=BATCH):
@@ -100,30 +81,19 @@ class Bench:
         return "sqlite" if sync == self.syncs[0] else f"sqlite_{sync}"
 
     def _make_project(self):
-        shutil.copy(os.path.join(ROOT, "queue.py"), self.folder)
-        os.makedirs(os.path.join(self.folder, "jobs"))
-        with open(os.path.join(self.folder, "jobs", "__init__.py"), "w") as f:
-            f.write(JOBS_INIT)
         databases = {self.sqlite_connection(s): {"driver": "sqlite", "database": f"queue_{s}.sqlite3",
                                                   "synchronous": s} for s in self.syncs}
-        databases["mysql"] = dict(MYSQL, driver="mysql")
-        databases["pg"] = dict(PG, driver="postgres")
+        databases["mysql"] = common.database("mysql")
+        databases["pg"] = common.database("postgres")
         drivers = {"default": "database",
                    "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
                                 "state_table": self.table + "_state", "retry_after": 90, "queue": QUEUE},
                    "amqp": dict(AMQP, queue=self.amqp_queue, queue_type=self.args.amqp_queue_type),
                    "async": {}}
-        with open(os.path.join(self.folder, "config.py"), "w") as f:
-            f.write(f"DRIVERS = {drivers!r}\nDATABASES = {databases!r}\nKEY = {KEY!r}\n")
+        common.make_project(drivers, databases, folder=self.folder, jobs_init=JOBS_INIT)
 
     def env(self, **extra):
-        env = dict(os.environ)
-        env.pop("QUEUE_CONFIG", None)
-        env.pop("QUEUE_KEY", None)
-        env["PYTHONPATH"] = HERE  # benchjobs.py
-        env["BENCH_WORKER_LOG"] = self.args.worker_log
-        env.update(extra)
-        return env
+        return common.project_env(HERE, BENCH_WORKER_LOG=self.args.worker_log, **extra)  # HERE: benchjobs.py
 
     # results
     def add(self, driver, measure, ours, floor, unit="jobs/s", note=""):
@@ -469,22 +439,9 @@ class RawMySQL(RawSQLite):
         return seconds, jobs
 
 
-def close_quietly(conn):
-    try:
-        conn.close()
-    except Exception:
-        pass
-
-
 def drop_tables(*names):
     """Drop MySQL tables on a connection of its own (the server may have restarted meanwhile)."""
-    import pymysql
-    conn = pymysql.connect(autocommit=True, connect_timeout=5, **MYSQL)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
-    finally:
-        conn.close()
+    common.drop_tables("mysql", *names)
 
 
 # SQLite ######################################################################################
@@ -684,28 +641,9 @@ def bench_mysql(bench):
 
 
 # PostgreSQL ##################################################################################
-def pg_kwargs():
-    """PG as psycopg.connect() keywords."""
-    kwargs = {"host": PG["host"], "port": PG["port"], "user": PG["user"], "dbname": PG["database"]}
-    if PG["password"]:
-        kwargs["password"] = PG["password"]
-    return kwargs
-
-
-def pg_connect(**extra):
-    """A psycopg 3 connection to PG, in autocommit mode."""
-    import psycopg
-    return psycopg.connect(autocommit=True, **pg_kwargs(), **extra)
-
-
 def drop_pg_tables(*names):
     """Drop PostgreSQL tables on a connection of its own (their sequences and indexes go with them)."""
-    conn = pg_connect(connect_timeout=5)
-    try:
-        conn.execute("SET lock_timeout = '10s'")
-        conn.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
-    finally:
-        conn.close()
+    common.drop_tables("postgres", *names)
 
 
 class RawPostgres(RawMySQL):
@@ -1223,19 +1161,7 @@ def parse_args(argv=None):
 
 def available(name):
     """(True, '') or (False, why) for a driver's server and client package."""
-    try:
-        if name == "mysql":
-            import pymysql  # noqa: F401
-            return (True, "") if server_up(MYSQL["host"], MYSQL["port"]) else (False, "MariaDB unreachable")
-        if name == "postgres":
-            import psycopg  # noqa: F401
-            return (True, "") if server_up(PG["host"], PG["port"]) else (False, "PostgreSQL unreachable")
-        if name == "amqp":
-            import pika  # noqa: F401
-            return (True, "") if server_up(AMQP["host"], AMQP["port"]) else (False, "RabbitMQ unreachable")
-    except ImportError as exc:
-        return False, f"{exc.name} not installed"
-    return True, ""
+    return common.available(name)
 
 
 def main(argv=None):

@@ -40,7 +40,6 @@ import collections
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,22 +48,13 @@ import threading
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-TESTS = os.path.join(ROOT, "tests")
-for _path in (TESTS, ROOT):  # ROOT first: `import queue` must find our queue.py, not the stdlib's
-    if _path in sys.path:
-        sys.path.remove(_path)
-    sys.path.insert(0, _path)
+import common
+from common import MYSQL, TESTS, server_up
 
-import queue  # noqa: E402
-
-assert hasattr(queue, "Queueable"), f"imported {queue.__file__}, not {ROOT}/queue.py"
+queue = common.import_queue(TESTS)  # ROOT first: `import queue` must find our queue.py, not the stdlib's
 import flowjobs  # noqa: E402
 from flowjobs import events, most_in_window, most_running, most_surely_within  # noqa: E402
 
-MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
-KEY = "flow-bench-signing-key-0123456789abcdef"
 ALLOW, EVERY = 10, 1.0          # the throttle: 10 starts per second
 FUNNEL, HOLD_MS = 2, 50         # the funnel: 2 holders, 50 ms bodies
 PUSHES, THREADS = 100, 8        # unique: 100 pushes from 8 threads
@@ -74,14 +64,6 @@ def say(*parts):
     print(*parts, file=sys.stderr, flush=True)
 
 
-def server_up(host, port):
-    try:
-        with socket.create_connection((host, port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 class Backend:
     """A temporary project on one backend, its workers, and its clean-up."""
 
@@ -89,17 +71,12 @@ class Backend:
         self.name, self.args = name, args
         self.folder = tempfile.mkdtemp(prefix=f"flow-{name}-")
         self.table = f"flow_{uuid.uuid4().hex[:10]}" if name == "mysql" else "jobs"
-        database = {"driver": "mysql", **MYSQL} if name == "mysql" else {"driver": "sqlite", "database": "queue.sqlite3"}
         drivers = {"default": "database",
                    "database": {"connection": name, "table": self.table, "failed_table": self.table + "_failed",
                                 "state_table": self.table + "_state", "attempts": 3, "poll": args.poll,
                                 "retry_after": 30}}
-        shutil.copy(os.path.join(ROOT, "queue.py"), self.folder)
-        os.makedirs(os.path.join(self.folder, "jobs"))
-        open(os.path.join(self.folder, "jobs", "__init__.py"), "w").close()
+        common.make_project(drivers, {name: common.database(name)}, folder=self.folder)
         self.config = os.path.join(self.folder, "config.py")
-        with open(self.config, "w") as f:
-            f.write(f"DRIVERS = {drivers!r}\nDATABASES = {{{name!r}: {database!r}}}\nKEY = {KEY!r}\n")
         queue.configure(self.config)
         if name == "mysql":
             queue.driver().create_tables()
@@ -107,9 +84,7 @@ class Backend:
 
     # workers
     def start_workers(self, scenario):
-        env = dict(os.environ, PYTHONPATH=TESTS)
-        env.pop("QUEUE_CONFIG", None)
-        env.pop("QUEUE_KEY", None)
+        env = common.project_env(TESTS)  # TESTS: flowjobs.py
         for i in range(self.args.workers):
             log = open(os.path.join(self.folder, f"{scenario}-worker-{i}.log"), "w")
             proc = subprocess.Popen([sys.executable, "queue.py", "work"], cwd=self.folder, env=env,
@@ -151,8 +126,7 @@ class Backend:
                 return conn.execute(statement).fetchall()
             finally:
                 conn.close()
-        import pymysql
-        conn = pymysql.connect(autocommit=True, **MYSQL)
+        conn = common.mysql_connect()
         try:
             with conn.cursor() as cur:
                 cur.execute(statement)

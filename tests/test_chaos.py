@@ -1,11 +1,11 @@
-"""Fault injection, short version: benchmarks/chaos.py run as a subprocess on every backend.
+"""Fault injection, short version: benchmarks/chaos/chaos.py run as a subprocess on every backend.
 
 Each run pushes a few hundred numbered jobs, SIGKILLs a random worker every second (starting a
 replacement), and once restarts the server (MariaDB, RabbitMQ) or, on SQLite, kills every worker
 at once; the bad-input runs inject ~100 forged and broken payloads straight into the backend.
 chaos.py counts from the jobs' own record (not through queue.py) and exits 1 on any loss,
 unexplained double run, unpickled forgery or worker death without recovery; its table is parsed
-here so that a failure says what went wrong. The full-size run is `python benchmarks/chaos.py`
+here so that a failure says what went wrong. The full-size run is `python benchmarks/chaos/chaos.py`
 (see its docstring).
 """
 import os
@@ -17,7 +17,7 @@ import pytest
 
 from conftest import restarts_a_server, AMQP, MYSQL, ROOT, require, _USED_THE_BROKER
 
-CHAOS = os.path.join(ROOT, "benchmarks", "chaos.py")
+CHAOS = os.path.join(ROOT, "benchmarks", "chaos", "chaos.py")
 SEED = int(os.environ.get("CHAOS_SEED", "20240601"))
 
 
