@@ -135,23 +135,25 @@ class Bench:
     # the subprocess worker
     def worker(self, *argv, count=1, mark=False):
         """Run `count` workers `python queue.py work ARGV` at once in the project; return (wall seconds
-        until the last exited, [ru_maxrss KiB], [seconds from spawn to the first loop iteration])."""
+        until the last exited, [peak RSS KiB of each], [seconds from spawn to the first loop iteration]).
+        The peak RSS is the worker's own: its VmHWM, polled every 10 ms until it exits (common.PeakRSS;
+        os.wait4's ru_maxrss would count this process's memory at the fork)."""
         marks = [os.path.join(self.folder, f".loop-mark-{i}") for i in range(count)]
         for path in marks:
             if os.path.exists(path):
                 os.unlink(path)
         logs = [open(os.path.join(self.folder, f"worker-{i}.log"), "w+") for i in range(count)]
-        procs = []
+        procs, peaks = [], []
         t0, p0 = time.time(), time.perf_counter()
         for i in range(count):
             env = self.env(BENCH_LOOP_FILE=marks[i]) if mark else self.env()
             procs.append(subprocess.Popen([sys.executable, "queue.py", "work", *argv], cwd=self.folder, env=env,
                                           stdin=subprocess.DEVNULL, stdout=logs[i], stderr=subprocess.STDOUT))
+            peaks.append(common.PeakRSS(procs[-1].pid, every=0.01).start())
         rss = []
-        for proc, log in zip(procs, logs):
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            rss.append(usage.ru_maxrss)
+        for proc, log, peak in zip(procs, logs, peaks):
+            proc.wait()
+            rss.append(peak.stop() or 0)
             if proc.returncode != 0:
                 log.seek(0)
                 raise RuntimeError(f"worker exited {proc.returncode}: {log.read()[-500:]}")
@@ -528,7 +530,7 @@ def bench_rss(bench):
         if left["ready"] or left["reserved"]:
             raise RuntimeError(f"the worker left {left} jobs")
         bench.add("worker", f"peak RSS, drained {size:,} (CLI)", peak[0] / 1024, bench.idle_rss, unit="MiB",
-                  note="floor: RSS of `work --once` on an empty queue")
+                  note="the worker's own VmHWM (polled); floor: that of `work --once` on an empty queue")
         note = f"wall incl. start-up; from first loop: {size / (wall - loops[0]):,.0f}/s" if loops else "wall incl. start-up"
         bench.add("worker", f"sqlite drain {size:,}, 1 process (CLI)", size / wall, None, note=note)
 
