@@ -133,11 +133,11 @@ signal = _Lazy("signal", "signal")
 traceback = _Lazy("traceback", "traceback")
 log = _Lazy("log", "logging", _logger)
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
 __all__ = list(_stdlib_queue.__all__) + [
     "Queueable", "push", "chain", "before", "after", "failing", "looping", "configure",
     "driver", "Worker", "Message", "Driver", "FailedStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
-    "MemoryDriver", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload",
+    "MemoryDriver", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload", "CodeMissing",
     "JobTimeout", "MaxAttemptsExceeded", "JobFailed", "status", "failed_jobs", "retry", "forget", "flush", "clear",
     "restart", "run_now", "call", "task", "released", "stopping", "throttle", "funnel", "RateLimited",
     "WithoutOverlapping", "ThrottlesExceptions", "pause", "resume", "paused", "workers", "metrics",
@@ -165,6 +165,12 @@ class MissingTable(QueueError):
 
 class BadPayload(QueueError):
     """A payload cannot be turned back into a job (bad signature, malformed, unknown class)."""
+
+
+class CodeMissing(BadPayload):
+    """A job's class (or something it refers to) cannot be imported by this worker: during a
+    rolling deploy, a worker may run older code than the app that pushed the job. Unlike the
+    other bad payloads it is tried again, with the job's tries and backoff."""
 
 
 class JobTimeout(BaseException):
@@ -738,6 +744,10 @@ def load(body):
     except (_ColdShutdown, JobTimeout):
         raise  # the worker's own: it stops, or the attempt ran out of time
     except BaseException as exc:  # __setstate__ and friends are user code: even SystemExit
+        if isinstance(exc, ImportError) or isinstance(exc, AttributeError) and str(exc).startswith("Can't get"):
+            raise CodeMissing(f"cannot load the job: {type(exc).__name__}: {_text(exc)} (this worker may run "
+                              "older code than the app that pushed it: deploy the new code to the workers and "
+                              "restart them; the job is tried again)") from None
         raise BadPayload(f"cannot load the job: {type(exc).__name__}: {_text(exc)}") from None
     if not isinstance(envelope, dict) or envelope.get("v") not in (1, 2) or "job" not in envelope:
         raise BadPayload("malformed payload: unknown envelope version")
@@ -961,8 +971,7 @@ def push(*jobs, driver=None, queue=None, delay=None, connection=None, using=None
     if using is not None:
         if not isinstance(target, DatabaseDriver):
             raise QueueError(f"push(using=...) writes to a database: the {target.name} driver has none")
-        target.put_through(target.messages(jobs, queue, delay), using)
-        return True
+        return target.put_through(target.messages(jobs, queue, delay), using)
     return target.push(jobs, queue=queue, delay=delay)
 
 
@@ -1127,8 +1136,9 @@ class RateLimited:
 
 class WithoutOverlapping(RateLimited):
     """Job middleware: one job with this key runs at a time; another is released after
-    `release_after` seconds (default: when the running one's slot would lapse). The slot lapses
-    `expire_after` seconds after its holder died (default retry_after)."""
+    `release_after` seconds (default: it looks again within a second, so it runs about a second
+    after the holder ends). The slot lapses `expire_after` seconds after its holder died
+    (default retry_after)."""
 
     def __init__(self, key, release_after=None, expire_after=None):
         self.limit, self.release_after = funnel(key, 1, expire_after), release_after
@@ -1136,7 +1146,9 @@ class WithoutOverlapping(RateLimited):
     def enter(self, job):
         if self.limit.__enter__():
             return None
-        return self.release_after if self.release_after is not None else max(self.limit.retry_after, 0.01)
+        if self.release_after is not None:
+            return self.release_after
+        return min(max(self.limit.retry_after, 0.01), 1.0)  # a holder that ends frees the slot at once: look again soon
 
     def exit(self, job, exc):
         self.limit.__exit__()
@@ -2362,8 +2374,9 @@ class DatabaseDriver(Driver, FailedStore):
         return sql._inserts(rows) + wake
 
     def put_through(self, messages, conn):
-        """Insert the messages through the app's own connection, inside the app's transaction: they
-        commit or roll back with the app's rows (the outbox pattern). Nothing is committed here."""
+        """Insert the messages (and take the locks of unique jobs) through the app's own
+        connection, inside the app's transaction: they commit or roll back with the app's rows
+        (the outbox pattern). Nothing is committed here. False if a unique job was left out."""
         raw = getattr(conn, "connection", None) if type(conn).__module__.startswith("django") else conn
         if raw is None:  # a Django connection that has not connected yet
             conn.ensure_connection()
@@ -2372,15 +2385,21 @@ class DatabaseDriver(Driver, FailedStore):
         kinds = {"sqlite3": "sqlite", "pymysql": "mysql", "psycopg": "postgres"}
         if module not in kinds:
             raise QueueError(f"push(using=...) takes a sqlite3, pymysql or psycopg connection, not {type(raw).__name__}")
+        if kinds[module] != self.dialect.name:
+            raise QueueError(f"push(using=...) got a {module} connection, but the database driver's connection "
+                             f"{self.connection!r} is {self.dialect.name}: no worker would read the job there")
         twin = copy.copy(self)
         twin.dialect = _Dialect.registry[kinds[module]](_Dialect.registry[kinds[module]].defaults, self.config.folder)
         twin._sql = twin._statements()
         cur = raw.cursor()
         try:
-            for sql, params in self._writes(messages, twin):
+            kept = [m for m in messages if not m.lock or twin._take_lock(
+                lambda statements: _Dialect.script(twin.dialect, cur, statements), *m.lock)]
+            for sql, params in self._writes(kept, twin):
                 cur.execute(sql, params)
         finally:
             cur.close()
+        return len(kept) == len(messages)
 
     def _inserts(self, rows):
         """Multi-row INSERTs of the rows: up to 100 rows, or a quarter of the largest query, each."""
@@ -2579,13 +2598,15 @@ class DatabaseDriver(Driver, FailedStore):
 
     def lock(self, name, holder, ttl):
         """Take the lock `name` for `ttl` seconds if it is free or expired; True if taken."""
-        now, until = self.clock.now(0, ttl)
+        return self._execute(lambda cur: self._take_lock(lambda statements: self.dialect.script(cur, statements),
+                                                         name, holder, ttl))
 
-        def take(cur):  # the row count cannot tell (pymysql counts found rows): read the holder back
-            rows = self.dialect.script(cur, [(self._sql["lock"], (name, holder, until, now, holder)),
-                                             (self._sql["value"], (name,))])
-            return bool(rows) and rows[0][0] == holder
-        return self._execute(take)
+    def _take_lock(self, script, name, holder, ttl):
+        """The lock taken through script(statements); the row count cannot tell (pymysql counts
+        found rows): the holder is read back."""
+        now, until = self.clock.now(0, ttl)
+        rows = script([(self._sql["lock"], (name, holder, until, now, holder)), (self._sql["value"], (name,))])
+        return bool(rows) and rows[0][0] == holder
 
     def unlock(self, name, holder=None, retry=True):
         """Free the lock (or counter) `name`; with a holder, only if that holder has it."""
@@ -2761,6 +2782,7 @@ class AsyncDriver(Driver):
         self._pending = 0
         self._idle = threading.Condition()
         self._timers = set()
+        self._in_children, self._waiting = 0, collections.deque()  # multiprocess: in the pool, waiting for it
         if not self.blocking:
             atexit.register(self.join)
 
@@ -2810,28 +2832,54 @@ class AsyncDriver(Driver):
     def _submit(self, message):
         self._timers.discard(threading.current_thread())
         message.attempts += 1
+        if self.mode == "multiprocess":
+            with self._idle:  # at most `workers` in the pool: a child that dies breaks only its own
+                if self._in_children >= self.workers:
+                    self._waiting.append(message)
+                    return
+                self._in_children += 1
+        self._start(message)
+
+    def _start(self, message):
         try:
             if self.mode == "multiprocess":
-                future = self._executor().submit(_attempt_in_child, message.payload, self.worker.callback)
+                future = self._executor().submit(_attempt_in_child, message, self.worker.callback)
                 future.add_done_callback(lambda f: self._settle_child(message, f))
             else:
                 self._executor().submit(self._run, message)
-        except RuntimeError:  # the interpreter is shutting down: run it here rather than drop it
-            self._run(message)
+        except RuntimeError:
+            if getattr(self._pool, "_broken", False):  # a child died: a new pool
+                self._pool = None
+                return self._start(message)
+            self._run(message)  # the interpreter is shutting down: run it here rather than drop it
 
     def _run(self, message):
         try:
             self.worker.process(message)
         finally:
+            self._next_in_pool()
             self._finished()
 
     def _settle_child(self, message, future):
+        """Settle, in this process, the outcome of an attempt that a child ran (done, raised,
+        released, failed or deleted itself); a child that died failed its attempt."""
         try:
-            self.worker.process(message, outcome=future.result())
-        except BaseException as exc:  # the child process died
-            self.worker.process(message, outcome=(exc, _format(exc)))
+            try:
+                outcome = future.result()
+            except BaseException as exc:  # the child process died
+                outcome = (exc, _format(exc), None)
+            self.worker.process(message, outcome=outcome)
         finally:
+            self._next_in_pool()
             self._finished()
+
+    def _next_in_pool(self):
+        """A multiprocess attempt ended: its place in the pool goes to the next one waiting."""
+        if self.mode == "multiprocess":
+            with self._idle:
+                following = self._waiting.popleft() if self._waiting else None
+                self._in_children -= following is None
+            self._start(following) if following is not None else None
 
     def _finished(self):
         with self._idle:
@@ -2882,15 +2930,31 @@ class AsyncDriver(Driver):
             self._pool = None
 
 
-def _attempt_in_child(payload, callback):
-    """Run one attempt in a process-pool child; return (None, None) or (exception, traceback text)."""
-    _, exc, text = _guard(lambda: getattr(unpack(payload)["job"], callback)())
-    if exc is not None:
-        try:
-            pickle.loads(pickle.dumps(exc))
-        except BaseException:
-            exc = RuntimeError(_summary(exc))
-    return exc, text
+def _attempt_in_child(message, callback):
+    """Run one attempt in a process-pool child, by a worker's own attempt path (the timeout,
+    before hooks, middleware, an `async def` callback); return (exception or None, traceback
+    text, what the job asked for: ("release", delay), ("fail", exc), ("delete", None) or None)
+    for the parent to settle."""
+    worker = _driver("async").worker
+    worker.callback = callback
+    try:
+        header, body = worker._open(message)
+    except BadPayload as error:
+        return error, None, None
+    envelope, exc, text = worker._attempt(message, header, body)
+    steer = getattr(envelope["job"], "_queue_steer", None) if envelope else None
+    if steer and isinstance(steer[1], BaseException):
+        steer = (steer[0], _picklable(steer[1]))
+    return (exc if exc is None else _picklable(exc)), text, steer
+
+
+def _picklable(exc):
+    """The exception, or a RuntimeError with its summary if it cannot travel between processes."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except BaseException:
+        return RuntimeError(_summary(exc))
 
 
 # The amqp driver (RabbitMQ) ###################################################################
@@ -4006,7 +4070,9 @@ class Worker:
         if outcome is None:
             envelope, exc, text = self._attempt(message, header, body, envelope)
         else:
-            exc, text = outcome
+            exc, text, steer = outcome
+            if steer:
+                _guard(setattr, envelope["job"], "_queue_steer", steer)
         return self._settle(message, header, body, envelope, exc, text, started), header
 
     def _open(self, message):
@@ -4115,7 +4181,7 @@ class Worker:
             for step in middleware:
                 wait = step.enter(job)
                 if wait is not None:
-                    job._queue_steer = ("release", wait)
+                    job._queue_steer = ("release", wait, "middleware")
                     return None
                 entered.append(step)
             return self._call(job)
@@ -4146,20 +4212,23 @@ class Worker:
             exhausted = self.driver.clock.time() + backoff > header["until"]
         else:
             exhausted = message.attempts >= (header.get("tries") or self.attempts)
+        final = isinstance(exc, BadPayload) and not isinstance(exc, CodeMissing)  # nothing to try again
         most = header.get("max_exceptions")
-        if most and not exhausted and not isinstance(exc, BadPayload):
+        if most and not exhausted and not final:
             exhausted = self._count_exception(message) >= most
-        if exhausted or isinstance(exc, BadPayload):
+        if exhausted or final:
             return self._fail(message, body, exc, text, started, envelope)
         return self._release(message, job, backoff, started, exc)
 
     def _steer(self, message, header, body, envelope, steer, exc, text, started):
         """What a job asked for in handle(): release(delay), fail(exc) or delete()."""
-        action, value = steer
+        action, value = steer[:2]
         if exc is not None:
             log.warning("%s #%s raised after it called %s(): %s", message.name, message.id, action, _summary(exc))
         if action == "release":
             delay, error, _ = _guard(seconds, value, self.driver.clock.tz)
+            if steer[2:] == ("middleware",):
+                message.attempts -= 1  # a job its middleware holds back spends none of its tries
             return self._release(message, envelope["job"], delay or 0.0, started, error)
         if action == "fail":
             failure = value if isinstance(value, BaseException) else JobFailed(
@@ -4460,9 +4529,10 @@ def retry(ids=None, queue=None, driver=None, connection=None):
         if missing:
             raise QueueError(f"no failed job with id {', '.join(map(str, missing))}")
 
-    def target(row):
+    def target(row):  # a row's connection names a database connection only if it failed on the database driver
         name = driver or row["driver"]
-        return _driver(name, (connection or row["connection"]) if name == "database" else None)
+        own = row["connection"] if row["driver"] == "database" else None
+        return _driver(name, (connection or own) if name == "database" else None)
     return list(store.retry_failed(ids, queue=queue, target=target))
 
 

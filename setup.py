@@ -14,7 +14,7 @@ from setuptools import setup
 
 setup(
     name="queue.py",
-    version="1.0.0",
+    version="1.1.0",
     description="Background jobs for Python applications, in one file (copy queue.py into your project).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
