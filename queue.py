@@ -99,10 +99,12 @@ class _Lazy:
         self._alias, self._module, self._make = alias, module, make
 
     def __getattr__(self, attr):
-        __import__(self._module)
-        value = sys.modules[self._module]
-        value = self._make(value) if self._make else value
-        globals()[self._alias] = value
+        value = self.__dict__.get("_value")
+        if value is None:  # resolved once: a name imported before its first use keeps this proxy
+            __import__(self._module)
+            value = sys.modules[self._module]
+            value = self._value = self._make(value) if self._make else value
+            globals()[self._alias] = value
         return getattr(value, attr)
 
 
@@ -245,6 +247,9 @@ _flag = _kind(lambda v: isinstance(v, bool), "True or False")
 _mapping = _kind(lambda v: isinstance(v, dict), "a dict")
 _whole = _kind(lambda v: type(v) is int and v >= 1, "a whole number of at least 1")
 _seconds = _kind(lambda v: _is_number(v) and 0 <= v <= _MAX_DELAY, "a number of seconds from 0 to 100 years")
+_lease = _kind(lambda v: _is_number(v) and _MIN_LEASE <= v <= _MAX_DELAY,  # shorter: a renewal could come too late
+               "a number of seconds from 1 to 100 years (below 1 s, two workers could run one job at once)")
+_MIN_LEASE = 1
 _port = _kind(lambda v: not isinstance(v, bool) and str(v).isdigit() and 0 < int(v) < 65536, "a port number")
 _table = _kind(lambda v: re.match(_IDENT, v), f"a plain table name of at most {_MAX_TABLE} characters (letters, digits, _)")
 _maybe_table = _kind(lambda v: v is None or re.match(_IDENT, v), f"None or {_table.must}")
@@ -349,7 +354,11 @@ def _database_options(where, opts):
         raise ConfigError(f"{where}['driver'] must be one of {', '.join(map(repr, sorted(_Dialect.registry)))}, "
                           f"not {name!r}")
     dialect = _Dialect.registry[name]
+    opts = {k: v for k, v in opts.items() if k not in _MASONITE_ORM_KEYS}  # Masonite ORM's own: not ours to read
     return _options(where, opts, dialect.defaults, dialect.kinds)
+
+
+_MASONITE_ORM_KEYS = ("prefix", "log_queries", "options", "grammar")
 
 
 _config = None
@@ -402,7 +411,22 @@ def _read_config_file(path):
     except BaseException as exc:
         raise ConfigError(f"{path} cannot be executed: {type(exc).__name__}: {exc} (if it is your app's "
                           "own config.py, give queue.py a file of its own: QUEUE_CONFIG=path or --config)") from None
+    _warn_misspelled(path, module)
     return {k: getattr(module, k) for k in ("DRIVERS", "DATABASES", "KEY", "JOBS") if hasattr(module, k)}
+
+
+_MISSPELLED = {"DRIVERS": ("DRIVER", "drivers", "Drivers", "CONNECTIONS", "connections", "QUEUE", "QUEUES"),
+               "DATABASES": ("DATABASE", "databases", "Databases", "DB", "DBS")}
+
+
+def _warn_misspelled(path, module):
+    """One warning line for a config file that names its settings in a way queue.py does not read
+    (it would run silently on the defaults: the database driver on SQLite)."""
+    for right, wrongs in _MISSPELLED.items():
+        found = [name for name in wrongs if hasattr(module, name)]
+        if found and not hasattr(module, right):
+            log.warning("%s defines %s but no %s: queue.py reads DRIVERS and DATABASES (upper case), so the "
+                        "defaults are used", path, found[0], right)
 
 
 def _get_config():
@@ -2092,7 +2116,7 @@ class DatabaseDriver(Driver, FailedStore):
     defaults = dict(Driver.defaults, connection="sqlite", table="jobs", failed_table="failed_jobs",
                     state_table="queue_state", retry_after=90, prefetch=20)
     kinds = dict(Driver.kinds, connection=_string, table=_table, failed_table=_maybe_table, state_table=_table,
-                 retry_after=_seconds, prefetch=_whole)
+                 retry_after=_lease, prefetch=_whole)
 
     def __init__(self, options, config):
         super().__init__(options, config)
@@ -3594,7 +3618,7 @@ class MemoryDriver(Driver):
     name = "memory"
     shared = False
     defaults = dict(Driver.defaults, retry_after=90)
-    kinds = dict(Driver.kinds, retry_after=_seconds)
+    kinds = dict(Driver.kinds, retry_after=_lease)
 
     _changed = threading.Condition()  # every instance of a process shares the jobs
     _jobs = {}                        # id -> Message, its .delay holding when it is due
@@ -5099,6 +5123,10 @@ def _literal(text):
 
 
 def _cmd_work(args, config):
+    if args.using:
+        if args.driver and args.driver != args.using:
+            raise QueueError(f"work {args.using} --driver {args.driver}: name the driver once")
+        args.driver = args.using
     queues = [q.strip() for q in args.queue.split(",") if q.strip()] if args.queue else None
     name, _ = config.driver(args.driver)
     if not Driver.registry[name].shared:
@@ -5135,8 +5163,11 @@ def _import_jobs(config):
 
 
 def _cmd_job(args, config):
-    if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", args.name):
-        raise QueueError(f"{args.name!r} is not a valid class name")
+    import keyword
+    if not args.name.isidentifier() or keyword.iskeyword(args.name) or not args.name.isascii():
+        raise QueueError(f"{args.name!r} is not a valid class name (letters, digits and _, not a Python keyword)")
+    if args.name in ("Queueable", "queue", "jobs"):
+        raise QueueError(f"{args.name!r} would hide the name the job file imports: choose another class name")
     folder = _jobs_folder(config)
     try:
         os.makedirs(folder, exist_ok=True)
@@ -5298,6 +5329,7 @@ _CONNECTION = _arg("--connection", help="database connection (a name in DATABASE
 _DRIVER = _arg("--driver", help="driver (default: DRIVERS['default'])")
 _COMMANDS = [  # name, function, help, arguments
     ("work", _cmd_work, "run a worker", [
+        _arg("using", nargs="?", metavar="DRIVER", help="the driver to work (Laravel's `queue:work redis`): as --driver"),
         _DRIVER, _CONNECTION,
         _arg("--queue", help="queues in priority order, comma separated (e.g. high,low)"),
         _arg("--poll", "--sleep", type=_positive(float), dest="poll", help="seconds to wait when no job is ready"),
@@ -5342,6 +5374,13 @@ _COMMANDS = [  # name, function, help, arguments
 ]
 
 
+_ALIASES = {  # Laravel's and Masonite's spellings
+    "work": ["queue:work"], "retry": ["queue:retry"], "failed": ["queue:failed"], "forget": ["queue:forget"],
+    "flush": ["queue:flush"], "restart": ["queue:restart"], "table": ["queue:table", "queue:failed-table"],
+    "job": ["make:job"], "clear": ["queue:clear"], "status": ["queue:status"], "pause": ["queue:pause"],
+    "resume": ["queue:resume"]}
+
+
 def _log_lines():
     """Log INFO and up to stderr as logging.basicConfig(format="%(asctime)s %(levelname)s
     %(message)s") would, the date and time formatted once a second: a worker writes one line
@@ -5374,7 +5413,7 @@ def _parser():
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for name, fn, text, arguments in _COMMANDS:
-        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub = commands.add_parser(name, parents=[common], help=text, description=text, aliases=_ALIASES.get(name, []))
         sub.set_defaults(fn=fn)
         for flags, options in arguments:
             sub.add_argument(*flags, **options)
@@ -5395,6 +5434,10 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `python queue.py status | head -1`: the reader left; stop quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if _SCRIPT:
