@@ -14,7 +14,6 @@ MySQL and PostgreSQL tables and RabbitMQ queues get unique names and are dropped
 import argparse
 import cProfile
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import time
 import uuid
 
 import common
-from common import AMQP, BENCHMARKS as HERE, MYSQL, ROOT, close_quietly, pg_connect, pg_kwargs
+from common import AMQP, BENCHMARKS as HERE, MYSQL, close_quietly, pg_connect, pg_kwargs
 
 queue = common.import_queue(HERE)  # ROOT first: `import queue` must find our queue.py, not the stdlib's
 from benchjobs import Noop, noop  # noqa: E402
@@ -1170,9 +1169,7 @@ def main(argv=None):
     args = parse_args(argv)
     chosen = args.driver or list(DRIVERS)
     bench = Bench(args)
-    with open(os.path.join(ROOT, "queue.py"), "rb") as f:
-        queue_py = hashlib.sha256(f.read()).hexdigest()[:12]
-    meta = {"queue_py": f"{queue.__version__} sha256:{queue_py}", "jobs": args.jobs, "batch": BATCH,
+    meta = {"queue_py": common.queue_py_id(queue), "jobs": args.jobs, "batch": BATCH,
             "repeat": args.repeat, "synchronous": args.synchronous,
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
             "worker_log": args.worker_log, "profile": bool(args.profile), "drivers": []}

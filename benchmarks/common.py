@@ -45,6 +45,14 @@ def import_queue(*folders):
     return queue
 
 
+def queue_py_id(queue):
+    """'VERSION sha256:HEX12' of ROOT/queue.py as it is now (the copy a temporary project gets),
+    for the header of a table: the working tree may hold uncommitted changes."""
+    import hashlib
+    with open(os.path.join(ROOT, "queue.py"), "rb") as f:
+        return f"{queue.__version__} sha256:{hashlib.sha256(f.read()).hexdigest()[:12]}"
+
+
 def server_up(host, port, timeout=2.0):
     """True when something accepts a TCP connection on host:port."""
     try:
