@@ -1,4 +1,9 @@
-"""Shared fixtures: a temporary project per test, and the real servers (MariaDB, RabbitMQ).
+"""Shared fixtures: a temporary project per test, and the real servers (MariaDB, PostgreSQL,
+RabbitMQ). The helpers the test modules share are in tests/helpers.py.
+
+A test that takes `project` runs once per backend named by its (its class's, its module's)
+@backends(...) mark: sqlite, mysql, postgres (the database driver on each), memory, amqp. It gets
+that backend's project fixture below; project.backend names it.
 
 Server tests skip when a server is unreachable, except under CI=true, where that is a failure.
 """
@@ -32,6 +37,36 @@ AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "gue
 POSTGRES = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "",
             "database": "test"}
 
+# The backends a test can run on (the `project` fixture's), and groups of them.
+BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp")
+SQL_BACKENDS = ("sqlite", "mysql", "postgres")     # the database driver on each dialect
+CLOCKED = ("sqlite", "mysql", "postgres", "memory")  # reservations lapse on the driver's injectable clock
+
+
+def backends(*names):
+    """Mark a test, a class or a module (pytestmark) to run once per backend named, with the
+    `project` fixture of that backend."""
+    unknown = set(names) - set(BACKENDS)
+    assert names and not unknown, f"backends({', '.join(names)}): not one of {BACKENDS}"
+    return pytest.mark.backends(*names)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "backends(*names): run the test once per backend named, with its `project`")
+
+
+def pytest_generate_tests(metafunc):
+    """Parametrize `project` with the backends of the closest @backends mark (a test that
+    parametrizes `project` itself, indirectly, names its own)."""
+    mark = metafunc.definition.get_closest_marker("backends")
+    if mark is None or "project" not in metafunc.fixturenames:
+        return
+    for parametrize in metafunc.definition.iter_markers("parametrize"):
+        names = parametrize.args[0]
+        if "project" in ([n.strip() for n in names.split(",")] if isinstance(names, str) else names):
+            return
+    metafunc.parametrize("project", mark.args, indirect=True)
+
 
 def server_up(host, port, timeout=2.0):
     """True if something accepts TCP connections on host:port."""
@@ -54,9 +89,10 @@ def require(name, host, port):
 class Project:
     """A temporary project: queue.py copied in, config.py written from dicts, jobs/ ready."""
 
-    def __init__(self, folder, drivers, databases, key="test-key-0123456789abcdef"):
+    def __init__(self, folder, drivers, databases, key="test-key-0123456789abcdef", backend=None):
         self.folder = str(folder)
         self.drivers, self.databases, self.key = drivers, databases, key
+        self.backend = backend  # the name of the backend fixture that made it (sqlite, mysql, ...)
         shutil.copy(os.path.join(ROOT, "queue.py"), self.folder)
         os.makedirs(os.path.join(self.folder, "jobs"), exist_ok=True)
         open(os.path.join(self.folder, "jobs", "__init__.py"), "a").close()
@@ -104,7 +140,7 @@ def sqlite_project(tmp_path):
                "database": {"connection": "sqlite", "table": "jobs", "failed_table": "failed_jobs",
                             "attempts": 3, "poll": 0.05, "retry_after": 2}}
     databases = {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}}
-    project = Project(tmp_path, drivers, databases)
+    project = Project(tmp_path, drivers, databases, backend="sqlite")
     project.configure()
     yield project
     queue._close_drivers()
@@ -115,14 +151,15 @@ def memory_project(tmp_path):
     """A project on the in-memory driver; failed jobs go to SQLite."""
     drivers = {"default": "memory", "memory": {"poll": 0.05, "retry_after": 2},
                "database": {"connection": "sqlite", "poll": 0.05, "retry_after": 2}}
-    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}})
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}},
+                      backend="memory")
     project.configure()
     queue.MemoryDriver._jobs.clear()  # the jobs of the process: none left by an earlier test
     yield project
     queue._close_drivers()
 
 
-def server_project(tmp_path, name, server, connection, settings, drop):
+def server_project(tmp_path, backend, name, server, connection, settings, drop):
     """A project on the database driver with a server database, on tables of its own that
     drop(*names) removes afterwards (a generator, for the fixtures below)."""
     require(name, server["host"], server["port"])
@@ -130,7 +167,7 @@ def server_project(tmp_path, name, server, connection, settings, drop):
     drivers = {"default": "database",
                "database": {"connection": connection, "table": table, "failed_table": table + "_failed",
                             "state_table": table + "_state", "attempts": 3, "poll": 0.05, "retry_after": 2}}
-    project = Project(tmp_path, drivers, {connection: dict(settings)})
+    project = Project(tmp_path, drivers, {connection: dict(settings)}, backend=backend)
     project.configure()
     queue.driver().create_tables()
     yield project
@@ -141,13 +178,13 @@ def server_project(tmp_path, name, server, connection, settings, drop):
 @pytest.fixture
 def mysql_project(tmp_path):
     """A project on the database driver with MariaDB, on tables of its own, dropped afterwards."""
-    yield from server_project(tmp_path, "MariaDB", MYSQL, "mysql", MYSQL, drop_mysql_tables)
+    yield from server_project(tmp_path, "mysql", "MariaDB", MYSQL, "mysql", MYSQL, drop_mysql_tables)
 
 
 @pytest.fixture
 def postgres_project(tmp_path):
     """A project on the database driver with PostgreSQL, on tables of its own, dropped afterwards."""
-    yield from server_project(tmp_path, "PostgreSQL", POSTGRES, "pg", POSTGRES, drop_postgres_tables)
+    yield from server_project(tmp_path, "postgres", "PostgreSQL", POSTGRES, "pg", POSTGRES, drop_postgres_tables)
 
 
 def drop_mysql_tables(*names):
@@ -202,12 +239,31 @@ def amqp_project(tmp_path):
                "amqp": dict(AMQP, queue=name, prefetch=10, poll=0.05, heartbeat=10),
                "database": {"connection": "sqlite", "table": "jobs", "failed_table": "failed_jobs",
                             "poll": 0.05, "retry_after": 2}}
-    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}})
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}},
+                      backend="amqp")
     project.queue = name
     project.configure()
     yield project
     queue.driver("amqp").delete_queues(name)  # before closing: the publisher knows its delay queues
     queue._close_drivers()
+
+
+@pytest.fixture
+def project(request):
+    """The project of the backend this test runs on (see backends()); project.backend names it."""
+    backend = getattr(request, "param", None)
+    if backend is None:
+        pytest.fail("`project` needs a backend: mark the test (its class, its module) with @backends(...)")
+    return request.getfixturevalue(f"{backend}_project")
+
+
+@pytest.fixture
+def hooks():
+    """Restore queue._hooks after the test, whatever it registered."""
+    saved = {kind: list(fns) for kind, fns in queue._hooks.items()}
+    yield queue._hooks
+    for kind, fns in saved.items():
+        queue._hooks[kind][:] = fns
 
 
 class Spawned:

@@ -1,8 +1,7 @@
-"""One driver contract, run against every backend (huey's StorageTests pattern).
-
-`DriverContract` holds the tests; each concrete class names its project fixture and
-implements `lapse(message)`, which makes a reserved-but-unacked message available again the
-way that backend does it (database: the reservation expires after retry_after; amqp: the
+"""One driver contract, run against every backend (huey's StorageTests pattern): TestContract
+runs once per backend (conftest's `project` fixture, @backends), on the helpers of
+helpers.DriverCase, whose `lapse(message)` makes a reserved-but-unacked message available again
+the way that backend does it (database: the reservation expires after retry_after; amqp: the
 consuming connection closes). The first half drives the Driver interface directly, the second
 half runs real jobs through Worker.process / Worker.run in the test (main) thread.
 """
@@ -15,121 +14,14 @@ import pytest
 
 import queue
 import testjobs
-from conftest import unique
+from conftest import BACKENDS, CLOCKED, backends
+from helpers import POP_WAIT, DriverCase
 from testjobs import Fail, FailOnce, Flaky, Patient, Record, Sleep, failures, runs, values, wait_for
 
-POP_WAIT = 0.05
 
-
-@pytest.fixture
-def hooks():
-    """Restore queue._hooks after the test, whatever it registered."""
-    saved = {kind: list(fns) for kind, fns in queue._hooks.items()}
-    yield queue._hooks
-    for kind, fns in saved.items():
-        queue._hooks[kind][:] = fns
-
-
-class DriverContract:
-    """The behaviour every driver owes its users. Subclasses set `project_fixture` and
-    implement lapse()."""
-
-    project_fixture = None
-
-    @pytest.fixture(autouse=True)
-    def _project(self, request, tmp_path, hooks):
-        self.before_project()
-        self.project = request.getfixturevalue(self.project_fixture)
-        self.driver = queue.driver()
-        self.store = queue.driver("database")     # the failed store of every driver
-        base = getattr(self.project, "queue", None) or unique("q")
-        self.q = base
-        self.queues = [base]
-        self.tmp = tmp_path
-        self.hooks = hooks
-        yield
-        self.after_project()
-
-    def before_project(self):
-        """Hook for subclasses: skip before the fixture when the backend cannot run."""
-
-    def after_project(self):
-        """Hook for subclasses: clean up extra queues."""
-
-    def lapse(self, message):
-        raise NotImplementedError
-
-    # helpers
-    def other_queue(self, suffix):
-        """A second queue name of this test (deleted afterwards where the backend needs it)."""
-        name = f"{self.q}_{suffix}"
-        self.queues.append(name)
-        return name
-
-    def path(self, name="record"):
-        return str(self.tmp / f"{name}.txt")
-
-    def pop_one(self, queues=None, timeout=5.0):
-        """Poll pop() until it returns a message (brokers deliver asynchronously)."""
-        return wait_for(lambda: self.driver.pop(queues or [self.q], POP_WAIT), timeout,
-                        interval=0.01, message=f"nothing to pop from {queues or [self.q]}")
-
-    def value(self, message):
-        return queue.unpack(message.payload)["job"].value
-
-    stats_timeout = 5.0
-
-    def wait_stats(self, queue_name, timeout=None, **expected):
-        """Poll stats() until the counts of queue_name include `expected`; return them."""
-        timeout = timeout or self.stats_timeout
-        def check():
-            counts = self.driver.stats([queue_name]).get(queue_name, {})
-            got = {k: counts.get(k, 0) for k in expected}
-            check.last = counts
-            return counts if got == expected else None
-        check.last = None
-        try:
-            return wait_for(check, timeout, interval=0.02)
-        except AssertionError:
-            raise AssertionError(f"stats of {queue_name}: {check.last}, expected {expected}") from None
-
-    def failed_rows(self):
-        return [r for r in self.store.failed_jobs() if r["queue"] in self.queues]
-
-    def worker(self, queues=None, **options):
-        options.setdefault("poll", 0.05)
-        return queue.Worker(self.driver, queues or [self.q], **options)
-
-    def work(self, until, within=20.0, queues=None, **options):
-        """Run a worker in this thread until until() is true (checked before each pop); fail
-        after `within` seconds. Returns the worker."""
-        worker = self.worker(queues, **options)
-        deadline = time.monotonic() + within
-        state = {"timed_out": False}
-
-        def stop_when_done():
-            if until():
-                worker.stopping.set()
-                return False
-            if time.monotonic() > deadline:
-                state["timed_out"] = True
-                worker.stopping.set()
-                return False
-            return True
-
-        queue.looping(stop_when_done)
-        try:
-            assert worker.run() == 0
-        finally:
-            queue._hooks["looping"].remove(stop_when_done)
-        assert not state["timed_out"], f"the worker did not get there within {within} s"
-        return worker
-
-    def drain(self, queues=None, **options):
-        """Run a worker until its queues are empty (stop_when_empty)."""
-        worker = self.worker(queues, stop_when_empty=True, **options)
-        assert worker.run() == 0
-        return worker
+@backends(*BACKENDS)
+class TestContract(DriverCase):
+    """The behaviour every driver owes its users."""
 
     def put_raw(self, payload, name="Forged"):
         self.driver.put([queue.Message(None, self.q, name, payload, 0, 0.0)])
@@ -297,6 +189,17 @@ class DriverContract:
         assert self.value(again) == "lost"
         assert again.attempts > first.attempts
 
+    @backends(*CLOCKED)
+    def test_a_job_retried_after_its_reservation_would_lapse_keeps_its_place(self):
+        """Released to a time past its reservation's end, a job waits behind a job due before it
+        (the memory driver once took it at its old reservation's time)."""
+        later = self.driver.retry_after + 10
+        queue.push(Record(self.path(), "first"), queue=self.q, delay=later)
+        queue.push(Record(self.path(), "retried"), queue=self.q)
+        self.driver.release(self.pop_one(), later)
+        self.driver.clock.advance(later + 1)
+        assert [self.value(self.pop_one()), self.value(self.pop_one())] == ["first", "retried"]
+
     def test_keep_renews_a_reservation(self):
         if not hasattr(self.driver, "retry_after"):
             pytest.skip("reservations of this driver do not lapse with time")
@@ -309,6 +212,7 @@ class DriverContract:
         self.lapse(message)  # no more keep(): it lapses
         assert self.value(self.pop_one(timeout=10)) == "long"
 
+    @backends(*CLOCKED)
     def test_stats_count_ready_delayed_reserved(self):
         queue.push(Record(self.path(), "r1"), Record(self.path(), "r2"), Record(self.path(), "r3"), queue=self.q)
         queue.push(Record(self.path(), "d"), queue=self.q, delay=60)
@@ -321,6 +225,22 @@ class DriverContract:
         counts = self.driver.stats([other])
         assert counts.get(other, {"ready": 0, "delayed": 0, "reserved": 0}) == \
             {"ready": 0, "delayed": 0, "reserved": 0}
+
+    @backends("amqp")
+    def test_stats_count_ready_and_reserved_and_the_delay_ladder_on_the_broker(self):
+        # The broker hands a consumer up to `prefetch` messages at once (all of them count as
+        # unacked); with prefetch 1 the counts read like the database driver's.
+        self.driver.prefetch = 1
+        queue.push(Record(self.path(), "r1"), Record(self.path(), "r2"), Record(self.path(), "r3"), queue=self.q)
+        queue.push(Record(self.path(), "d"), queue=self.q, delay=60)
+        self.wait_stats(self.q, ready=3, reserved=0)
+        message = self.pop_one()
+        self.wait_stats(self.q, ready=2, reserved=1)
+        self.driver.release(message, 60)
+        # the released message waits in the delay ladder; the freed prefetch slot takes the next one
+        self.wait_stats(self.q, ready=1, reserved=1)
+        wait_for(lambda: self.driver.delayed_total() >= 2, self.stats_timeout, interval=0.2,
+                 message="the delay ladder does not hold the two delayed messages")
 
     def test_push_to_a_named_queue_changes_nothing_for_later_pushes(self):
         # Masonite's drivers stored push(queue=...) in their options, so later jobs leaked there.
@@ -609,81 +529,3 @@ class DriverContract:
         assert values(self.path("after")) == ["after"]
         assert self.failed_rows() == []
         self.wait_stats(self.q, ready=0, delayed=0, reserved=0)
-
-
-# The backends #################################################################################
-class ClockLapse:
-    def lapse(self, message):
-        """The reservation expires retry_after seconds after pop (or the last keep()): move the
-        driver's clock past it (the injectable clock; no real wait)."""
-        self.driver.clock.advance(self.driver.retry_after + 0.001)
-        assert self.driver.stats([message.queue])[message.queue]["reserved"] == 0
-
-    def test_a_job_retried_after_its_reservation_would_lapse_keeps_its_place(self):
-        """Released to a time past its reservation's end, a job waits behind a job due before it
-        (the memory driver once took it at its old reservation's time)."""
-        later = self.driver.retry_after + 10
-        queue.push(Record(self.path(), "first"), queue=self.q, delay=later)
-        queue.push(Record(self.path(), "retried"), queue=self.q)
-        self.driver.release(self.pop_one(), later)
-        self.driver.clock.advance(later + 1)
-        assert [self.value(self.pop_one()), self.value(self.pop_one())] == ["first", "retried"]
-
-
-class TestSQLiteContract(ClockLapse, DriverContract):
-    project_fixture = "sqlite_project"
-
-
-class TestMySQLContract(ClockLapse, DriverContract):
-    project_fixture = "mysql_project"
-
-
-class TestPostgresContract(ClockLapse, DriverContract):
-    project_fixture = "postgres_project"
-
-
-class TestMemoryContract(ClockLapse, DriverContract):
-    """The in-memory driver: the worked example of README's "Writing a driver"."""
-    project_fixture = "memory_project"
-
-
-class TestAMQPContract(DriverContract):
-    project_fixture = "amqp_project"
-
-    def before_project(self):
-        if queue.AMQPDriver.put is queue.Driver.put:
-            pytest.skip("the amqp driver is not implemented yet")
-
-    def after_project(self):
-        delete = getattr(queue.driver("amqp"), "delete_queues", None)
-        if delete:
-            for name in self.queues[1:]:
-                delete(name)
-
-    stats_timeout = 12.0  # unacked counts come from the management API, which lags up to 5 s
-
-    def wait_stats(self, queue_name, timeout=None, **expected):
-        """Delayed messages wait in the vhost's shared delay ladder: no count per queue (None)."""
-        expected.pop("delayed", None)
-        counts = super().wait_stats(queue_name, timeout, **expected)
-        assert counts["delayed"] is None
-        return counts
-
-    def test_stats_count_ready_delayed_reserved(self):
-        # The broker hands a consumer up to `prefetch` messages at once (all of them count as
-        # unacked); with prefetch 1 the counts read like the database driver's.
-        self.driver.prefetch = 1
-        queue.push(Record(self.path(), "r1"), Record(self.path(), "r2"), Record(self.path(), "r3"), queue=self.q)
-        queue.push(Record(self.path(), "d"), queue=self.q, delay=60)
-        self.wait_stats(self.q, ready=3, reserved=0)
-        message = self.pop_one()
-        self.wait_stats(self.q, ready=2, reserved=1)
-        self.driver.release(message, 60)
-        # the released message waits in the delay ladder; the freed prefetch slot takes the next one
-        self.wait_stats(self.q, ready=1, reserved=1)
-        wait_for(lambda: self.driver.delayed_total() >= 2, self.stats_timeout, interval=0.2,
-                 message="the delay ladder does not hold the two delayed messages")
-
-    def lapse(self, message):
-        """The broker requeues an unacked message when the consuming connection closes."""
-        self.driver.close()

@@ -4,10 +4,9 @@ the class attributes `delay` and `max_exceptions`, pushing a class, a plain obje
 (queue.call, @queue.task), run_now, Masonite 4's failed(payload, exc), the queue of every link of
 a chain, and the released and stopping hooks.
 
-`JobAPI` holds the tests; the classes at the end run it on SQLite, MariaDB, PostgreSQL, RabbitMQ
-and the memory driver, as test_contract.py does. JobAPI does not inherit DriverContract (whose tests run
-in test_contract.py): it has a copy of its project fixture and borrows its helpers. The command
-line tests at the end run on SQLite only. The job classes are in tests/apijobs.py.
+`TestJobAPI` runs on SQLite, MariaDB, PostgreSQL, RabbitMQ and the memory driver (conftest's
+`project` fixture, @backends), on the helpers of helpers.DriverCase, as test_contract.py does. The
+command line tests at the end run on SQLite only. The job classes are in tests/apijobs.py.
 """
 import datetime
 import functools
@@ -21,11 +20,10 @@ import pytest
 
 import apijobs
 import queue
-import test_contract
 import testjobs
 from apijobs import notes, seen
-from conftest import unique
-from test_contract import ClockLapse, DriverContract, hooks  # noqa: F401  (hooks: a fixture)
+from conftest import BACKENDS, backends
+from helpers import DriverCase, ok
 from testjobs import Fail, FailTimes, Record, failures, lines, runs, values
 
 
@@ -36,38 +34,9 @@ def one_line(exc_info):
     return text
 
 
-class JobAPI:
-    """The job API every driver owes its users. Subclasses set `project_fixture`."""
-
-    project_fixture = None
-
-    @pytest.fixture(autouse=True)
-    def _project(self, request, tmp_path, hooks):  # DriverContract._project
-        self.before_project()
-        self.project = request.getfixturevalue(self.project_fixture)
-        self.driver = queue.driver()
-        self.store = queue.driver("database")     # the failed store of every driver
-        base = getattr(self.project, "queue", None) or unique("q")
-        self.q = base
-        self.queues = [base]
-        self.tmp = tmp_path
-        self.hooks = hooks
-        yield
-        self.after_project()
-
-    # DriverContract's helpers (not its tests)
-    before_project = DriverContract.before_project
-    after_project = DriverContract.after_project
-    stats_timeout = DriverContract.stats_timeout
-    other_queue = DriverContract.other_queue
-    path = DriverContract.path
-    pop_one = DriverContract.pop_one
-    value = DriverContract.value
-    wait_stats = DriverContract.wait_stats
-    failed_rows = DriverContract.failed_rows
-    worker = DriverContract.worker
-    work = DriverContract.work
-    drain = DriverContract.drain
+@backends(*BACKENDS)
+class TestJobAPI(DriverCase):
+    """The job API every driver owes its users."""
 
     def also_queue(self, name):
         """Count a queue that is not named after the test (a class's, the driver's default) as
@@ -333,36 +302,7 @@ class JobAPI:
         assert reasons == ["empty", "max-jobs"]
 
 
-# The backends #################################################################################
-class TestJobAPISQLite(ClockLapse, JobAPI):
-    project_fixture = "sqlite_project"
-
-
-class TestJobAPIMySQL(ClockLapse, JobAPI):
-    project_fixture = "mysql_project"
-
-
-class TestJobAPIPostgres(ClockLapse, JobAPI):
-    project_fixture = "postgres_project"
-
-
-class TestJobAPIMemory(ClockLapse, JobAPI):
-    project_fixture = "memory_project"
-
-
-class TestJobAPIAMQP(JobAPI):
-    project_fixture = "amqp_project"
-    before_project = test_contract.TestAMQPContract.before_project
-    after_project = test_contract.TestAMQPContract.after_project
-    stats_timeout = test_contract.TestAMQPContract.stats_timeout
-
-
 # The command line (SQLite) ####################################################################
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
-
-
 def drain(queues=("default",)):
     """Run a worker in this process until the queues are empty."""
     assert queue.Worker(queue.driver(), list(queues), poll=0.05, stop_when_empty=True).run() == 0
