@@ -188,29 +188,7 @@ class Bench:
             say(f"project kept in {self.folder}")
 
 
-JOBS_INIT = '''"""Benchmark project hooks, written by benchmarks/bench.py."""
-import logging
-import os
-import time
-
-import queue
-
-if os.environ.get("BENCH_WORKER_LOG", "warning") == "warning":
-    logging.getLogger("queue").setLevel(logging.WARNING)
-
-_MARK = os.environ.get("BENCH_LOOP_FILE")
-if _MARK:
-    _seen = []
-
-    @queue.looping
-    def _loop_started():
-        """Write the time of the worker's first loop iteration (start-up time)."""
-        if not _seen:
-            _seen.append(True)
-            with open(_MARK, "w") as f:
-                f.write(repr(time.time()))
-        return True
-'''
+JOBS_INIT = common.JOBS_INIT
 
 
 # Database driver: shared parts ###############################################################

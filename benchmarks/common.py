@@ -84,6 +84,34 @@ def database(backend, **options):
     return dict({"mysql": MYSQL, "postgres": POSTGRES}[backend], driver=backend, **options)
 
 
+# jobs/__init__.py of a benchmark project (bench.py, scale.py): in a worker, logging at WARNING
+# unless BENCH_WORKER_LOG=info (the CLI logs a line per job), and with BENCH_LOOP_FILE, the time of
+# the worker's first loop iteration written there (start-up excluded from a drain's rate).
+JOBS_INIT = '''"""Benchmark project hooks, written by benchmarks/common.py."""
+import logging
+import os
+import time
+
+import queue
+
+if os.environ.get("BENCH_WORKER_LOG", "warning") == "warning":
+    logging.getLogger("queue").setLevel(logging.WARNING)
+
+_MARK = os.environ.get("BENCH_LOOP_FILE")
+if _MARK:
+    _seen = []
+
+    @queue.looping
+    def _loop_started():
+        """Write the time of the worker's first loop iteration (start-up time)."""
+        if not _seen:
+            _seen.append(True)
+            with open(_MARK, "w") as f:
+                f.write(repr(time.time()))
+        return True
+'''
+
+
 def make_project(drivers, databases, prefix="queue-bench-", folder=None, key=KEY, jobs_init="", jobs=None):
     """A project folder as a user has one: queue.py copied in, config.py (DRIVERS, DATABASES,
     KEY) and a jobs/ package (`jobs_init` its __init__.py, `jobs` {module name: source}).
@@ -111,6 +139,13 @@ def project_env(pythonpath=None, **extra):
         env["PYTHONPATH"] = pythonpath
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def stamp(plus=0.0):
+    """Now (+ plus seconds) as the database driver stores timestamps ('YYYY-MM-DD HH:MM:SS.ffffff', UTC)."""
+    import datetime as dt
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=plus)
+    return when.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 # Server connections and clean-up ##############################################################
