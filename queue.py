@@ -1023,7 +1023,7 @@ class _Call(Queueable):
             raise QueueError(f"cannot push {name}: a lambda or a function defined inside another cannot be "
                              "pickled; define it at module level in a module of jobs/")
         self.fn, self.args, self.kwargs = fn, args, kwargs
-        for attribute in ("tries", "timeout", "backoff", "queue", "delay"):
+        for attribute in _TASK_SETTINGS:
             if hasattr(fn, f"queue_{attribute}"):
                 setattr(self, attribute, getattr(fn, f"queue_{attribute}"))
 
@@ -1044,16 +1044,46 @@ def call(fn, *args, **kwargs):
     return _Call(fn, args, kwargs)
 
 
+_TASK_SETTINGS = ("tries", "timeout", "backoff", "queue", "delay", "max_exceptions", "unique_for")
+
+
 def task(fn=None, **settings):
     """Decorate a module-level function so that fn.push(*args, **kwargs) pushes a call of it;
-    settings (tries, timeout, backoff, queue, delay) apply to its jobs: @queue.task(tries=5)."""
+    the settings of a job class (tries, timeout, backoff, queue, delay, max_exceptions,
+    unique_for) apply to its jobs: @queue.task(tries=5). Every argument of fn.push() is the
+    function's (checked against its signature at push); where the job goes is said with
+    fn.push_with(args, kwargs, queue=..., driver=..., connection=..., delay=...)."""
+    for key in settings:
+        if key not in _TASK_SETTINGS:
+            import difflib
+            near = difflib.get_close_matches(key, _TASK_SETTINGS, 1, 0.6)
+            raise QueueError(f"@queue.task({key}=...): unknown setting" +
+                             (f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(_TASK_SETTINGS)})"))
+
     def decorate(fn):
         for key, value in settings.items():
             setattr(fn, f"queue_{key}", value)
-        fn.push = lambda *args, **kwargs: push(_Call(fn, args, kwargs))
-        fn.call = lambda *args, **kwargs: _Call(fn, args, kwargs)
+        fn.push = lambda *args, **kwargs: push(_task_call(fn, args, kwargs))
+        fn.push_with = lambda args=(), kwargs=None, **options: push(_task_call(fn, tuple(args), dict(kwargs or {})),
+                                                                    **options)
+        fn.call = lambda *args, **kwargs: _task_call(fn, args, kwargs)
         return fn
     return decorate(fn) if fn is not None else decorate
+
+
+def _task_call(fn, args, kwargs):
+    """A call of a task, its arguments checked against the function's signature: a push option
+    given to fn.push() (connection=, queue=) is refused, never passed on silently."""
+    import inspect
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        options = sorted(set(kwargs) & {"queue", "driver", "connection", "delay", "using"})
+        hint = f"; to choose where it goes: {fn.__name__}.push_with(args, kwargs, {options[0]}=...)" if options else ""
+        raise QueueError(f"cannot push {fn.__qualname__}: {exc}{hint}") from None
+    except ValueError:
+        pass  # a callable without a signature (a builtin): nothing to check
+    return _Call(fn, args, kwargs)
 
 
 # Flow control #################################################################################
@@ -1388,7 +1418,11 @@ class Driver:
         """A worker is about to pop() from `count` threads at once (each of them then close()s);
         a driver that shares one connection among them makes room for that many jobs."""
 
-    # where this driver's failed jobs go
+    # where this driver's failed jobs and state go
+    def state_store(self):
+        """The database driver whose state table keeps this driver's workers, pauses and metrics."""
+        return _driver("database")
+
     def failed_store(self):
         """The database driver whose failed_table keeps this driver's failed jobs (or None)."""
         store = _driver("database")
@@ -2688,6 +2722,9 @@ class DatabaseDriver(Driver, FailedStore):
     def failed_store(self):
         return self if self.failed_table else None
 
+    def state_store(self):
+        return self
+
     def fail(self, message, record):
         """Into this driver's own failed table and out of the jobs table in one transaction."""
         if self.failed_store() is not self:
@@ -3887,7 +3924,7 @@ class Worker:
         started = time.monotonic()
         restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
         restart_mark = _restart_mark(restart_path)
-        announced = not announce
+        announced, told_paused = not announce, False
         while not self.stopping.is_set():
             if _restart_mark(restart_path) != restart_mark:  # one stat() per job
                 return "restart"
@@ -3899,8 +3936,13 @@ class Worker:
                 continue
             queues = [q for q in self.queues if q not in self._paused] if self._paused else self.queues
             if not queues:  # every queue of this worker is paused
+                if not told_paused:
+                    log.info("worker %d: every queue it serves is paused (%s): waiting for `resume`", os.getpid(),
+                             ",".join(self.queues))
+                told_paused = True
                 self.stopping.wait(min(self.poll, 0.5))
                 continue
+            told_paused = False
             asked = time.monotonic()
             message = self.driver.pop(queues, 0 if self.once or self.stop_when_empty else self.poll)
             if not announced:  # after the first pop: a worker that cannot start says only why
@@ -4032,22 +4074,24 @@ class Worker:
         import json
         current = next((lane.current for lane in self._lanes if lane.current is not None), None)
         me = {"host": os.uname().nodename, "pid": os.getpid(), "driver": self.driver.name, "queues": self.queues,
+              "connection": self.driver.connection_name,
               "current": current.message.name if current else None, "since": time.time() - (time.monotonic() - current.started)
               if current else None, "done": self.tally.done, "failed": self.tally.failed, "started": self.started_at,
               "beat": time.time()}
         adds = self.tally.take()
         try:
             if last:  # one try each: a worker whose database is gone must still stop at once
-                _state().put_entries([], adds, retry=False)
-                _state().unlock(self.registry_key, retry=False)
+                self.driver.state_store().put_entries([], adds, retry=False)
+                self.driver.state_store().unlock(self.registry_key, retry=False)
             else:  # one try: the keeper must not stall, it renews the running job's reservation
-                _state().put_entries([(self.registry_key, json.dumps(me), _BEAT_TTL)], adds, retry=False)
+                self.driver.state_store().put_entries([(self.registry_key, json.dumps(me), _BEAT_TTL)], adds, retry=False)
         except BaseException:
             self.tally.give_back(adds)
             raise
 
     def _refresh_paused(self):
-        paused = {name[len("paused:"):] for name in _state().entries("paused:", retry=False)} & set(self.queues)
+        paused = {name[len("paused:"):] for name in self.driver.state_store().entries("paused:", retry=False)}
+        paused &= set(self.queues)
         self._paused.intersection_update(paused)  # in place: the lanes share the set
         self._paused.update(paused)
 
@@ -4577,28 +4621,31 @@ def clear(queue=None, driver=None, connection=None):
     return target.clear(_check_queue_name(queue or target.default_queue))
 
 
-def pause(queue):
-    """Workers take no job from `queue` until resume(queue) (they see it within a second)."""
-    _state().put_entries([(f"paused:{_check_queue_name(queue)}", "1", 100 * 365 * 86400.0)])
+def pause(queue, driver=None, connection=None):
+    """Workers of a driver (and connection) take no job from `queue` until resume(queue) (they
+    see it within a second)."""
+    _driver(driver, connection).state_store().put_entries(
+        [(f"paused:{_check_queue_name(queue)}", "1", 100 * 365 * 86400.0)])
 
 
-def resume(queue):
+def resume(queue, driver=None, connection=None):
     """Workers take jobs from `queue` again."""
-    _state().unlock(f"paused:{_check_queue_name(queue)}")
+    _driver(driver, connection).state_store().unlock(f"paused:{_check_queue_name(queue)}")
 
 
-def paused(queues=None):
+def paused(queues=None, driver=None, connection=None):
     """The paused queues (of `queues`, else all)."""
-    names = [name[len("paused:"):] for name in _state().entries("paused:")]
+    names = [name[len("paused:"):] for name in _driver(driver, connection).state_store().entries("paused:")]
     return sorted(n for n in names if queues is None or n in queues)
 
 
-def workers():
-    """The live workers (those that beat within the last 30 s), as dicts: host, pid, driver,
-    queues, current job and since when (epoch), done, failed, started, beat."""
+def workers(driver=None, connection=None):
+    """The live workers (those that beat within the last 30 s) that keep their state where this
+    driver (and connection) does, as dicts: host, pid, driver, connection, queues, current job
+    and since when (epoch), done, failed, started, beat."""
     import json
-    return sorted((json.loads(value) for value in _state().entries("worker:").values()),
-                  key=lambda w: (w["host"], w["pid"]))
+    entries = _driver(driver, connection).state_store().entries("worker:")
+    return sorted((json.loads(value) for value in entries.values()), key=lambda w: (w["host"], w["pid"]))
 
 
 def restart():
@@ -5277,13 +5324,16 @@ def _cmd_dashboard(args, config):
 
 
 def _cmd_pause(args, config):
-    pause(args.queue)
+    counts = status(args.driver, [args.queue], connection=args.connection).get(args.queue, {})
+    pause(args.queue, args.driver, args.connection)
     print(f"paused {args.queue!r}: workers take no job from it until `python queue.py resume {args.queue}`")
+    if not any(counts.get(k) for k in ("ready", "delayed", "reserved", "failed")):
+        print(f"queue.py: warning: queue {args.queue!r} holds no job now: is the name right?", file=sys.stderr)
     return 0
 
 
 def _cmd_resume(args, config):
-    resume(args.queue)
+    resume(args.queue, args.driver, args.connection)
     print(f"resumed {args.queue!r}")
     return 0
 
@@ -5298,11 +5348,15 @@ def _cmd_status(args, config):
     total = getattr(_driver(args.driver, args.connection), "delayed_total", None)
     if total is not None and total() is not None:
         print(f"delayed in the broker's delay ladder, all queues: {total()}")
-    live = workers()
+    stopped = paused(queues, args.driver, args.connection)
+    if stopped:
+        print(f"paused (workers take none of their jobs): {', '.join(stopped)}")
+    live = workers(args.driver, args.connection)
     print(f"\n{len(live)} live worker(s)" + (":" if live else ""))
     for w in live:
         doing = f"{w['current']} since {time.strftime('%H:%M:%S', time.localtime(w['since']))}" if w["current"] else "idle"
-        print(f"  {w['host']}:{w['pid']}  {w['driver']}  queues {','.join(w['queues'])}  {doing}  "
+        where = f"{w['driver']}/{w['connection']}" if w.get("connection") else w["driver"]
+        print(f"  {w['host']}:{w['pid']}  {where}  queues {','.join(w['queues'])}  {doing}  "
               f"done {w['done']}  failed {w['failed']}")
     return 0
 
@@ -5367,8 +5421,8 @@ _COMMANDS = [  # name, function, help, arguments
     ("dashboard", _cmd_dashboard, "serve the web dashboard and /metrics (actions need the printed token)", [
         _arg("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"),
         _arg("--port", type=int, default=8321, help="port (default 8321)")]),
-    ("pause", _cmd_pause, "workers take no job from this queue until `resume`", [_arg("queue")]),
-    ("resume", _cmd_resume, "workers take jobs from this queue again", [_arg("queue")]),
+    ("pause", _cmd_pause, "workers take no job from this queue until `resume`", [_arg("queue"), _DRIVER, _CONNECTION]),
+    ("resume", _cmd_resume, "workers take jobs from this queue again", [_arg("queue"), _DRIVER, _CONNECTION]),
     ("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed", [
         _DRIVER, _CONNECTION, _arg("--queue", help="only these queues, comma separated")]),
 ]
