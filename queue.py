@@ -611,10 +611,15 @@ def _create_key_file(path):
 
 
 def _mac(data, _pads={}):
-    """HMAC-SHA256 of data under the signing key (RFC 2104), the key's pads hashed once, on
-    CPython's own SHA-256 where it has one: a worker that sat idle checks a payload in a third
-    of the time OpenSSL's one-shot HMAC takes (50 us less per job here), the same bytes."""
+    """HMAC-SHA256 of data under the signing key (RFC 2104). Below _SMALL bytes: the key's pads
+    hashed once, on CPython's own SHA-256 where it has one (a worker that sat idle checks a
+    payload in a third of the time OpenSSL's one-shot HMAC takes, and never loads OpenSSL);
+    from _SMALL up, hmac.digest, whose SHA-256 is faster per byte (4 KB: 12 us against 36).
+    The same bytes either way; benchmarks/mac.py measures both."""
     key = _signing_key()
+    if len(data) >= _SMALL:
+        import hmac
+        return hmac.digest(key, data, "sha256")
     pads = _pads.get(key)
     if pads is None:
         try:
@@ -634,6 +639,7 @@ def _mac(data, _pads={}):
     return outer.digest()
 
 
+_SMALL = 512  # bytes: where OpenSSL's HMAC overtakes the pads on CPython's SHA-256 (benchmarks/mac.py)
 _IPAD, _OPAD = bytes(x ^ 0x36 for x in range(256)), bytes(x ^ 0x5C for x in range(256))
 
 try:  # hmac.compare_digest, constant-time, without loading OpenSSL (3 ms of a worker's start-up)
@@ -1230,6 +1236,17 @@ class ThrottlesExceptions(RateLimited):
             _state().add_to(self._name(job), 1, self.decay)
 
 
+def _free_unique_locks(payloads):
+    """Free the unique locks of jobs deleted unrun (clear): the lock goes with its job."""
+    for payload in payloads:
+        try:
+            header = open_payload(payload)[0] or {}
+        except BadPayload:
+            continue
+        if header.get("unique"):
+            _state().unlock(*header["unique"])
+
+
 def _unique_lock(job):
     """(name, holder, seconds) of the lock a unique job takes at push, or None."""
     seconds_ = getattr(job, "unique_for", None)
@@ -1404,7 +1421,8 @@ class Driver:
         raise NotImplementedError
 
     def clear(self, queue):
-        """Delete the ready and delayed messages of `queue` (not the reserved ones); return how many."""
+        """Delete the ready and delayed messages of `queue` (not the reserved ones), in bounded
+        batches, and free the unique locks they held (_free_unique_locks); return how many."""
         raise NotImplementedError
 
     def oldest_ready(self):
@@ -2185,7 +2203,8 @@ class DatabaseDriver(Driver, FailedStore):
             "keep": f"UPDATE {t} SET available_at = {p} WHERE reserved_at = {p} AND id IN ",
             "put_back": f"UPDATE {t} SET available_at = reserved_at, reserved_at = NULL WHERE reserved_at = {p} AND id IN ",
             "delete": f"DELETE FROM {t} WHERE id IN ",
-            "clear": f"DELETE FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p})",
+            "clearable": f"SELECT {{columns}} FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p}) "
+                         f"LIMIT {p}{self.dialect.skip_locked}",
             "oldest": f"SELECT queue, MIN(available_at) FROM {t} WHERE available_at <= {p} GROUP BY queue",
             "stats": f"SELECT queue, SUM(CASE WHEN available_at <= {p} THEN 1 ELSE 0 END), "
                      f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NULL THEN 1 ELSE 0 END), "
@@ -2598,13 +2617,23 @@ class DatabaseDriver(Driver, FailedStore):
         rows = self._execute(lambda cur: (cur.execute(self._sql["oldest"], (now,)), cur.fetchall())[1])
         return {queue_name: max(0.0, self.clock.time() - _epoch(oldest)) for queue_name, oldest in rows}
 
-    def clear(self, queue):
-        now = self.clock.now()
+    def clear(self, queue, batch=1000):
+        now, count = self.clock.now(), 0
+        locks = bool(_state().entries("unique:"))  # else no payload need be read
+        select = self._sql["clearable"].format(columns="id, payload" if locks else "id, NULL")
 
         def delete(cur):
-            cur.execute(self._sql["clear"], (queue, now))
-            return cur.rowcount
-        return self._execute(delete)
+            cur.execute(select, (queue, now, batch))
+            rows = cur.fetchall()
+            if rows:
+                cur.execute(f"{self._sql['delete']}({self.dialect.marks(len(rows))})", [r[0] for r in rows])
+            return rows
+        while True:
+            rows = self._execute(lambda cur: self._transaction(cur, delete))
+            _free_unique_locks(_as_bytes(payload) for _, payload in rows) if locks else None
+            count += len(rows)
+            if len(rows) < batch:
+                return count
 
     # shared state: the state table, seen by every worker of every host that shares the database
     def prune(self, retry=True):
@@ -3294,17 +3323,43 @@ class AMQPDriver(Driver):
                 connection.close()
 
     def clear(self, queue):
-        """Purge the queue (and delay queues of queue.py 1.0). Its jobs still waiting in the delay
-        ladder, which holds every queue's, arrive when due."""
+        """Purge the queue (and delay queues of queue.py 1.0); with unique locks about, take its
+        messages one by one instead, to free theirs. Its jobs still waiting in the delay ladder,
+        which holds every queue's, cannot be taken out: a clear mark in the state store makes
+        workers drop those pushed before it when they come due (_cleared)."""
+        self.state_store().put_entries([(f"cleared:{queue}", repr(time.time()), _MAX_PUSH_DELAY)])
+        locks = bool(_state().entries("unique:"))
+
         def purge(connection):
             pika, count = sys.modules["pika"], 0
             for name in [queue] + self._old_delay_queues(queue):
                 try:
-                    count += connection.channel().queue_purge(name).method.message_count
+                    channel = connection.channel()
+                    if not locks:
+                        count += channel.queue_purge(name).method.message_count
+                        continue
+                    while True:
+                        method, _, body = channel.basic_get(name, auto_ack=True)
+                        if method is None:
+                            break
+                        count += 1
+                        _free_unique_locks([body])
                 except pika.exceptions.ChannelClosedByBroker:
                     pass  # no such queue
             return count
         return self._briefly(purge)
+
+    def _cleared(self, queue, headers):
+        """Whether a delayed message came due after a clear of its queue that it predates (the
+        marks are read at most once a second); its unique lock is then freed by the caller."""
+        if "queue.py-delayed-for" not in headers:
+            return False
+        marks = getattr(self, "_marks", None)
+        if marks is None or time.monotonic() - marks[0] > 1.0:
+            entries = self.state_store().entries("cleared:", retry=False)
+            marks = self._marks = (time.monotonic(), {k[len("cleared:"):]: float(v) for k, v in entries.items()})
+        mark, pushed = marks[1].get(queue), headers.get("queue.py-pushed")
+        return mark is not None and isinstance(pushed, int) and pushed / 1e6 < mark
 
     def _old_delay_queues(self, queue):
         """The per-delay queues "<queue>.delay.<ms>" of queue.py 1.0 that still exist: they drain
@@ -3401,7 +3456,7 @@ class _Publisher:
             headers = {"x-attempts": m.attempts}
             if m.delay > 0:
                 exchange, key, more = driver._delayed(channel, m.queue, m.delay, self.declared)
-                headers.update(more)
+                headers.update(more, **{"queue.py-pushed": int(time.time() * 1e6)})  # a clear of its queue drops it
             else:
                 exchange, key = driver.exchange, m.queue
             m.id = m.id or _new_id()
@@ -3594,6 +3649,10 @@ class _Consumer:
             if method.redelivered and properties.message_id and properties.message_id in self.done:
                 channel.basic_ack(method.delivery_tag)  # done here already; only its ack was lost
                 return
+            if self.driver._cleared(queue_name, headers):
+                channel.basic_ack(method.delivery_tag)  # pushed before a clear of its queue
+                _free_unique_locks([body])
+                return
             self.delivered.append(method.delivery_tag)
             self.buffer[queue_name].append(
                 Message(properties.message_id, queue_name, properties.type or "", body, attempts, receipt=receipt))
@@ -3734,8 +3793,10 @@ class MemoryDriver(Driver):
         now = self.clock.time()
         with self._changed:
             gone = [i for i, job in self._jobs.items() if job.queue == queue and (job.receipt is None or job.delay <= now)]
+            payloads = [self._jobs[job_id].payload for job_id in gone]
             for job_id in gone:
                 del self._jobs[job_id], self._entry[job_id]
+        _free_unique_locks(payloads)
         return len(gone)
 
     def stats(self, queues=None):
@@ -4160,7 +4221,7 @@ class Worker:
         if until is None and message.attempts > tries:
             return MaxAttemptsExceeded(f"{message.name} was taken {message.attempts} times but may be tried {tries}: "
                                        "an earlier attempt ended with its worker (killed, or the connection lost)")
-        if until is not None and self.driver.clock.time() > until + _LATE:
+        if until is not None and self.driver.clock.time() > until + (_LATE if message.attempts > 1 else 0.0):
             return MaxAttemptsExceeded(f"{message.name} came up for attempt {message.attempts} after its "
                                        "retry_until deadline had passed")
         return None
@@ -4382,6 +4443,7 @@ def _call_failed(job, exc, callback):
 
 _PRUNE_EVERY = 60.0  # seconds between two deletions of expired entries of the state table
 _LATE = 2.0  # seconds a retry released before its retry_until deadline may arrive late and still run
+# (a first attempt taken after the deadline is failed without running, as Laravel does)
 
 
 _BEAT_EVERY = 5.0           # seconds between a worker's beats in the state table
@@ -4702,8 +4764,8 @@ def metrics(driver=None):
     def family(name, kind, text, samples):
         lines.extend([f"# HELP {name} {text}", f"# TYPE {name} {kind}"])
         lines.extend(f"{name}{{{labels}}} {value}" if labels else f"{name} {value}" for labels, value in samples)
-    for kind in ("ready", "delayed", "reserved", "failed"):
-        family(f"queue_jobs_{kind}", "gauge", f"Jobs {kind} per queue.",
+    for kind in ("ready", "delayed", "reserved", "failed"):  # not queue_jobs_failed: OpenMetrics would read
+        family(f"queue_{kind}_jobs", "gauge", f"Jobs {kind} per queue.",  # it as queue_jobs_failed_total's family
                [(_labels(queue=q), c[kind]) for q, c in counts.items() if c[kind] is not None])
     family("queue_oldest_ready_age_seconds", "gauge", "Age of the oldest ready job per queue.",
            [(_labels(queue=q), round(age, 3)) for q, age in oldest.items()])

@@ -8,7 +8,6 @@ QUEUE_SCREENSHOT=1 saves tests/dashboard.png (the README shows it).
 import json
 import os
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 import queue
 import testjobs
 from conftest import CI, TESTS
+from helpers import free_port
 
 TOKEN = "t0ken-for-tests"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -35,12 +35,6 @@ def request(url, method="GET", body=None, headers=None):
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers, exc.read()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Dashboard:
@@ -370,7 +364,7 @@ def test_the_api_refuses_what_it_must_and_gets_change_nothing(dashboard, tmp_pat
     assert dashboard.post("/api/nope", {})[0] == 404
     status, headers, body = dashboard.get("/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
-    assert b'queue_jobs_ready{queue="dash_d"} 2' in body
+    assert b'queue_ready_jobs{queue="dash_d"} 2' in body
 
     status, _, answer = dashboard.post("/api/pause", {"queue": "dash_d"})  # the right token works
     assert status == 200 and json.loads(answer)["ok"] is True

@@ -4,7 +4,6 @@ test_dashboard.py.)
 """
 import os
 import signal
-import socket
 import time
 import urllib.request
 
@@ -12,21 +11,15 @@ import pytest
 
 import queue
 import testjobs
-from test_mysql import stop, wait_worker
+from conftest import backends
+from helpers import free_port, stop, wait_worker
 from testjobs import values, wait_for
 
 parser = pytest.importorskip("prometheus_client.parser")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("backend", ["sqlite_project", "mysql_project"])
-def test_status_lists_live_workers_and_a_dead_one_drops_out(request, backend, tmp_path, spawn):
-    project = request.getfixturevalue(backend)
+@backends("sqlite", "mysql")
+def test_status_lists_live_workers_and_a_dead_one_drops_out(project, tmp_path, spawn):
     gate, held = str(tmp_path / "gate"), str(tmp_path / "held")
     queue.push(testjobs.Gate(held, gate, "held"))
     worker = spawn(project, "work")
@@ -84,14 +77,14 @@ def test_metrics_parse_during_a_10000_job_drain(sqlite_project, tmp_path, spawn)
     scrapes.append(_families(_get(url)))
     assert len(scrapes) >= 3, "scraped during the drain"
     for families in scrapes:
-        assert {"queue_jobs_ready", "queue_jobs_failed", "queue_oldest_ready_age_seconds",
+        assert {"queue_ready_jobs", "queue_failed_jobs", "queue_oldest_ready_age_seconds",
                 "queue_job_duration_seconds", "queue_workers"} <= set(families), sorted(families)
     done = [families.get("queue_jobs_done", {}).get(("job", "Noop"), 0) for families in scrapes]
     assert done == sorted(done), "a counter never goes back"
     assert done[-1] == 10000
     last = scrapes[-1]
     assert last["queue_job_duration_seconds"][("bucket", "+Inf")] == 10000
-    assert last["queue_jobs_ready"].get(("queue", "default"), 0) == 0
+    assert last["queue_ready_jobs"].get(("queue", "default"), 0) == 0
     dashboard.proc.terminate()
 
 
