@@ -4680,7 +4680,7 @@ def clear(queue=None, driver=None, connection=None):
     """Delete the ready and delayed jobs of a queue (default: the driver's); return how many.
     Reserved (running) jobs are left to finish."""
     target = _driver(driver, connection)
-    return target.clear(_check_queue_name(queue or target.default_queue))
+    return target.clear(_check_queue_name(target.default_queue if queue is None else queue))
 
 
 def pause(queue, driver=None, connection=None):
@@ -5372,7 +5372,7 @@ def _cmd_restart(args, config):
 
 
 def _cmd_clear(args, config):
-    name = args.queue or config.driver(args.driver)[1]["queue"]
+    name = config.driver(args.driver)[1]["queue"] if args.queue is None else _check_queue_name(args.queue, "--queue")
     if not args.force:
         answer = input(f"delete every ready and delayed job of queue {name!r}? [y/N] ") if sys.stdin.isatty() else ""
         if answer.strip().lower() not in ("y", "yes"):
