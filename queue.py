@@ -209,6 +209,7 @@ def _import_optional(module, extra, package=None):
 _MAX_TABLE = 40      # MySQL names are at most 64 characters, and an index name adds 19
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]{0,%d}$" % (_MAX_TABLE - 1)
 _MAX_QUEUE = 200     # bytes of UTF-8: room for the suffixes a driver adds (255 in AMQP)
+_MAX_NAME = 150      # characters of a job class name: room for "metric:<name>:le:12" in a 255-character key
 
 
 def _check_queue_name(name, where="queue", error=None, _good=set()):
@@ -953,9 +954,33 @@ def _format(exc):
 
 
 def _summary(exc):
-    """The first line of an exception, with its type: what `failed` and the logs show."""
-    lines = _text(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    """The first line of an exception, with its type, at most 500 characters, its control
+    characters escaped (a terminal never gets an escape sequence from it): what `failed` and
+    the logs show."""
+    lines = _text(exc)[:2000].strip().splitlines()
+    return _printable(f"{type(exc).__name__}: {lines[0][:500]}" if lines else type(exc).__name__)
+
+
+_CONTROLS = {c: f"\\x{c:02x}" for c in list(range(32)) + list(range(127, 160)) if c != 9}
+
+
+def _printable(text):
+    """Text with its control characters (ESC, NUL, newlines, ...) written as \\xNN."""
+    return text.translate(_CONTROLS)
+
+
+_MAX_RECORD = 64 * 1024  # characters of an exception and its traceback kept in the failed store
+
+
+def _record(summary, text):
+    """What the failed store keeps of a failure: the summary line, then the exception and its
+    traceback, at most _MAX_RECORD characters (its head and its tail, saying how much was cut),
+    with NUL written as \\x00 (a PostgreSQL text column cannot hold it)."""
+    text = text or summary
+    if len(text) > _MAX_RECORD:
+        head, tail = _MAX_RECORD // 4, _MAX_RECORD - _MAX_RECORD // 4
+        text = f"{text[:head]}\n[... {len(text) - head - tail:,} characters cut ...]\n{text[-tail:]}"
+    return f"{summary}\n\n{text}".replace("\x00", "\\x00")
 
 
 def _settings(job):
@@ -1351,6 +1376,9 @@ class Driver:
             if wait > _MAX_PUSH_DELAY:
                 raise QueueError(f"a delay of {wait:,.0f} s is longer than the longest that queue.py keeps, "
                                  f"{_MAX_PUSH_DELAY:,.0f} s (about 4 years)")
+            if len(_job_name(job)) > _MAX_NAME:
+                raise QueueError(f"cannot push {_job_name(job)[:40]}...: a job class name is at most {_MAX_NAME} "
+                                 "characters (the worker registry and metrics key their entries by it)")
             payload = pack(job, chain, until, name, chain_queue, lock, ready=self.clock.time() + wait)
             messages.append(Message(None, name, _job_name(job), self.check_size(payload), 0, wait, lock=lock))
         return messages
@@ -3883,6 +3911,7 @@ class Worker:
         self.error = None                   # what ended a lane's thread
         self.reason = None                  # why a lane's loop ended
         self.current = None                 # the _Running job
+        self._settling = None               # the job that ran last, until the next pop() settles it (hooks run)
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
         self._thread = None                 # the thread running it (raising its timeout, if not SIGALRM's)
@@ -3926,10 +3955,10 @@ class Worker:
         finally:
             self.stopping.set()
             self._join(threads, raising=False)
+            self._close()  # settle the last jobs before the stopping hooks, however long they take
             self._ended.set()
             _call_hooks("stopping", reason)
             _, exc, _ = _guard(self._beat, True)
-            self._close()
             self._restore_signals()
             sys.setswitchinterval(switching)
             self.driver.interrupt = None
@@ -3956,6 +3985,7 @@ class Worker:
         """Another loop of this worker, for a thread of its own (shares all but the running job)."""
         lane = copy.copy(self)
         lane.current, lane._in_job, lane._limit, lane.error, lane._old_handlers = None, False, None, None, {}
+        lane._settling = None
         return lane
 
     def _run_lane(self, announce):
@@ -4006,6 +4036,7 @@ class Worker:
             told_paused = False
             asked = time.monotonic()
             message = self.driver.pop(queues, 0 if self.once or self.stop_when_empty else self.poll)
+            self._settling = None  # the job before is settled: its deletion went with this claim
             if not announced:  # after the first pop: a worker that cannot start says only why
                 log.info("worker %d: %s driver, queues %s%s", os.getpid(), self.driver.name, ",".join(self.queues),
                          f", {self.concurrency} jobs at once" if self.concurrency > 1 else "")
@@ -4099,6 +4130,7 @@ class Worker:
         (amqp); it also says which signals arrived (a handler does not log). It runs until the
         loop has ended, warm shutdown included."""
         period, told, kept, raised = self.driver.keep_every, 0, {}, {}
+        import _signal
         chores = [[_BEAT_EVERY, 0.0, self._beat], [1.0, 1.0, self._refresh_paused], [_PRUNE_EVERY, 5.0, self._prune]]
         while not self._ended.wait(min(period, 0.25)):
             for signum in self._signals[told:]:
@@ -4107,17 +4139,20 @@ class Worker:
                          "finishing the current job, then exiting (again to stop now)" if told == 1
                          else "stopping now; the current job goes back on its queue")
             for lane in self._lanes:
-                current = lane.current
-                if current is not None and time.monotonic() - max(current.started, kept.get(lane, 0.0)) >= period:
+                current, settling = lane.current, lane._settling
+                renew = current or settling  # a job whose after hooks run is not deleted yet: renewed too
+                if renew is not None and time.monotonic() - max(renew.started, kept.get(lane, 0.0)) >= period:
                     kept[lane] = time.monotonic()
                     try:
-                        self.driver.keep(current.message)
+                        self.driver.keep(renew.message)
                     except Exception as exc:
-                        log.warning("could not renew the reservation of %r: %s", current.message, _text(exc))
+                        log.warning("could not renew the reservation of %r: %s", renew.message, _text(exc))
                 late = current is not None and current.timeout and time.monotonic() - current.started > current.timeout
                 if late and time.monotonic() - raised.get(lane, 0.0) >= 1.0:  # then again every second
                     raised[lane] = time.monotonic()
-                    lane._interrupt(JobTimeout)  # a lane off the main thread (SIGALRM serves that one)
+                    lane._interrupt(JobTimeout)  # a lane off the main thread
+                    if lane._armed and time.monotonic() - current.started > current.timeout + 1.0:
+                        _signal.setitimer(_signal.ITIMER_REAL, 0.001, 1.0)  # the job cancelled its alarm: again
             if _leases:
                 _, exc, _ = _guard(_renew_leases)
                 if exc is not None:
@@ -4234,6 +4269,7 @@ class Worker:
         loaded = []
         try:
             _, exc, text = self._timed(timeout, self._run, message, envelope or body, loaded)
+            self._settling = self.current  # renewed by the keeper until the next pop() deletes it
             return (loaded[0] if loaded else None), exc, text
         except _ColdShutdown:
             message.attempts -= 1  # the interrupted attempt does not count
@@ -4381,7 +4417,7 @@ class Worker:
         """Fail a message for good: first into the failed store and acked (so that failed() runs
         at most once, even if it ends the worker), then failed(exc) and the failing hooks."""
         summary = _summary(exc)
-        if not self.driver.fail(message, f"{summary}\n\n{text or summary}"):
+        if not self.driver.fail(message, _record(summary, text)):
             return self._finish(message, started, "failed", exc)  # failed before: failed() ran then
         if envelope is None and load_for_failed:  # the job was not run: load it for failed()
             envelope = self._timed((header or {}).get("timeout") or self.timeout, load, body)[0]
@@ -4804,7 +4840,7 @@ _ACTIONS = {  # POST /api/<name>: what it does with the JSON body
 
 def _ids_of(body):
     ids = body.get("ids")
-    if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
+    if not isinstance(ids, list) or not ids or not all(type(i) is int and 0 < i < 2**63 for i in ids):
         raise ValueError("'ids' must be a list of failed job ids (or 'all' to retry)")
     return ids
 
@@ -5248,7 +5284,27 @@ def _cmd_work(args, config):
                     poll=args.poll, once=args.once, stop_when_empty=args.stop_when_empty,
                     max_jobs=args.max_jobs, max_time=args.max_time, backoff=args.backoff, memory=args.memory,
                     concurrency=args.concurrency)
-    return worker.run()
+    status = worker.run()
+    _exit_past_left_threads(status)
+    return status
+
+
+def _exit_past_left_threads(status):
+    """A stopped worker exits even if a job left a thread that never ends (the interpreter would
+    wait for every non-daemon thread): the exit functions run, then the process ends."""
+    left = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread() and t.is_alive()]
+    if left:
+        log.warning("worker %d: a job left thread(s) running (%s); exiting without them", os.getpid(),
+                    ", ".join(left[:5]))
+        _close_drivers()
+        atexit._run_exitfuncs()
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(status)
 
 
 def _work_argv(args):
@@ -5329,7 +5385,7 @@ def _cmd_failed(args, config):
         return 0
     print(f"{'id':>6}  {'driver/connection':<20} {'queue':<12} {'job':<24} {'failed at':<26} error")
     for r in rows:
-        first = (_text(r["exception"]).strip().splitlines() or [""])[0][:80]
+        first = _printable((_text(r["exception"]).strip().splitlines() or [""])[0][:80])
         where = f"{r['driver']}/{r['connection']}" if r["connection"] else r["driver"]
         print(f"{r['id']:>6}  {where:<20} {r['queue']:<12} {r['name']:<24} {str(r['failed_at'])[:26]:<26} {first}")
     return 0
@@ -5337,9 +5393,12 @@ def _cmd_failed(args, config):
 
 def _ids(values):
     try:
-        return [int(v) for v in values]
+        ids = [int(v) for v in values]
     except ValueError:
         raise QueueError(f"failed job ids are numbers (or 'all'), not {' '.join(values)!r}") from None
+    if not all(0 < i < 2**63 for i in ids):
+        raise QueueError(f"failed job ids are whole numbers from 1 to {2**63 - 1}, not {' '.join(values)!r}")
+    return ids
 
 
 def _cmd_retry(args, config):
@@ -5513,7 +5572,12 @@ def _log_lines():
                 self.second, self.text = second, time.strftime(form.default_time_format, form.converter(second))
             return form.default_msec_format % (self.text, record.msecs) + f" {record.levelname} {record.getMessage()}"
 
-    handler = Lines()
+    try:  # a stream of its own on a copy of fd 2: a job that closes sys.stderr cannot silence the worker
+        stream = open(os.dup(sys.stderr.fileno()), "w", buffering=1, encoding=sys.stderr.encoding,
+                      errors="backslashreplace")
+    except (OSError, ValueError, AttributeError):
+        stream = None
+    handler = Lines(stream)
     handler.setFormatter(Lines.plain)
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
