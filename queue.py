@@ -3923,6 +3923,7 @@ class Worker:
         self._signals = []                  # the signals received, in order
         self._old_handlers = {}
         self._c_signal = self._mask = None  # the C signal module and the thread's mask, once installed
+        self._job_handlers, self._real_signal = {}, None  # a job's SIGTERM/SIGINT handlers; signal.signal
 
     # the loop
     def run(self):
@@ -4078,6 +4079,21 @@ class Worker:
         self._alarm_handler = self._on_alarm
         self._old_alarm = signal.signal(signal.SIGALRM, self._alarm_handler)
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
+        # a job that sets its own SIGTERM/SIGINT handler (SIG_IGN, say) gets it as a handler that the
+        # worker's calls after taking the signal: a SIGTERM during that job still stops the worker
+        self._real_signal = signal.signal
+        signal.signal = self._signal_for_jobs
+
+    def _signal_for_jobs(self, signalnum, handler):
+        """signal.signal while the worker runs: in the main thread, SIGTERM and SIGINT stay the
+        worker's, and the handler a job sets is kept to be called by the worker's own."""
+        if signalnum not in self._old_handlers or threading.current_thread() is not threading.main_thread():
+            return self._real_signal(signalnum, handler)
+        if not (callable(handler) or handler in (signal.SIG_IGN, signal.SIG_DFL)):
+            raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable object")
+        previous = self._job_handlers.get(signalnum, self._handler)
+        self._job_handlers[signalnum] = handler
+        return previous
 
     def _reset_signals(self):
         """Undo what a job did to the worker's signal state: handlers (the main thread's), a pending
@@ -4088,7 +4104,9 @@ class Worker:
             return
         for sig in self._old_handlers:  # the main lane's
             if _signal.getsignal(sig) is not self._handler:
-                signal.signal(sig, self._handler)
+                self._real_signal(sig, self._handler)
+        if self._job_handlers:
+            self._job_handlers.clear()
         if hasattr(_signal, "setitimer"):
             _signal.setitimer(_signal.ITIMER_REAL, 0)
         if self._old_handlers and _signal.getsignal(_signal.SIGALRM) is not self._alarm_handler:
@@ -4097,6 +4115,8 @@ class Worker:
             _signal.pthread_sigmask(_signal.SIG_SETMASK, self._mask)
 
     def _restore_signals(self):
+        if getattr(self, "_real_signal", None) is not None and signal.signal == self._signal_for_jobs:
+            signal.signal = self._real_signal
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
         if self._old_handlers:
@@ -4105,6 +4125,9 @@ class Worker:
     def _on_signal(self, signum, frame):
         self._signals.append(signum)
         self.stopping.set()
+        job_handler = self._job_handlers.get(signum)
+        if self._in_job and callable(job_handler):  # the running job's own, after the worker's
+            job_handler(signum, frame)
         if len(self._signals) > 1:
             for lane in self._lanes:
                 if lane is not self:
@@ -4321,22 +4344,17 @@ class Worker:
         return self._through(job, middleware)
 
     def _call(self, job):
-        """The job's callback; an `async def` one runs on the process's event loop (many lanes'
-        coroutines at once there), under the job's timeout, and this thread waits for it."""
+        """The job's callback; an `async def` one runs on this lane's own event loop, under the
+        job's timeout: a job that blocks its loop (time.sleep in a coroutine) holds up only its
+        own lane, whose keeper-raised timeout ends it."""
         result = getattr(job, self.callback)()
         if not (hasattr(result, "__await__") and hasattr(result, "send")):  # not a coroutine
             return result
-        import asyncio
-        import concurrent.futures
-        future = asyncio.run_coroutine_threadsafe(_bounded(result, self._limit), _event_loop())
+        loop = _lane_loop()
         try:
-            while True:
-                try:
-                    return future.result(0.5)  # in slices: a timeout or a cold shutdown gets in
-                except concurrent.futures.TimeoutError:
-                    continue
+            return loop.run_until_complete(_bounded(result, self._limit))
         except BaseException:
-            future.cancel()
+            _drop_lane_loop(loop)  # what the job left running on it must not run into the next job
             raise
 
     def _through(self, job, middleware):
@@ -4451,18 +4469,29 @@ async def _bounded(coroutine, timeout):
         raise JobTimeout(f"the job ran past its timeout of {timeout:g} s") from None
 
 
-_event_loops = []
+_lane_loops = threading.local()
 
 
-def _event_loop():
-    """This process's event loop for `async def` jobs, running on a thread of its own."""
-    with _config_lock:
-        if not _event_loops or _event_loops[0][1] != os.getpid():  # made anew after a fork
-            import asyncio
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="queue-asyncio", daemon=True).start()
-            _event_loops[:] = [(loop, os.getpid())]
-    return _event_loops[0][0]
+def _lane_loop():
+    """This thread's event loop for `async def` jobs (a lane's; made anew after a fork)."""
+    loop = getattr(_lane_loops, "loop", None)
+    if loop is None or loop.is_closed() or getattr(_lane_loops, "pid", None) != os.getpid():
+        import asyncio
+        loop = _lane_loops.loop = asyncio.new_event_loop()
+        _lane_loops.pid = os.getpid()
+    return loop
+
+
+def _drop_lane_loop(loop):
+    """Cancel what is left on a loop whose job ended in an exception, and forget the loop."""
+    _lane_loops.loop = None
+    try:
+        import asyncio
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.close()
+    except BaseException:
+        pass
 
 
 def _call_failed(job, exc, callback):
