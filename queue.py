@@ -1666,7 +1666,7 @@ class _Dialect:
     def check_server(self, conn):
         """Refuse a server that cannot claim safely; learn its limits."""
 
-    def server_time(self, cur):
+    def server_time(self, cur, driver=None):
         """The server's time in seconds since the epoch (None: the clock is this host's)."""
         return None
 
@@ -1817,6 +1817,25 @@ class _SQLite(_Dialect):
         if self.options["synchronous"] in ("full", "extra"):
             cur.execute("PRAGMA synchronous=normal")
 
+    def server_time(self, cur, driver=None):
+        """The host's clock, which every process of this host shares: the epoch time of the
+        monotonic clock's zero since the last boot, written once in the state table by the first
+        process, plus the monotonic clock. A step of the wall clock (NTP, a VM resumed) then
+        moves no reservation. None where the host has no boot id (its wall clock serves)."""
+        try:
+            with open("/proc/sys/kernel/random/boot_id") as f:
+                name = f"clock:{f.read().strip()}"
+        except OSError:
+            return None
+        state, zero = self.quote(driver.state_table), time.time() - time.monotonic()
+        try:
+            cur.execute(f"INSERT INTO {state} (name, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                        (name, repr(zero), _stamp(zero + time.monotonic() + 400 * 86400)))
+            cur.execute(f"SELECT value FROM {state} WHERE name = ?", (name,))
+            return float(cur.fetchone()[0]) + time.monotonic()
+        except Exception:  # no state table (yet): the wall clock serves
+            return None
+
     def claim(self, driver, cur, queues, done, now, until, count=1):
         """BEGIN IMMEDIATE; DELETE the acked; UPDATE ... RETURNING the next jobs (one UPDATE per
         queue tried); COMMIT. SQLite before 3.35 has no RETURNING: the generic claim."""
@@ -1961,7 +1980,7 @@ class _MySQL(_Dialect):
         self.packet = int(packet)
         self.max_payload = self.packet - 4096  # the rest of the INSERT around it
 
-    def server_time(self, cur):
+    def server_time(self, cur, driver=None):
         cur.execute("SELECT UNIX_TIMESTAMP(NOW(6))")
         return float(cur.fetchone()[0])
 
@@ -2103,7 +2122,7 @@ class _Postgres(_Dialect):
             return "refused"
         return None
 
-    def server_time(self, cur):
+    def server_time(self, cur, driver=None):
         cur.execute("SELECT EXTRACT(EPOCH FROM clock_timestamp())")
         return float(cur.fetchone()[0])
 
@@ -2275,10 +2294,10 @@ class DatabaseDriver(Driver, FailedStore):
                 self._checked = True
             self._local.conn = conn
             self._connected_once = True
-            self._sync_clock(conn)
             if self.dialect.auto_create and not getattr(self, "_created", False):
                 self._create_tables(conn)
                 self._created = True
+            self._sync_clock(conn)
         elif self.dialect.networked and time.monotonic() - (self.clock.synced or 0) > 300:
             self._sync_clock(conn)
         return conn
@@ -2288,22 +2307,24 @@ class DatabaseDriver(Driver, FailedStore):
         server's time is taken as that of the midpoint of the round trip, so the reading with the
         shortest of up to 5 round trips counts (one under 10 ms ends it): a server that stalls
         (just restarted, say) must not set a worker's clock seconds ahead of the others', which
-        would let it claim a job another worker holds."""
-        if self.dialect.networked:
-            cur = conn.cursor()
-            try:
-                best = None
-                for _ in range(5):
-                    sent = time.monotonic()
-                    server = self.dialect.server_time(cur)
-                    received = time.monotonic()
-                    if best is None or received - sent < best[2] - best[1]:
-                        best = (server, sent, received)
-                    if received - sent <= 0.01:
-                        break
-                self.clock.sync(*best)
-            finally:
-                cur.close()
+        would let it claim a job another worker holds. SQLite's "server" is this host's clock
+        (_SQLite.server_time)."""
+        cur = conn.cursor()
+        try:
+            best = None
+            for _ in range(5):
+                sent = time.monotonic()
+                server = self.dialect.server_time(cur, self)
+                if server is None:
+                    return
+                received = time.monotonic()
+                if best is None or received - sent < best[2] - best[1]:
+                    best = (server, sent, received)
+                if received - sent <= 0.01:
+                    break
+            self.clock.sync(*best)
+        finally:
+            cur.close()
 
     def _execute(self, work, retry=True):
         """Run work(cursor) on this thread's connection, translating driver errors. A lost
