@@ -4822,10 +4822,15 @@ def dashboard_state(driver=None):
     if target.failed_store() is not None:
         for row in failed_jobs(50):
             text = _text(row["exception"])
+            if len(text) > _PREVIEW:  # a bounded preview: its head and its tail, where the error is
+                text = f"{text[:_PREVIEW // 4]}\n[... cut here: `python queue.py failed` ...]\n{text[-_PREVIEW * 3 // 4:]}"
             failed.append({"id": row["id"], "queue": row["queue"], "name": row["name"], "driver": row["driver"],
                            "connection": row["connection"], "failed_at": str(row["failed_at"]),
                            "error": (text.strip().splitlines() or [""])[0], "exception": text})
     return {"queues": queues, "workers": live, "failed": failed, "series": _series(), "now": time.time()}
+
+
+_PREVIEW = 8 * 1024  # characters of a failed job's traceback that the dashboard's state carries
 
 
 def _series():
@@ -4906,8 +4911,9 @@ class _DashboardRequests:
     """The dashboard's answers, mixed into http.server's request handler by serve_dashboard()
     (so that `import queue` does not import http.server); `token` and `loopback` are set there."""
 
-    token, loopback = "", True
+    token, loopback, allowed = "", True, ()
     server_version = "queue.py"
+    timeout = 15  # seconds a connection may stay silent: half-open connections do not hold threads for ever
 
     def log_message(self, *args):
         log.debug("dashboard: " + args[0], *args[1:])
@@ -4934,13 +4940,22 @@ class _DashboardRequests:
             self._send(500, {"error": _summary(exc)})
 
     def _local_only(self):
-        """Bound to loopback, answer only requests that name a loopback host: a page of
-        another site whose name was made to point here (DNS rebinding) cannot read."""
+        """Answer only requests that name a host of ours: a loopback one when bound to
+        loopback, else one of --allow-host; another (a page of another site whose name was
+        made to point here: DNS rebinding) must carry the token to read."""
         host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
         if self.loopback and host not in ("127.0.0.1", "localhost", "::1"):
             self._send(403, {"error": f"this dashboard answers to 127.0.0.1, not to {host!r}"})
             return False
+        if not self.loopback and host not in self.allowed and not self._has_token():
+            self._send(403, {"error": f"{host!r} is not an allowed host (--allow-host): send the token "
+                                      "(X-Queue-Token, or Authorization: Bearer) to read"})
+            return False
         return True
+
+    def _has_token(self):
+        given = self.headers.get("X-Queue-Token") or self.headers.get("Authorization", "").replace("Bearer ", "", 1)
+        return _same(given.strip().encode(), self.token.encode())
 
     def do_PUT(self):
         self._send(405, {"error": "GET to read, POST to act"})
@@ -4971,7 +4986,9 @@ class _DashboardRequests:
             return self._send(403, {"error": "a wrong or missing token (X-Queue-Token): see the line the dashboard printed"})
         try:
             size = int(self.headers.get("Content-Length") or 0)
-            body = json.loads(self.rfile.read(min(size, 1 << 20)) or b"{}") if size <= 1 << 20 else None
+            if size < 0:
+                raise ValueError("Content-Length must be a number of bytes")
+            body = json.loads(self.rfile.read(size) or b"{}") if size <= 1 << 20 else None
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object of at most 1 MB")
             work = _ACTIONS[action]
@@ -4984,17 +5001,26 @@ class _DashboardRequests:
         self._send(200, dict(result or {}, ok=True))
 
 
-def serve_dashboard(host="127.0.0.1", port=8321, token=None):
-    """Serve the dashboard and /metrics until interrupted; every action needs the token."""
+def serve_dashboard(host="127.0.0.1", port=8321, token=None, allow_hosts=()):
+    """Serve the dashboard and /metrics until interrupted; every action needs the token. Bound
+    to another address than loopback, it answers reads only for the host names `allow_hosts`
+    (as the browser names the server) or with the token."""
     import http.server
     token = token or os.environ.get("QUEUE_DASHBOARD_TOKEN") or secrets.token_urlsafe(18)
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if not (isinstance(port, int) and 0 <= port < 65536):
+        raise QueueError(f"--port must be a port number from 0 to 65535, not {port!r}")
     try:
         handler = type("DashboardHandler", (_DashboardRequests, http.server.BaseHTTPRequestHandler),
-                       {"token": token, "loopback": host in ("127.0.0.1", "localhost", "::1")})
+                       {"token": token, "loopback": loopback, "allowed": tuple(allow_hosts)})
         server = http.server.ThreadingHTTPServer((host, port), handler)
-    except OSError as exc:
-        raise QueueError(f"cannot serve the dashboard on {host}:{port}: {exc.strerror}") from None
+    except (OSError, OverflowError) as exc:
+        raise QueueError(f"cannot serve the dashboard on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
+    server.daemon_threads = True
     print(f"queue.py dashboard on http://{host}:{port}/  token: {token}", flush=True)
+    if not loopback:
+        print(f"reads need the token, or a Host header of {', '.join(allow_hosts) or '(none: give --allow-host)'}",
+              flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -5195,10 +5221,11 @@ function render(s) {
   renderQueues(s.queues || []); renderWorkers(s.workers || [], s.now); renderFailed(s.failed || []); renderChart(s.series || [], s.now);
 }
 async function refresh() {
-  const mine = ++seq;
+  const mine = ++seq, started = performance.now();
   clearTimeout(timer);
   try {
-    const res = await fetch("/api/state", {cache: "no-store"});
+    const headers = token.value ? {"X-Queue-Token": token.value} : {};
+    const res = await fetch("/api/state", {cache: "no-store", headers});
     if (!res.ok) throw new Error("HTTP " + res.status);
     const state = await res.json();
     if (mine !== seq) return;
@@ -5208,8 +5235,10 @@ async function refresh() {
     if (mine !== seq) return;
     put($("#status"), "cannot read /api/state: " + e.message); $("#status").className = "error";
   }
-  timer = setTimeout(refresh, 2000);
+  // every 2 s; less often while an answer is slow (5 times its time), every 30 s while the page is hidden
+  timer = setTimeout(refresh, document.hidden ? 30000 : Math.max(2000, 5 * (performance.now() - started)));
 }
+document.addEventListener("visibilitychange", () => { if (!document.hidden) refresh(); });
 function say(kind, text) { const m = $("#message"); m.className = kind; m.textContent = text; }
 async function act(path, body, label) {
   let res, data = {};
@@ -5491,7 +5520,8 @@ def _cmd_clear(args, config):
 
 
 def _cmd_dashboard(args, config):
-    return serve_dashboard(args.host, args.port)
+    hosts = [h.strip() for h in (args.allow_host or "").split(",") if h.strip()]
+    return serve_dashboard(args.host, args.port, allow_hosts=hosts)
 
 
 def _cmd_pause(args, config):
@@ -5591,7 +5621,9 @@ _COMMANDS = [  # name, function, help, arguments
         _arg("--force", action="store_true", help="do not ask")]),
     ("dashboard", _cmd_dashboard, "serve the web dashboard and /metrics (actions need the printed token)", [
         _arg("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"),
-        _arg("--port", type=int, default=8321, help="port (default 8321)")]),
+        _arg("--port", type=int, default=8321, help="port (default 8321)"),
+        _arg("--allow-host", help="bound to another address than loopback: the host names a browser may use "
+                                  "to read without the token, comma separated")]),
     ("pause", _cmd_pause, "workers take no job from this queue until `resume`", [_arg("queue"), _DRIVER, _CONNECTION]),
     ("resume", _cmd_resume, "workers take jobs from this queue again", [_arg("queue"), _DRIVER, _CONNECTION]),
     ("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed", [
