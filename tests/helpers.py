@@ -200,8 +200,9 @@ class DriverCase:
         self.tmp = tmp_path
         yield
         if self.broker:  # the amqp_project fixture deletes its own queue; the test's others go here
+            delete = queue.driver("amqp").delete_queues
             for name in self.queues[1:]:
-                queue.driver("amqp").delete_queues(name)
+                delete(name)
 
     def lapse(self, message):
         if self.broker:
@@ -231,7 +232,8 @@ class DriverCase:
 
     @property
     def stats_timeout(self):
-        return 12.0 if self.broker else 5.0  # amqp: unacked counts come from the management API, which lags up to 5 s
+        # amqp: unacked counts come from the management API, which lags up to 5 s
+        return 12.0 if self.broker else 5.0
 
     def wait_stats(self, queue_name, timeout=None, **expected):
         """Poll stats() until the counts of queue_name include `expected`; return them. (On amqp,

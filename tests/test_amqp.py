@@ -18,8 +18,8 @@ pika = pytest.importorskip("pika")
 import queue  # noqa: E402
 import testjobs  # noqa: E402
 from conftest import restarts_a_server, AMQP  # noqa: E402
-from test_cli import one_line_error, status  # noqa: E402
-from test_mysql import log_lines, no_loss, stop, wait_worker  # noqa: E402
+from helpers import failed_rows, log_lines, no_loss, one_line_error, stop, wait_worker  # noqa: E402
+from test_cli import status  # noqa: E402
 from testjobs import failures, lines, runs, values, wait_for  # noqa: E402
 
 DIE = '''
@@ -90,11 +90,6 @@ def configure(project, **options):
     project.drivers["amqp"].update(options)
     project.write_config()
     project.configure()
-
-
-# Helpers ######################################################################################
-def failed_rows():
-    return queue.driver("database").failed_jobs()
 
 
 # Draining ####################################################################################

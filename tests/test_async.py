@@ -13,17 +13,10 @@ import pytest
 import queue
 import testjobs
 from conftest import Project
+from helpers import failed_rows
 from testjobs import Fail, FailTimes, Gate, Record, failures, runs, values, wait_for
 
 JOIN = 20  # seconds a test waits for the pushed jobs at most
-
-
-@pytest.fixture
-def hooks():
-    saved = {kind: list(fns) for kind, fns in queue._hooks.items()}
-    yield
-    for kind, fns in saved.items():
-        queue._hooks[kind][:] = fns
 
 
 @pytest.fixture
@@ -51,10 +44,6 @@ def make_async(tmp_path, hooks):
 
 def path(tmp_path, name="record"):
     return str(tmp_path / f"{name}.txt")
-
-
-def failed_rows():
-    return queue.driver("database").failed_jobs()
 
 
 def joined(project):

@@ -8,15 +8,10 @@ import pytest
 
 import queue
 import testjobs
-from conftest import unique
+from conftest import SQL_BACKENDS, backends, unique
 from testjobs import Record, runs, values, wait_for
 
-BACKENDS = ["sqlite_project", "mysql_project", "postgres_project"]
-
-
-@pytest.fixture(params=BACKENDS)
-def project(request):
-    return request.getfixturevalue(request.param)
+pytestmark = backends(*SQL_BACKENDS)
 
 
 def quick_pops(driver, queues, count):

@@ -18,6 +18,7 @@ import pytest
 import queue
 import testjobs
 from conftest import MYSQL
+from helpers import ok, one_line_error
 from testjobs import lines, runs, values, wait_for
 
 # Jobs the project's jobs/ folder holds: the test jobs, and two written here.
@@ -85,24 +86,6 @@ def add_jobs(folder):
 def project(sqlite_project):
     add_jobs(sqlite_project.folder)
     return sqlite_project
-
-
-def ok(result):
-    """Assert a command succeeded; return its stdout."""
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
-
-
-def one_line_error(result, *words):
-    """Assert a runtime error: exit 1, one line on stderr starting 'queue.py: error:', naming words."""
-    assert result.returncode == 1, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert "Traceback" not in result.stderr + result.stdout, result.stderr
-    error = result.stderr.strip().splitlines()
-    assert len(error) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    assert error[0].startswith("queue.py: error: "), error[0]
-    for word in words:
-        assert word in error[0], f"{word!r} not in {error[0]!r}"
-    return error[0]
 
 
 def status(project, *args, **env):
@@ -305,7 +288,7 @@ def test_table_on_mysql(mysql_project):
 FAILED_ROW = re.compile(r"^\s*(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s+(\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d\S*)\s+(.*?)\s*$")
 
 
-def failed_rows(project, *args):
+def failed_listing(project, *args):
     """`failed` as [(id, driver/connection, queue, job, failed at, error)]."""
     out = ok(project.cli("failed", *args))
     if out.strip() == "no failed jobs":
@@ -326,7 +309,7 @@ def fail_jobs(project, tmp_path, names, queue_name="default"):
     for name in names:
         queue.push(testjobs.FailTimes(tmp_path / name, 1, name, tries=1), queue=queue_name)
     work(project, "--queue", queue_name, "--stop-when-empty")
-    rows = failed_rows(project)
+    rows = failed_listing(project)
     assert sorted(r[5] for r in rows) == sorted(f"ValueError: attempt 1 of {n} fails" for n in names)
     return {r[5].split()[-2]: r[0] for r in rows}
 
@@ -337,7 +320,7 @@ def test_failed_lists_id_driver_queue_job_time_and_first_error_line(project, tmp
     work(project, "--queue", "mail", "--stop-when-empty")
     out = ok(project.cli("failed"))
     assert "Traceback" not in out
-    ((job_id, where, queue_name, job, failed_at, error),) = failed_rows(project)
+    ((job_id, where, queue_name, job, failed_at, error),) = failed_listing(project)
     assert (where, queue_name, job, error) == ("database/sqlite", "mail", "FailOnce", "ValueError: boom x")
     assert job_id == queue.driver().failed_jobs()[0]["id"]
     assert testjobs.failures(str(tmp_path / "out")) == ["ValueError: boom x"]  # failed(exc) ran once
@@ -371,7 +354,7 @@ def test_failed_shows_the_first_line_of_the_error_of_a_multi_line_message(projec
     ok(project.cli("push", "Multi"))
     ok(project.cli("push", "Noted"))
     work(project, "--stop-when-empty")
-    errors = {job: error for _, _, _, job, _, error in failed_rows(project)}
+    errors = {job: error for _, _, _, job, _, error in failed_listing(project)}
     assert errors == {"Multi": "ValueError: boom first", "Noted": "KeyError: 'missing'"}
     stored = {r["name"]: r["exception"] for r in queue.driver().failed_jobs()}
     assert stored["Multi"].startswith("ValueError: boom first\n")
@@ -382,12 +365,12 @@ def test_retry_one_id(project, tmp_path):
     ids = fail_jobs(project, tmp_path, ["a", "b"])
     out = ok(project.cli("retry", ids["a"]))
     assert "FailTimes" in out
-    assert [r[0] for r in failed_rows(project)] == [ids["b"]]
+    assert [r[0] for r in failed_listing(project)] == [ids["b"]]
     assert status(project)["default"]["ready"] == 1
     work(project, "--stop-when-empty")
     assert values(tmp_path / "a") == ["a", "a"]  # failed once, then succeeded when retried
     assert values(tmp_path / "b") == ["b"]
-    assert [r[0] for r in failed_rows(project)] == [ids["b"]]
+    assert [r[0] for r in failed_listing(project)] == [ids["b"]]
 
 
 @pytest.mark.parametrize("ids", [["all"], []], ids=["retry-all", "retry-no-id"])
@@ -395,7 +378,7 @@ def test_retry_all(project, tmp_path, ids):
     names = ["a", "b", "c"]
     fail_jobs(project, tmp_path, names, queue_name="mail")
     ok(project.cli("retry", *ids))
-    assert failed_rows(project) == []
+    assert failed_listing(project) == []
     assert status(project)["mail"] == {"ready": 3, "delayed": 0, "reserved": 0, "failed": 0}  # their own queue
     work(project, "--queue", "mail", "--stop-when-empty")
     for name in names:
@@ -411,26 +394,26 @@ def test_retry_onto_another_queue(project, tmp_path):
     assert values(tmp_path / "b") == ["b"]
     work(project, "--queue", "other", "--stop-when-empty")
     assert values(tmp_path / "b") == ["b", "b"]
-    assert [r[0] for r in failed_rows(project)] == [ids["a"]]
+    assert [r[0] for r in failed_listing(project)] == [ids["a"]]
 
 
 def test_retry_unknown_id(project, tmp_path):
     ids = fail_jobs(project, tmp_path, ["a"])
     one_line_error(project.cli("retry", "424242"), "424242")
     one_line_error(project.cli("retry", "abc"))
-    assert [r[0] for r in failed_rows(project)] == [ids["a"]]  # nothing retried, nothing lost
+    assert [r[0] for r in failed_listing(project)] == [ids["a"]]  # nothing retried, nothing lost
 
 
 def test_forget_and_flush(project, tmp_path):
     ids = fail_jobs(project, tmp_path, ["a", "b", "c"])
     ok(project.cli("forget", ids["b"]))
-    assert sorted(r[0] for r in failed_rows(project)) == sorted([ids["a"], ids["c"]])
+    assert sorted(r[0] for r in failed_listing(project)) == sorted([ids["a"], ids["c"]])
     one_line_error(project.cli("forget", ids["b"]), str(ids["b"]))  # gone already
     one_line_error(project.cli("forget", "424242"), "424242")
     one_line_error(project.cli("forget", "abc"))
-    assert len(failed_rows(project)) == 2
+    assert len(failed_listing(project)) == 2
     assert "2" in ok(project.cli("flush"))
-    assert failed_rows(project) == []
+    assert failed_listing(project) == []
     assert status(project).get("default", {}).get("ready", 0) == 0  # forgotten, not retried
 
 
@@ -509,7 +492,7 @@ def test_a_second_sigterm_puts_the_job_back(project, tmp_path, spawn, job):
     open(gate, "w").close()
     work(project, "--stop-when-empty")
     assert [line.split()[0] for line in lines(out)] == ["start", "start", "end"]
-    assert failed_rows(project) == []
+    assert failed_listing(project) == []
 
 
 def worker_started(worker):
@@ -534,7 +517,7 @@ def test_a_job_calling_sys_exit_does_not_end_the_worker(project, tmp_path):
     queue.push(testjobs.Exit(out, "exit", tries=1), testjobs.Record(out, "next"))
     work(project, "--stop-when-empty")
     assert values(out) == ["exit", "next"]
-    ((_, _, _, job, _, error),) = failed_rows(project)
+    ((_, _, _, job, _, error),) = failed_listing(project)
     assert job == "Exit" and error.startswith("SystemExit"), error
 
 
@@ -549,7 +532,7 @@ def test_work_attempts_and_timeout_options(project, tmp_path):
     work(project, "--timeout", "0.3", "--stop-when-empty")
     assert time.monotonic() - started < 15, "--timeout did not stop the job"
     assert values(slow) == ["slow"] and values(out)[-1] == "after"
-    errors = [row[5] for row in failed_rows(project)]
+    errors = [row[5] for row in failed_listing(project)]
     assert errors[1] == "ValueError: boom f" and "JobTimeout" in errors[0], errors  # newest first
 
 

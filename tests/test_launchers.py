@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,8 @@ import urllib.error
 import urllib.request
 
 import pytest
+
+from helpers import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APPS = os.path.join(ROOT, "tests", "apps")
@@ -51,12 +52,6 @@ def script(name):
     path = os.path.join(BIN, name)
     assert os.path.isfile(path), f"{name} is not installed beside {sys.executable} (pip install '.[test]')"
     return path
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env():

@@ -1,12 +1,12 @@
-"""MariaDB under load and under faults, with real `python queue.py work` processes: several
-workers share one queue (each job exactly once), a worker survives its connections being killed
-and the server being restarted (nothing lost, no double run beyond a job in flight), a job that
-is running when its connection drops is acked after the reconnect and not run again, and the
-CLI says in one line what is wrong with a table or an unreachable server.
+"""MariaDB under load and under faults, with real `python queue.py work` processes: an idle
+worker takes a push at once, a worker survives its connections being killed and the server being
+restarted (nothing lost, no double run beyond a job in flight), a job that is running when its
+connection drops is acked after the reconnect and not run again, and the CLI says in one line
+what is wrong with a table or an unreachable server. (Several workers sharing one queue:
+test_recovery.py.)
 
 Tests that stop the server start it again in a `finally` and wait until it answers.
 """
-import collections
 import datetime
 import os
 import signal
@@ -19,48 +19,15 @@ import pytest
 import queue
 import testjobs
 from conftest import restarts_a_server, MYSQL
-from test_cli import ok, one_line_error
-from testjobs import lines, runs, values, wait_for
-
-BARRIER = '''
-import os
-import queue
-
-_here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ready = []
-
-
-@queue.looping
-def _wait_for_go():
-    """Hold every worker until the test creates `go`, so that they start taking jobs together."""
-    if not _ready:
-        open(os.path.join(_here, f"ready.{os.getpid()}"), "w").close()
-        _ready.append(True)
-    return os.path.exists(os.path.join(_here, "go"))
-'''
+from helpers import log_lines, mysql, no_loss, ok, one_line_error, push_records, stop, table_empty, wait_worker
+from testjobs import lines, values, wait_for
 
 
 # The server ###################################################################################
-def admin():
-    """A connection of the test's own (autocommit) to the test database."""
-    import pymysql
-    return pymysql.connect(autocommit=True, **{k: v for k, v in MYSQL.items() if k != "driver"})
-
-
-def sql(statement, *params):
-    conn = admin()
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall()
-    finally:
-        conn.close()
-
-
 def answers():
     import pymysql
     try:
-        sql("SELECT 1")
+        mysql("SELECT 1")
         return True
     except pymysql.err.MySQLError:
         return False
@@ -100,7 +67,7 @@ def local_ports(pid):
 def connections_of(pid):
     """processlist ids of the connections that process pid has open (never the test's own)."""
     ports = local_ports(pid)
-    rows = sql("SELECT id, host FROM information_schema.processlist WHERE id <> CONNECTION_ID()")
+    rows = mysql("SELECT id, host FROM information_schema.processlist WHERE id <> CONNECTION_ID()")
     return [id_ for id_, host in rows if ":" in (host or "") and int(host.rsplit(":", 1)[1]) in ports]
 
 
@@ -109,7 +76,7 @@ def kill_connections(pid):
     killed = 0
     for id_ in connections_of(pid):
         try:
-            sql(f"KILL {int(id_)}")
+            mysql(f"KILL {int(id_)}")
             killed += 1
         except Exception as exc:  # it closed meanwhile (ER_NO_SUCH_THREAD)
             if getattr(exc, "args", (None,))[0] != 1094:
@@ -117,77 +84,13 @@ def kill_connections(pid):
     return killed
 
 
-# Helpers (test_amqp.py imports some) ##########################################################
-def push_records(path, count, prefix="j", batch=250):
-    names = [f"{prefix}{i}" for i in range(count)]
-    for start in range(0, count, batch):
-        queue.push(*(testjobs.Record(path, name) for name in names[start:start + batch]))
-    return names
-
-
-def table_empty(project):
-    table = project.drivers["database"]["table"]
-    assert sql(f"SELECT COUNT(*) FROM {table}")[0][0] == 0, "jobs are left in the table"
-    assert sql(f"SELECT COUNT(*) FROM {table}_failed")[0][0] == 0, "jobs ended in the failed store"
-
-
-def no_loss(path, names, allowed_doubles):
-    """Every job ran; at most allowed_doubles of them ran twice (none more often)."""
-    counts = collections.Counter(values(path))
-    missing = [name for name in names if name not in counts]
-    assert not missing, f"{len(missing)} job(s) never ran: {missing[:10]}"
-    assert set(counts) == set(names), f"unexpected values: {sorted(set(counts) - set(names))[:10]}"
-    doubles = {name: n for name, n in counts.items() if n > 1}
-    assert all(n == 2 for n in doubles.values()), f"jobs ran more than twice: {doubles}"
-    assert len(doubles) <= allowed_doubles, f"{len(doubles)} jobs ran twice (at most {allowed_doubles}): {doubles}"
-
-
+# Helpers #####################################################################################
 def utc(epoch):
     """A time as the naive UTC datetime that queue.py stores."""
     return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
 
 
-def log_lines(worker, word):
-    return [line for line in worker.lines if word in line]
-
-
-def wait_worker(worker, predicate, timeout, what):
-    """wait_for(predicate), failing with `what` and the worker's output as it is then."""
-    try:
-        return wait_for(predicate, timeout, interval=0.02)
-    except AssertionError:
-        raise AssertionError(f"{what}; worker output:\n{worker.output}") from None
-
-
-def stop(worker):
-    worker.proc.send_signal(signal.SIGTERM)
-    assert worker.wait(30) == 0, worker.output
-
-
-# Several workers ##############################################################################
-@pytest.mark.parametrize("workers", [2, 4])
-def test_workers_share_a_queue_and_run_every_job_exactly_once(mysql_project, tmp_path, spawn, workers):
-    with open(os.path.join(mysql_project.folder, "jobs", "__init__.py"), "w") as f:
-        f.write(BARRIER)
-    path = str(tmp_path / "record")
-    names = push_records(path, 2000)
-
-    started = [spawn(mysql_project, "work", "--stop-when-empty") for _ in range(workers)]
-    wait_for(lambda: len([f for f in os.listdir(mysql_project.folder) if f.startswith("ready.")]) == workers,
-             30, message="the workers did not start")
-    open(os.path.join(mysql_project.folder, "go"), "w").close()
-    for worker in started:
-        assert worker.wait(60) == 0, worker.output
-
-    done = runs(path)
-    assert sorted(r.value for r in done) == sorted(names), "every job exactly once"
-    shares = collections.Counter(r.pid for r in done)
-    assert set(shares) == {w.proc.pid for w in started}, f"jobs ran in other processes: {shares}"
-    fair = len(names) / workers
-    assert min(shares.values()) >= fair / 4, f"a worker ran less than a quarter of its fair share: {shares}"
-    table_empty(mysql_project)
-
-
+# One worker ##################################################################################
 def test_an_app_that_pushes_exits_without_a_traceback(mysql_project, tmp_path):
     """The app's process ends with its connection open: queue.py closes it at exit, before the
     interpreter's teardown (where pymysql's finalizer printed 'Exception ignored ...')."""
@@ -282,7 +185,7 @@ def test_a_job_running_when_its_connection_drops_is_acked_after_the_reconnect(my
 
     # the reservation is renewed on a new connection after the kill: it does not lapse
     def renewed():
-        row = sql(f"SELECT available_at FROM {table} WHERE reserved_at IS NOT NULL")  # UTC (tz "UTC")
+        row = mysql(f"SELECT available_at FROM {table} WHERE reserved_at IS NOT NULL")  # UTC (tz "UTC")
         return row and row[0][0] > utc(killed_at + retry_after)
     wait_worker(worker, renewed, 3 * retry_after, "the reservation was not renewed after the kill")
     assert values(path) == ["held"], "the job is still running"
@@ -309,9 +212,9 @@ def test_a_table_lacking_a_column_is_one_line_naming_it(mysql_project, tmp_path,
     with open(os.path.join(mysql_project.folder, "jobs", "Record.py"), "w") as f:
         f.write("from testjobs import Record\n")
     table = mysql_project.drivers["database"]["table"]
-    sql(f"DROP TABLE {table}")
+    mysql(f"DROP TABLE {table}")
     columns = ", ".join(f"{name} {kind}" for name, kind in MASONITE_COLUMNS.items() if name != missing)
-    sql(f"CREATE TABLE {table} ({columns})")
+    mysql(f"CREATE TABLE {table} ({columns})")
 
     made = mysql_project.cli("table", "--connection", "mysql")
     if made.returncode != 0:  # refusing the table at once is fine too, if it names the column

@@ -27,71 +27,16 @@ import pytest
 import poisonjobs
 import queue
 import testjobs
-from conftest import MYSQL, TESTS, Project
-from test_cli import one_line_error
+from conftest import MYSQL, TESTS, Project, backends
+from helpers import failed_count, failed_table, job_count, jobs_table, one_line_error, sql
 from testjobs import failures, lines, runs, values, wait_for
 
-BACKENDS = ["sqlite_project", "mysql_project"]
+on_sqlite_and_mysql = backends("sqlite", "mysql")
 
 
-# Looking at the tables directly ###############################################################
-def is_mysql(project):
-    return project.drivers["database"]["connection"] == "mysql"
-
-
-def sql(project, statement, *params, many=None):
-    """Run one statement on the project's database (SQLite file, or MariaDB straight on
-    127.0.0.1:3306 whatever the project's config says); return its rows. `?` marks parameters."""
-    if is_mysql(project):
-        import pymysql
-        conn = pymysql.connect(autocommit=True, **{k: v for k, v in MYSQL.items() if k != "driver"})
-        statement = statement.replace("?", "%s")
-    else:
-        conn = sqlite3.connect(os.path.join(project.folder, project.databases["sqlite"]["database"]),
-                               timeout=30, isolation_level=None)
-    try:
-        cur = conn.cursor()
-        if many is not None:
-            if not is_mysql(project):
-                cur.execute("BEGIN")
-            cur.executemany(statement, many)
-            if not is_mysql(project):
-                cur.execute("COMMIT")
-            return []
-        cur.execute(statement, params)
-        return [tuple(row) for row in cur.fetchall()]
-    finally:
-        conn.close()
-
-
-def jobs_table(project):
-    return project.drivers["database"]["table"]
-
-
-def failed_table(project):
-    return project.drivers["database"]["failed_table"]
-
-
-def count(project, table):
-    """Rows in a table; 0 if SQLite has no such table yet (queue.py creates them on first use)."""
-    try:
-        return sql(project, f"SELECT COUNT(*) FROM {table}")[0][0]
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return 0
-        raise
-
-
-def job_count(project):
-    return count(project, jobs_table(project))
-
-
-def failed_count(project):
-    return count(project, failed_table(project))
-
-
-def failed_rows(project):
-    """[(name, queue, exception)] of the failed store, oldest first."""
+# Looking at the tables directly (helpers.sql) ###############################################
+def failed_table_rows(project):
+    """[(name, queue, exception)] of the failed table, oldest first."""
     return sql(project, f"SELECT name, queue, exception FROM {failed_table(project)} ORDER BY id")
 
 
@@ -235,56 +180,52 @@ class Proxy:
 
 
 # 1. Poison jobs never kill a worker ###########################################################
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_sys_exit_in_failed_does_not_kill_the_worker(request, backend, tmp_path, spawn):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_sys_exit_in_failed_does_not_kill_the_worker(project, tmp_path, spawn):
     out, after = str(tmp_path / "out"), str(tmp_path / "after")
     queue.push(poisonjobs.ExitInFailed(out, "x"), testjobs.Record(after, "next"))
     worker = spawn(project, "work", "--stop-when-empty")
     assert worker.wait(30) == 0, worker.output
     assert values(out) == ["x"]
     assert failures(out) == ["ValueError: boom x"], "failed() must run exactly once"
-    rows = failed_rows(project)
+    rows = failed_table_rows(project)
     assert [name for name, _, _ in rows] == ["ExitInFailed"], rows
     assert rows[0][2].startswith("ValueError: boom x"), rows[0][2]
     assert values(after) == ["next"], "the worker went on with the next job"
     assert job_count(project) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_system_exit_while_unpickling_does_not_kill_the_worker(request, backend, tmp_path, spawn):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_system_exit_while_unpickling_does_not_kill_the_worker(project, tmp_path, spawn):
     out, after = str(tmp_path / "out"), str(tmp_path / "after")
     queue.push(poisonjobs.ExitOnLoad(out, "x"), testjobs.Record(after, "next"))
     worker = spawn(project, "work", "--stop-when-empty")
     assert worker.wait(30) == 0, worker.output
     assert values(out) == []
-    rows = failed_rows(project)
+    rows = failed_table_rows(project)
     assert [name for name, _, _ in rows] == ["ExitOnLoad"], rows
     assert "SystemExit" in rows[0][2], rows[0][2]
     assert values(after) == ["next"], "a good job after the poison one still runs"
     assert job_count(project) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_string_tries_is_refused_at_push(request, backend, tmp_path):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_a_string_tries_is_refused_at_push(project, tmp_path):
     with pytest.raises(queue.QueueError) as raised:
         queue.push(poisonjobs.StringTries(tmp_path / "out", "x"))
     assert "tries" in one_line(raised.value)
     assert queued_total(project) == 0 and job_count(project) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_an_exception_text_that_is_not_utf8_is_failed_once_with_its_own_type(request, backend, tmp_path, spawn):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_an_exception_text_that_is_not_utf8_is_failed_once_with_its_own_type(project, tmp_path, spawn):
     out, after = str(tmp_path / "out"), str(tmp_path / "after")
     queue.push(poisonjobs.SurrogateFail(out, "s"), testjobs.Record(after, "next"))
     worker = spawn(project, "work", "--stop-when-empty")
     assert worker.wait(30) == 0, worker.output
     assert values(out) == ["s", "s"], "tries = 2: two attempts"
     assert failures(out) == [r"ValueError: 'bad \udcff byte'"], "failed() must run exactly once"
-    rows = failed_rows(project)
+    rows = failed_table_rows(project)
     assert len(rows) == 1, rows
     assert rows[0][2].startswith("ValueError"), rows[0][2]
     assert values(after) == ["next"]
@@ -292,9 +233,8 @@ def test_an_exception_text_that_is_not_utf8_is_failed_once_with_its_own_type(req
 
 
 # 2. A chain with a hole ######################################################################
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_chain_with_none_is_refused_at_push(request, backend, tmp_path):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_chain_with_none_is_refused_at_push(project, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(queue.QueueError):
         queue.chain(testjobs.Record(out, "a"), testjobs.Record(out, "b"), None)
@@ -302,9 +242,8 @@ def test_chain_with_none_is_refused_at_push(request, backend, tmp_path):
 
 
 # 3. An unpickle that blocks ###################################################################
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_blocking_unpickle_is_held_to_the_job_timeout(request, backend, tmp_path, spawn):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_a_blocking_unpickle_is_held_to_the_job_timeout(project, tmp_path, spawn):
     out, after = str(tmp_path / "out"), str(tmp_path / "after")
     queue.push(poisonjobs.SlowLoadTimeout(out, "slow"), testjobs.Record(after, "next"))
     started = time.monotonic()
@@ -312,16 +251,15 @@ def test_a_blocking_unpickle_is_held_to_the_job_timeout(request, backend, tmp_pa
     assert worker.wait(15) == 0, worker.output
     assert time.monotonic() - started < 10, "the job's timeout of 1 s did not stop its unpickling"
     assert lines(out + ".loading"), "the job was never unpickled: the test proves nothing"
-    rows = failed_rows(project)
+    rows = failed_table_rows(project)
     assert [name for name, _, _ in rows] == ["SlowLoadTimeout"], rows
     assert "JobTimeout" in rows[0][2] and "timeout" in rows[0][2].lower(), rows[0][2]
     assert values(after) == ["next"]
     assert job_count(project) == 0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_two_sigterms_stop_a_worker_stuck_in_an_unpickle_and_lose_nothing(request, backend, tmp_path, spawn):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_two_sigterms_stop_a_worker_stuck_in_an_unpickle_and_lose_nothing(project, tmp_path, spawn):
     out = str(tmp_path / "out")
     queue.push(poisonjobs.SlowLoad(out, "slow"))
     worker = spawn(project, "work")
@@ -335,8 +273,8 @@ def test_two_sigterms_stop_a_worker_stuck_in_an_unpickle_and_lose_nothing(reques
     time.sleep(0.2)
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait(10) == 0, worker.output
-    assert queued_total(project) == 1, f"the job is no longer in the jobs table; failed store: {failed_rows(project)}"
-    assert failed_count(project) == 0, failed_rows(project)
+    assert queued_total(project) == 1, f"the job is no longer in the jobs table; failed store: {failed_table_rows(project)}"
+    assert failed_count(project) == 0, failed_table_rows(project)
     assert values(out) == []
 
 
@@ -351,9 +289,8 @@ def signal_taken(pid, signum):
 
 # 4. Jobs that fork ############################################################################
 @pytest.mark.parametrize("mode", ["return", "exit"], ids=["child-returns", "child-sys-exit"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_forking_job_does_not_clone_the_worker(request, backend, tmp_path, spawn, mode):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_a_forking_job_does_not_clone_the_worker(project, tmp_path, spawn, mode):
     out, rec = str(tmp_path / "fork"), str(tmp_path / "rec")
     queue.push(poisonjobs.Forker(out, mode), *(testjobs.Record(rec, f"r{i}") for i in range(5)))
     worker = spawn(project, "work", "--stop-when-empty")
@@ -364,7 +301,7 @@ def test_a_forking_job_does_not_clone_the_worker(request, backend, tmp_path, spa
     records = runs(rec)
     assert sorted(r.value for r in records) == [f"r{i}" for i in range(5)], "every Record job exactly once"
     assert {r.pid for r in records} == {worker.proc.pid}, "Record jobs ran in a process other than the worker"
-    assert failed_count(project) == 0, failed_rows(project)
+    assert failed_count(project) == 0, failed_table_rows(project)
     assert job_count(project) == 0
 
 
@@ -531,9 +468,8 @@ def test_a_worker_with_a_clock_an_hour_ahead_does_not_take_a_running_job(mysql_p
 
 
 # 8. Exactly-once push #########################################################################
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_batch_with_one_unpicklable_job_stores_nothing(request, backend, tmp_path):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_a_batch_with_one_unpicklable_job_stores_nothing(project, tmp_path):
     out = tmp_path / "out"
     bad = testjobs.Record(out, "bad")
     bad.hook = lambda: None  # a lambda cannot be pickled
@@ -810,9 +746,8 @@ def test_a_database_locked_longer_than_the_busy_timeout_is_one_line(sqlite_proje
 
 
 # 14. Replayed and tampered rows ###############################################################
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_payload_copied_to_another_queue_or_name_is_not_run(request, backend, tmp_path):
-    project = request.getfixturevalue(backend)
+@on_sqlite_and_mysql
+def test_a_payload_copied_to_another_queue_or_name_is_not_run(project, tmp_path):
     out = str(tmp_path / "out")
     queue.push(testjobs.Record(out, "orig"), queue="a")
     table = jobs_table(project)
@@ -824,13 +759,13 @@ def test_a_payload_copied_to_another_queue_or_name_is_not_run(request, backend, 
 
     ok(project.cli("work", "--queue", "b", "--stop-when-empty"))
     assert values(out) == [], "a payload copied to another queue was run"
-    rows = failed_rows(project)
+    rows = failed_table_rows(project)
     assert [(name, q) for name, q, _ in rows] == [("Record", "b")], rows
     assert "signed for" in rows[0][2], rows[0][2]
 
     ok(project.cli("work", "--queue", "a", "--stop-when-empty"))
     assert values(out) == ["orig"], "the original runs, once; the renamed copy does not"
-    rows = failed_rows(project)
+    rows = failed_table_rows(project)
     assert [(name, q) for name, q, _ in rows] == [("Record", "b"), ("Renamed", "a")], rows
     assert "signed for" in rows[1][2], rows[1][2]
     assert job_count(project) == 0

@@ -1,8 +1,8 @@
 """PostgreSQL: the database driver's third dialect (psycopg 3). The shared contract runs in
-test_contract.py (TestPostgresContract) and SIGKILL recovery in test_recovery.py; here: several
-workers share a queue with no double run, an idle worker is woken by NOTIFY well before its poll,
-a push through the app's own connection commits or rolls back with the app's transaction (on
-every dialect), the DDL, and a worker that rides out a server restart.
+test_contract.py, SIGKILL recovery and several workers sharing a queue in test_recovery.py; here:
+an idle worker is woken by NOTIFY well before its poll, a push through the app's own connection
+commits or rolls back with the app's transaction (on every dialect), the DDL, and a worker that
+rides out a server restart.
 """
 import collections
 import os
@@ -15,39 +15,10 @@ import pytest
 import queue
 import testjobs
 from conftest import MYSQL, POSTGRES, restarts_a_server, require
-from test_mysql import BARRIER, push_records, stop, wait_worker
-from testjobs import runs, values, wait_for
+from helpers import job_count, pg, push_records, stop, wait_worker
+from testjobs import values, wait_for
 
 psycopg = pytest.importorskip("psycopg")
-
-
-def pg():
-    return psycopg.connect(host=POSTGRES["host"], port=POSTGRES["port"], user=POSTGRES["user"],
-                           dbname=POSTGRES["database"], autocommit=True)
-
-
-def count(project, table_suffix=""):
-    table = project.drivers["database"]["table"] + table_suffix
-    with pg() as conn:
-        return conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-
-
-@pytest.mark.parametrize("workers", [3])
-def test_workers_share_a_queue_and_run_every_job_exactly_once(postgres_project, tmp_path, spawn, workers):
-    with open(os.path.join(postgres_project.folder, "jobs", "__init__.py"), "w") as f:
-        f.write(BARRIER)
-    path = str(tmp_path / "record")
-    names = push_records(path, 1500)
-    started = [spawn(postgres_project, "work", "--stop-when-empty") for _ in range(workers)]
-    wait_for(lambda: len([f for f in os.listdir(postgres_project.folder) if f.startswith("ready.")]) == workers,
-             30, message="the workers did not start")
-    open(os.path.join(postgres_project.folder, "go"), "w").close()
-    for worker in started:
-        assert worker.wait(90) == 0, worker.output
-    done = runs(path)
-    assert sorted(r.value for r in done) == sorted(names), "every job exactly once"
-    assert set(collections.Counter(r.pid for r in done)) == {w.proc.pid for w in started}
-    assert count(postgres_project) == 0 and count(postgres_project, "_failed") == 0
 
 
 def test_an_idle_worker_is_woken_by_notify_long_before_its_poll(postgres_project, tmp_path, spawn):
@@ -70,7 +41,7 @@ def test_a_push_in_the_app_transaction_that_rolls_back_stores_nothing(postgres_p
         conn.commit()
         queue.push(testjobs.Record(path, "dropped"), using=conn)
         conn.rollback()
-    assert count(postgres_project) == 1
+    assert job_count(postgres_project) == 1
     queue.Worker(queue.driver(), stop_when_empty=True).run()
     assert values(path) == ["kept"]
 

@@ -1,8 +1,10 @@
-"""At-least-once with real processes: a worker killed with SIGKILL mid-job loses nothing (its job
-runs again once retry_after has passed), and a long job that is alive keeps its reservation, so a
-second worker never runs it at the same time. Run against SQLite and MariaDB (the fixtures set
-retry_after to 2 s).
+"""At-least-once with real processes: several workers sharing a queue run every job exactly
+once (MariaDB, PostgreSQL), a worker killed with SIGKILL mid-job loses nothing (its job runs again
+once retry_after has passed), and a long job that is alive keeps its reservation, so a second
+worker never runs it at the same time. Run against SQLite, MariaDB and PostgreSQL (the fixtures
+set retry_after to 2 s).
 """
+import collections
 import os
 import signal
 import time
@@ -11,11 +13,29 @@ import pytest
 
 import queue
 import testjobs
+from conftest import SQL_BACKENDS, backends
+from helpers import push_records, table_empty
 from test_cli import JOB_FILES
 from testjobs import lines, runs, values, wait_for
 
-BACKENDS = ["sqlite_project", "mysql_project", "postgres_project"]
+pytestmark = backends(*SQL_BACKENDS)
 
+BARRIER = '''
+import os
+import queue
+
+_here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ready = []
+
+
+@queue.looping
+def _wait_for_go():
+    """Hold every worker until the test creates `go`, so that they start taking jobs together."""
+    if not _ready:
+        open(os.path.join(_here, f"ready.{os.getpid()}"), "w").close()
+        _ready.append(True)
+    return os.path.exists(os.path.join(_here, "go"))
+'''
 
 
 def block_events(path):
@@ -31,9 +51,35 @@ def empty(project):
     assert driver.failed_jobs() == []
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_worker_killed_mid_job_loses_nothing(request, backend, tmp_path, spawn):
-    project = request.getfixturevalue(backend)
+@pytest.mark.parametrize("project, workers, jobs, within, fair_share", [
+    ("mysql", 2, 2000, 60, 1 / 4), ("mysql", 4, 2000, 60, 1 / 4), ("postgres", 3, 1500, 90, None),
+], ids=["mysql-2", "mysql-4", "postgres-3"], indirect=["project"])
+def test_workers_share_a_queue_and_run_every_job_exactly_once(project, tmp_path, spawn, workers, jobs, within,
+                                                              fair_share):
+    """Every worker takes jobs (on MariaDB, at least `fair_share` of its fair share)."""
+    with open(os.path.join(project.folder, "jobs", "__init__.py"), "w") as f:
+        f.write(BARRIER)
+    path = str(tmp_path / "record")
+    names = push_records(path, jobs)
+
+    started = [spawn(project, "work", "--stop-when-empty") for _ in range(workers)]
+    wait_for(lambda: len([f for f in os.listdir(project.folder) if f.startswith("ready.")]) == workers,
+             30, message="the workers did not start")
+    open(os.path.join(project.folder, "go"), "w").close()
+    for worker in started:
+        assert worker.wait(within) == 0, worker.output
+
+    done = runs(path)
+    assert sorted(r.value for r in done) == sorted(names), "every job exactly once"
+    shares = collections.Counter(r.pid for r in done)
+    assert set(shares) == {w.proc.pid for w in started}, f"jobs ran in other processes: {shares}"
+    if fair_share is not None:
+        fair = len(names) / workers
+        assert min(shares.values()) >= fair * fair_share, f"a worker ran less than {fair_share:.0%} of its fair share: {shares}"
+    table_empty(project)
+
+
+def test_a_worker_killed_mid_job_loses_nothing(project, tmp_path, spawn):
     retry_after = project.drivers["database"]["retry_after"]
     with open(os.path.join(project.folder, "jobs", "Block.py"), "w") as f:
         f.write(JOB_FILES["Block.py"])
@@ -65,10 +111,8 @@ def test_a_worker_killed_mid_job_loses_nothing(request, backend, tmp_path, spawn
 
 
 @pytest.mark.parametrize("warm_stop", [False, True], ids=["running", "after SIGTERM"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_live_long_job_is_not_run_by_a_second_worker(request, backend, tmp_path, spawn, warm_stop):
+def test_a_live_long_job_is_not_run_by_a_second_worker(project, tmp_path, spawn, warm_stop):
     """The reservation is renewed while the job runs, also after a SIGTERM asked its worker to stop."""
-    project = request.getfixturevalue(backend)
     retry_after = project.drivers["database"]["retry_after"]
     long, probe = str(tmp_path / "long"), str(tmp_path / "probe")
     queue.push(testjobs.Sleep(long, 3 * retry_after, "long"))

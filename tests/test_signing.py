@@ -20,6 +20,7 @@ import pytest
 
 import queue
 import testjobs
+from helpers import ok
 from testjobs import lines, values
 
 KEY = b"test-key-0123456789abcdef"  # conftest's Project key
@@ -31,11 +32,6 @@ def mac(key, body):
 
 def envelope_body(job):
     return pickle.dumps({"v": 1, "job": job, "chain": [], "until": None}, 4)
-
-
-def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
 
 
 # pack / unpack ################################################################################
