@@ -1443,6 +1443,12 @@ class Driver:
         """Called every `keep_every` seconds while a job runs, from the keeper thread: renew the
         message's reservation (database) or keep the connection alive (amqp)."""
 
+    def longest_job(self, queue):
+        """(seconds, why): the longest a job of `queue` may run before the backend hands it to
+        another worker whatever the worker does (RabbitMQ's consumer_timeout); None: no limit.
+        The worker stops a job before then (JobTimeout), so that it never runs twice at once."""
+        return None
+
     def stats(self, queues=None):
         """{queue: {"ready": n, "delayed": n, "reserved": n}} for `queues` (default: every queue
         the driver can list); None where a count cannot be known."""
@@ -3114,14 +3120,14 @@ class AMQPDriver(Driver):
     keep_every = 0.25  # during a job: the acks of the jobs before it go out, heartbeats too
     defaults = dict(Driver.defaults, username="guest", password="guest", host="localhost", port=5672, vhost="",
                     channel="default", exchange="", connection_options={}, heartbeat=60, prefetch=20,
-                    queue_type="quorum", max_message_size=134217728, management_port=15672)
+                    queue_type="quorum", max_message_size=134217728, management_port=15672, consumer_timeout=1800)
     kinds = dict(Driver.kinds, username=_string, password=_string, vhost=_string,
                  host=_kind(lambda v: isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(h, str) for h in v)),
                             "a host name, or a list of them (a cluster: the first that answers)"),
                  port=_port,
                  channel=_string, exchange=_string, connection_options=_mapping, heartbeat=_seconds,
                  prefetch=_whole, queue_type=_choice("quorum", "classic"), max_message_size=_whole,
-                 management_port=_port)
+                 management_port=_port, consumer_timeout=_lease)
 
     def __init__(self, options, config):
         super().__init__(options, config)
@@ -3181,14 +3187,15 @@ class AMQPDriver(Driver):
 
     # queues
     def declare(self, channel, queue_name, declared):
-        """Declare a durable queue (once per connection); bind it when an exchange is configured."""
-        if queue_name in declared:
+        """Declare a durable queue (again every _REDECLARE seconds of a connection: a queue
+        deleted meanwhile comes back); bind it when an exchange is configured."""
+        if declared.get(queue_name, 0.0) > time.monotonic():
             return
         channel.queue_declare(queue_name, durable=True, arguments={"x-queue-type": self.queue_type})
         if self.exchange:
             channel.exchange_declare(self.exchange, "direct", durable=True)
             channel.queue_bind(queue_name, self.exchange, routing_key=queue_name)
-        declared[queue_name] = float("inf")
+        declared[queue_name] = time.monotonic() + _REDECLARE
 
     def ladder_names(self):
         """The ladder's queue (and exchange) names, level 0 first, and its delivery exchange."""
@@ -3229,13 +3236,19 @@ class AMQPDriver(Driver):
                 channel.exchange_bind(delivery, name, routing_key=words + "0.#")
         declared["ladder"] = float("inf")
 
+    def _bind_delivery(self, channel, queue_name, declared):
+        """Bind a queue to the ladder's delivery (again every _REDECLARE seconds: a deleted and
+        declared again queue has lost its binding, and its due messages would go to the sink)."""
+        if declared.get(("delivery", queue_name), 0.0) <= time.monotonic():
+            self.declare(channel, queue_name, declared)
+            channel.queue_bind(queue_name, self.ladder_names()[1],
+                               arguments={"x-match": "all", "queue.py-delayed-for": queue_name})
+            declared[("delivery", queue_name)] = time.monotonic() + _REDECLARE
+
     def _delayed(self, channel, queue_name, delay, declared):
         """(exchange, routing key, headers) that deliver a message to queue_name after `delay` s."""
         self._ladder(channel, declared)
-        if ("delivery", queue_name) not in declared:
-            queues, delivery = self.ladder_names()
-            channel.queue_bind(queue_name, delivery, arguments={"x-match": "all", "queue.py-delayed-for": queue_name})
-            declared[("delivery", queue_name)] = float("inf")
+        self._bind_delivery(channel, queue_name, declared)
         units = min(2 ** _LEVELS - 1, math.ceil(delay / _DELAY_UNIT))
         key = ".".join("1" if units >> bit & 1 else "0" for bit in range(_LEVELS - 1, -1, -1))
         return self.ladder_names()[0][-1], key, {"queue.py-delayed-for": queue_name}
@@ -3323,6 +3336,24 @@ class AMQPDriver(Driver):
         again = Message(message.id, message.queue, message.name, message.payload, message.attempts, delay)
         self.put([again], forever=True)
         message.receipt.consumer.settle(message, remember=False, now=True)
+
+    def longest_job(self, queue):
+        """The broker's consumer timeout (the queue's x-consumer-timeout or consumer-timeout policy
+        where the management API tells, else DRIVERS['amqp']['consumer_timeout'], RabbitMQ's
+        default 1800 s), less a margin for the broker's periodic check: past it, the broker closes
+        the channel and delivers the job to another worker while this one still runs it."""
+        limits = getattr(self, "_limits", None)
+        if limits is None:
+            limits = self._limits = {}
+            for q in self._management_queues(",arguments,effective_policy_definition") or ():
+                given = (q.get("arguments") or {}).get("x-consumer-timeout") or \
+                    (q.get("effective_policy_definition") or {}).get("consumer-timeout")
+                if isinstance(given, int) and given > 0:
+                    limits[q["name"]] = given / 1000
+        seconds_ = limits.get(queue, float(self.options["consumer_timeout"]))
+        margin = min(60.0, max(1.0, seconds_ * 0.05))
+        return seconds_ - margin, (f"RabbitMQ's consumer timeout of {seconds_:g} s would give it to another worker while "
+                                   "it runs: raise consumer_timeout (rabbitmq.conf, and DRIVERS['amqp']) for longer jobs")
 
     def stats(self, queues=None):
         """Ready counts come from the broker over AMQP (exact); without `queues`, every queue of
@@ -3415,7 +3446,7 @@ class AMQPDriver(Driver):
         into their queue when due, then delete themselves."""
         return sorted(q["name"] for q in self._management_queues() or () if q["name"].startswith(f"{queue}.delay."))
 
-    def _management_queues(self):
+    def _management_queues(self, more=""):
         """The queues of our vhost from the management HTTP API, or None when it does not answer."""
         import base64
         import json
@@ -3424,7 +3455,7 @@ class AMQPDriver(Driver):
         o = self.options
         vhost = urllib.parse.quote(o["vhost"] or "/", safe="")
         url = (f"http://{self.hosts[0].rsplit(':', 1)[0]}:{int(o['management_port'])}/api/queues/{vhost}"
-               "?columns=name,messages,messages_ready,messages_unacknowledged")
+               f"?columns=name,messages,messages_ready,messages_unacknowledged{more}")
         auth = base64.b64encode(f"{o['username']}:{o['password']}".encode()).decode()
         request = urllib.request.Request(url, headers={"Authorization": f"Basic {auth}"})
         try:
@@ -3528,6 +3559,7 @@ class _Publisher:
             pass
 
 
+_REDECLARE = 5.0     # seconds an amqp connection trusts that a queue it declared (and its binding) exists
 _LEVELS = 30         # levels of the amqp delay ladder
 _DELAY_UNIT = 0.125  # seconds: its precision
 _MAX_PUSH_DELAY = (2 ** _LEVELS - 1) * _DELAY_UNIT  # about 4.25 years: the longest delay of every driver
@@ -3556,6 +3588,7 @@ class _Consumer:
         self.connection = self.channel = None
         self.generation = 0            # which connection a delivery tag belongs to
         self.lost, self.retry_at, self.retry = False, 0.0, _Retry(None)
+        self.cancelled = False         # the broker cancelled our consumer (Basic.Cancel): consume again
         self.done = collections.deque(maxlen=max(64, 4 * driver.prefetch))  # ids completed lately
         self.unsent = 0                # acks of completed jobs not yet sent
         self.unsent_at = 0.0           # when the oldest of them was settled (monotonic)
@@ -3625,6 +3658,9 @@ class _Consumer:
                 time_limit = min(time_limit, 0.05)
             self.connection.process_data_events(time_limit=time_limit)  # sends what is buffered, too
             self.unsent = 0
+            if self.cancelled:  # the broker cancelled the consumer (its queue was deleted, say): consume anew
+                self.connection.close()  # the broker requeues what it held of ours
+                raise pika.exceptions.ConsumerCancelled("the broker cancelled the consumer (its queue deleted?)")
         except ConnectionFailed as exc:
             if not self.generation:  # never connected: say so at once
                 raise
@@ -3660,14 +3696,16 @@ class _Consumer:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=self.driver.prefetch)
             declared = {}
-            for queue_name in self.queues:
-                self.driver.declare(channel, queue_name, declared)
+            self.driver._ladder(channel, declared)
+            for queue_name in self.queues:  # declared (and bound to the delay ladder) again after a deletion
+                self.driver._bind_delivery(channel, queue_name, declared)
                 if len(self.queues) == 1:
                     channel.basic_consume(queue_name, self._on_message(queue_name))
+            channel.add_on_cancel_callback(lambda frame: setattr(self, "cancelled", True))
         except BaseException:
             connection.close() if connection.is_open else None
             raise
-        self.connection, self.channel = connection, channel
+        self.connection, self.channel, self.cancelled = connection, channel, False
         self.delivered, self.finished, self.alone = collections.deque(), set(), set()  # tags start again
         self.generation += 1
         if self.lost:
@@ -4309,10 +4347,16 @@ class Worker:
         """Unpickle and run the job once in this thread, with its timeout; return (envelope or
         None, exception or None, traceback text or None)."""
         timeout = (header or {}).get("timeout") or self.timeout
+        longest = self.driver.longest_job(message.queue)
+        if longest and (not timeout or timeout > longest[0]):
+            timeout = longest[0]
         self.current = _Running(message, time.monotonic(), timeout)
         loaded = []
         try:
             _, exc, text = self._timed(timeout, self._run, message, envelope or body, loaded)
+            if isinstance(exc, JobTimeout) and longest and timeout == longest[0]:
+                exc = JobTimeout(f"the job ran {timeout:g} s: {longest[1]}")
+                text = _format(exc)
             self._settling = self.current  # renewed by the keeper until the next pop() deletes it
             return (loaded[0] if loaded else None), exc, text
         except _ColdShutdown:
