@@ -55,50 +55,37 @@ def check_bad(rows, output):
     assert rows["ended by os._exit() jobs"] >= 2, output  # os._exit() jobs killed workers, which came back
 
 
-# SQLite: no server to restart, so every worker is SIGKILLed at once ###########################
-def test_sqlite_chaos_kills_and_kill_all():
-    status, rows, header, output = chaos("--driver", "database", "--connection", "sqlite", "--jobs", 300)
-    assert "every worker killed at once" in header, output
+# The backends: chaos.py's options for each, the server it needs, and what its chaos run does
+# besides the kills (SQLite has no server to restart, so every worker is SIGKILLed at once)
+BACKENDS = {
+    "sqlite": (["--driver", "database", "--connection", "sqlite"], None, "every worker killed at once"),
+    "mysql": (["--driver", "database", "--connection", "mysql"], ("MariaDB", MYSQL), "MariaDB restarted"),
+    "amqp": (["--driver", "amqp"], ("RabbitMQ", AMQP), "RabbitMQ restarted"),
+}
+# jittered backoffs (the default on amqp) are for the full runs: the short chaos run keeps its pace
+UNJITTERED = {"amqp": ["--no-jitter"]}
+
+
+def options(backend):
+    """chaos.py's options for the backend, once its server (if it has one) is reachable."""
+    argv, server, _ = BACKENDS[backend]
+    if server is not None:
+        name, settings = server
+        require(name, settings["host"], settings["port"])
+    return argv
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("mysql", marks=restarts_a_server),
+                                     pytest.param("amqp", marks=restarts_a_server)])
+def test_chaos_kills_and_kill_all_or_server_restart(backend):
+    status, rows, header, output = chaos(*options(backend), "--jobs", 300, *UNJITTERED.get(backend, []))
+    assert BACKENDS[backend][2] in header, output
     check(status, rows, output)
 
 
-def test_sqlite_bad_input():
-    status, rows, header, output = chaos("--driver", "database", "--connection", "sqlite", "--jobs", 50,
-                                         "--bad", 100, "--no-restart")
-    check(status, rows, output)
-    check_bad(rows, output)
-
-
-# MariaDB: one server restart #################################################################
-@restarts_a_server
-def test_mysql_chaos_kills_and_server_restart():
-    require("MariaDB", MYSQL["host"], MYSQL["port"])
-    status, rows, header, output = chaos("--driver", "database", "--connection", "mysql", "--jobs", 300)
-    assert "MariaDB restarted" in header, output
-    check(status, rows, output)
-
-
-def test_mysql_bad_input():
-    require("MariaDB", MYSQL["host"], MYSQL["port"])
-    status, rows, header, output = chaos("--driver", "database", "--connection", "mysql", "--jobs", 50,
-                                         "--bad", 100, "--no-restart")
-    check(status, rows, output)
-    check_bad(rows, output)
-
-
-# RabbitMQ: one broker restart ################################################################
-@restarts_a_server
-def test_amqp_chaos_kills_and_broker_restart():
-    require("RabbitMQ", AMQP["host"], AMQP["port"])
-    # jittered backoffs (the default on amqp) are for the full runs: this short one keeps its pace
-    status, rows, header, output = chaos("--driver", "amqp", "--jobs", 300, "--no-jitter")
-    assert "RabbitMQ restarted" in header, output
-    check(status, rows, output)
-
-
-def test_amqp_bad_input():
-    require("RabbitMQ", AMQP["host"], AMQP["port"])
-    status, rows, header, output = chaos("--driver", "amqp", "--jobs", 50, "--bad", 100, "--no-restart")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_input(backend):
+    status, rows, header, output = chaos(*options(backend), "--jobs", 50, "--bad", 100, "--no-restart")
     check(status, rows, output)
     check_bad(rows, output)
 
