@@ -4357,6 +4357,9 @@ class Worker:
             if isinstance(exc, JobTimeout) and longest and timeout == longest[0]:
                 exc = JobTimeout(f"the job ran {timeout:g} s: {longest[1]}")
                 text = _format(exc)
+            elif exc is not None and timeout and time.monotonic() - self.current.started >= timeout + 0.5 and \
+                    not isinstance(exc, JobTimeout):  # stopped by the alarm the keeper set again, through the job's handler
+                exc, text = JobTimeout(f"the job ran past its timeout of {timeout:g} s; it ended with {_summary(exc)}"), text
             self._settling = self.current  # renewed by the keeper until the next pop() deletes it
             return (loaded[0] if loaded else None), exc, text
         except _ColdShutdown:
