@@ -269,6 +269,9 @@ def test_the_supervisor_replaces_workers_whose_jobs_left_threads(sqlite_project,
         assert len(set(started())) >= 4, f"the supervisor started workers {started()}"
         stop(supervisor)
     finally:
+        if supervisor.proc.poll() is None:  # first the supervisor, so that it starts no replacement
+            supervisor.proc.kill()
+            supervisor.proc.wait()
         kill_leftovers(started() + [r.pid for r in runs(out)])
     assert job_count(sqlite_project) == 0
 
