@@ -3974,7 +3974,9 @@ class Worker:
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
         self._thread = None                 # the thread running it (raising its timeout, if not SIGALRM's)
-        self._armed = 0.0                   # when SIGALRM was set for it (main thread)
+        self._armed = 0.0                   # when the job with a limit started (main thread)
+        self._alarm_lock = threading.Lock() # the keeper sets the alarm again only while the job runs
+        self._rearmed = False               # it did: the job's end clears it
         self.tally = _Tally()               # what it did since its last beat
         self._paused = set()                # its queues that are paused (refreshed every second)
         self.registry_key = f"worker:{os.uname().nodename}:{os.getpid()}"
@@ -4233,8 +4235,11 @@ class Worker:
                 if late and time.monotonic() - raised.get(lane, 0.0) >= 1.0:  # then again every second
                     raised[lane] = time.monotonic()
                     lane._interrupt(JobTimeout)  # a lane off the main thread
-                    if lane._armed and time.monotonic() - current.started > current.timeout + 1.0:
-                        _signal.setitimer(_signal.ITIMER_REAL, 0.001, 1.0)  # the job cancelled its alarm: again
+                    if lane._armed:  # the main thread's: an alarm (the job cancelled its own, or had none set)
+                        with lane._alarm_lock:
+                            if lane._in_job:
+                                _signal.setitimer(_signal.ITIMER_REAL, 0.001)
+                                lane._rearmed = True
             if _leases:
                 _, exc, _ = _guard(_renew_leases)
                 if exc is not None:
@@ -4346,18 +4351,18 @@ class Worker:
     def _attempt(self, message, header, body, envelope=None):
         """Unpickle and run the job once in this thread, with its timeout; return (envelope or
         None, exception or None, traceback text or None)."""
-        timeout = (header or {}).get("timeout") or self.timeout
+        own = timeout = (header or {}).get("timeout") or self.timeout
         longest = self.driver.longest_job(message.queue)
         if longest and (not timeout or timeout > longest[0]):
             timeout = longest[0]
         self.current = _Running(message, time.monotonic(), timeout)
         loaded = []
         try:
-            _, exc, text = self._timed(timeout, self._run, message, envelope or body, loaded)
+            _, exc, text = self._timed(timeout, self._run, message, envelope or body, loaded, arm=bool(own))
             if isinstance(exc, JobTimeout) and longest and timeout == longest[0]:
                 exc = JobTimeout(f"the job ran {timeout:g} s: {longest[1]}")
                 text = _format(exc)
-            elif exc is not None and timeout and time.monotonic() - self.current.started >= timeout + 0.5 and \
+            elif exc is not None and timeout and time.monotonic() - self.current.started >= timeout and \
                     not isinstance(exc, JobTimeout):  # stopped by the alarm the keeper set again, through the job's handler
                 exc, text = JobTimeout(f"the job ran past its timeout of {timeout:g} s; it ended with {_summary(exc)}"), text
             self._settling = self.current  # renewed by the keeper until the next pop() deletes it
@@ -4370,27 +4375,32 @@ class Worker:
         finally:
             self.current = None
 
-    def _timed(self, timeout, fn, *args):
+    def _timed(self, timeout, fn, *args, arm=True):
         """_guard(fn, *args) under a timeout: SIGALRM raises JobTimeout inside it (main thread
-        only), and again every second until it gives up."""
-        alarm = (bool(timeout) and self.concurrency == 1 and hasattr(signal, "setitimer")
-                 and threading.current_thread() is threading.main_thread())
+        only), and again every second until it gives up. arm=False: no alarm is set (the limit
+        is a backend's, far off: the keeper sets the alarm if the job gets there)."""
+        main = (self.concurrency == 1 and hasattr(signal, "setitimer")
+                and threading.current_thread() is threading.main_thread())
+        alarm = bool(timeout) and main and arm
         if alarm:  # the C module's signal(): the signal module's converts each answer to an enum, slowly
             import _signal
             previous = _signal.signal(_signal.SIGALRM, self._on_alarm)
             _signal.setitimer(_signal.ITIMER_REAL, timeout, 1.0)
-            self._armed = time.monotonic()
-        self._thread = threading.get_ident() if not alarm else None  # for the keeper's timeouts
+        self._thread = None if main else threading.get_ident()  # for the keeper's timeouts of a lane
+        self._armed = time.monotonic() if main and timeout else 0.0
         self._in_job, self._limit = True, timeout
-        self._armed = self._armed if alarm else 0.0
         try:
             return _guard(fn, *args)
         except JobTimeout as late:  # raised in this thread by the keeper just as the job returned
             return None, late, _format(late)
         finally:
-            self._in_job = False
+            with self._alarm_lock:  # the keeper sets the alarm again only while the job runs
+                self._in_job = False
+                if alarm or self._rearmed:
+                    import _signal
+                    _signal.setitimer(_signal.ITIMER_REAL, 0)
+                    self._rearmed = False
             if alarm:
-                _signal.setitimer(_signal.ITIMER_REAL, 0)
                 _signal.signal(_signal.SIGALRM, previous)
 
     def _run(self, message, body, loaded):

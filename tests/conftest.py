@@ -33,7 +33,8 @@ CI = os.environ.get("CI") == "true"
 restarts_a_server = pytest.mark.skipif(os.environ.get("QUEUE_TEST_RESTARTS") != "1",
                                        reason="stops a server: set QUEUE_TEST_RESTARTS=1 (.ci/run does)")
 MYSQL = {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
-AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
+AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest",
+        "vhost": f"queue-py-tests-{os.getpid()}-{uuid.uuid4().hex[:6]}"}  # made and deleted by the run
 POSTGRES = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "",
             "database": "test"}
 
@@ -204,28 +205,60 @@ def drop_postgres_tables(*names):
         conn.execute(f"DROP TABLE IF EXISTS {', '.join(names)}")
 
 
-_USED_THE_BROKER = []  # set by the amqp_project fixture
+_USED_THE_BROKER = []  # set by the amqp_project fixture, once it made the test vhost
+
+
+def _broker_admin(method, path, body=None):
+    """A call of RabbitMQ's management API as AMQP's user (an administrator, as guest is)."""
+    import base64
+    import json
+    import urllib.request
+    auth = base64.b64encode(f"{AMQP['username']}:{AMQP['password']}".encode()).decode()
+    request = urllib.request.Request(f"http://{AMQP['host']}:15672/api/{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Authorization": f"Basic {auth}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30):
+        pass
+
+
+def _vhost(action):
+    """Make (action "add") or delete ("delete") the test run's own vhost: through the management
+    API, else rabbitmqctl (a broker without the management plugin)."""
+    from urllib.parse import quote
+    name = AMQP["vhost"]
+    try:
+        if action == "add":
+            _broker_admin("PUT", f"vhosts/{quote(name, safe='')}")
+            _broker_admin("PUT", f"permissions/{quote(name, safe='')}/{quote(AMQP['username'], safe='')}",
+                          {"configure": ".*", "write": ".*", "read": ".*"})
+        else:
+            _broker_admin("DELETE", f"vhosts/{quote(name, safe='')}")
+    except OSError:
+        commands = ([["add_vhost", name], ["set_permissions", "-p", name, AMQP["username"], ".*", ".*", ".*"]]
+                    if action == "add" else [["delete_vhost", name]])
+        for command in commands:
+            subprocess.run(["rabbitmqctl", "-q", *command], check=True, capture_output=True, timeout=120)
+
+
+def test_vhost():
+    """The test run's own vhost, made on first use (deleted at the end of the run)."""
+    if not _USED_THE_BROKER:
+        _vhost("add")
+        _USED_THE_BROKER.append(True)
+    return AMQP["vhost"]
+
+
+test_vhost.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _delete_the_delay_ladder_at_the_end():
-    """The amqp delay ladder is the vhost's, shared by every test: delete it once they are done,
-    if any of them used the broker (a run of SQLite tests leaves a broker that others use alone)."""
+def _delete_the_test_vhost_at_the_end():
+    """The amqp tests run in a vhost of their own (AMQP["vhost"]), made on first use: its queues,
+    its delay ladder and its exchanges go with it at the end, and nothing of a broker shared with
+    an app (the ladder of vhost /, say) is touched."""
     yield
-    if not _USED_THE_BROKER or not server_up(AMQP["host"], AMQP["port"]):
-        return
-    import pika
-    connection = pika.BlockingConnection(pika.ConnectionParameters(
-        AMQP["host"], AMQP["port"], credentials=pika.PlainCredentials(AMQP["username"], AMQP["password"])))
-    try:
-        channel = connection.channel()
-        for prefix in ("queue.py.delay", "queue.py.delay-classic"):
-            for name in [f"{prefix}.{k}" for k in range(30)] + [f"{prefix}.delivery.lost"]:
-                channel.queue_delete(name)
-            for name in [f"{prefix}.{k}" for k in range(30)] + [f"{prefix}.delivery", f"{prefix}.delivery.lost"]:
-                channel.exchange_delete(name)
-    finally:
-        connection.close()
+    if _USED_THE_BROKER and server_up(AMQP["host"], AMQP["port"]):
+        _vhost("delete")
 
 
 @pytest.fixture
@@ -233,7 +266,7 @@ def amqp_project(tmp_path):
     """A project on the amqp driver with RabbitMQ, on queue names of its own, deleted afterwards;
     failed jobs go to SQLite."""
     require("RabbitMQ", AMQP["host"], AMQP["port"])
-    _USED_THE_BROKER.append(True)
+    test_vhost()
     name = unique("q")
     drivers = {"default": "amqp",
                "amqp": dict(AMQP, queue=name, prefetch=10, poll=0.05, heartbeat=10),

@@ -372,7 +372,7 @@ def test_status_shows_ready_reserved_and_delayed(amqp, tmp_path, spawn):
 
 # The delay ladder: a fixed set of broker objects, whatever the delays ########################
 def broker_queue_names():
-    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name"], check=True, capture_output=True,
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", AMQP["vhost"], "name"], check=True, capture_output=True,
                          text=True, timeout=60).stdout
     return [line.strip() for line in out.splitlines() if line.strip() and line.strip() != "name"]
 

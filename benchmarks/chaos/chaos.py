@@ -83,6 +83,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # benchmarks/chaos: this file and chaosjobs.py
@@ -454,7 +455,8 @@ class AMQPBackend(Backend):
     def connect(self):
         import pika
         return pika.BlockingConnection(pika.URLParameters(
-            f"amqp://{AMQP['username']}:{AMQP['password']}@{AMQP['host']}:{AMQP['port']}/%2F?heartbeat=30"))
+            f"amqp://{AMQP['username']}:{AMQP['password']}@{AMQP['host']}:{AMQP['port']}/"
+            f"{urllib.parse.quote(AMQP.get('vhost') or '/', safe='')}?heartbeat=30"))
 
     def inject(self, bads):
         import pika
@@ -540,7 +542,8 @@ def broker_queue_names(timeout=15):
     answer: `rabbitmqctl -q list_queues name` (exact), else the management API (guest/guest)."""
     if shutil.which("rabbitmqctl"):
         try:
-            done = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "--no-table-headers"],
+            done = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", AMQP.get("vhost") or "/", "name",
+                                   "--no-table-headers"],
                                   capture_output=True, text=True, timeout=timeout)
             if done.returncode == 0:
                 return "rabbitmqctl", [line.strip() for line in done.stdout.splitlines() if line.strip()]
@@ -549,7 +552,8 @@ def broker_queue_names(timeout=15):
     import base64
     import urllib.request
     auth = base64.b64encode(f"{AMQP['username']}:{AMQP['password']}".encode()).decode()
-    request = urllib.request.Request(f"http://{AMQP['host']}:15672/api/queues/%2F?columns=name",
+    vhost = urllib.parse.quote(AMQP.get("vhost") or "/", safe="")
+    request = urllib.request.Request(f"http://{AMQP['host']}:15672/api/queues/{vhost}?columns=name",
                                      headers={"Authorization": f"Basic {auth}"})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -1643,6 +1647,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--driver", choices=("database", "amqp"), default="database")
+    p.add_argument("--vhost", default="", help="amqp: the RabbitMQ vhost to run in (default /)")
     p.add_argument("--connection", choices=("sqlite", "mysql", "postgres"), default="sqlite",
                    help="database connection (for amqp: where the failed store lives)")
     p.add_argument("--jobs", type=int, default=10000, help="numbered jobs to push (default 10000)")
@@ -1682,6 +1687,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.vhost:
+        AMQP["vhost"] = args.vhost  # the workers' config and the harness's own connections
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     chaos = Chaos(args)
