@@ -181,3 +181,58 @@ def test_a_job_taken_after_its_retry_until_deadline_is_failed_without_running(sq
     assert values(path) == [], "it ran after its deadline"
     [row] = failed_rows()
     assert "MaxAttemptsExceeded" in row["exception"]
+
+
+# RabbitMQ: a deleted queue, the consumer timeout ###############################################
+def _delete_queue(name):
+    import pika
+    from conftest import AMQP
+    connection = pika.BlockingConnection(pika.URLParameters(
+        f"amqp://{AMQP['username']}:{AMQP['password']}@{AMQP['host']}:{AMQP['port']}/{AMQP['vhost']}"))
+    try:
+        connection.channel().queue_delete(name)
+    finally:
+        connection.close()
+
+
+def test_a_worker_consumes_again_after_its_queue_is_deleted(amqp_project, tmp_path, spawn):
+    path = str(tmp_path / "r")
+    worker = spawn(amqp_project, "work")
+    queue.push(testjobs.Record(path, "first"))
+    wait_worker(worker, lambda: values(path) == ["first"], 20, "the first job did not run")
+    _delete_queue(amqp_project.queue)
+    queue._close_drivers()  # a pusher that starts afresh declares the queue again
+    amqp_project.configure()
+    queue.push(testjobs.Record(path, "after"), testjobs.Record(path, "after"))
+    queue.push(testjobs.Record(path, "delayed"), delay=1)
+    wait_worker(worker, lambda: sorted(values(path)) == ["after", "after", "delayed", "first"], 30,
+                "the worker did not consume again after its queue was deleted")
+    stop(worker)
+
+
+def test_a_long_lived_pushers_delayed_jobs_reach_a_queue_deleted_meanwhile(amqp_project, tmp_path, spawn):
+    path = str(tmp_path / "r")
+    queue.push(testjobs.Record(path, "bound"), delay=0.2)  # binds the queue to the delay ladder
+    worker = spawn(amqp_project, "work")
+    wait_worker(worker, lambda: values(path) == ["bound"], 20, "the first delayed job did not run")
+    stop(worker)
+    _delete_queue(amqp_project.queue)
+    for i in range(3):  # the same pusher, its connection and what it declared kept
+        queue.push(testjobs.Record(path, f"d{i}"), delay=6 + i)
+    worker = spawn(amqp_project, "work")
+    wait_worker(worker, lambda: len(values(path)) == 4, 40, "a delayed job pushed after the deletion was lost")
+    stop(worker)
+
+
+def test_a_job_is_stopped_before_rabbitmqs_consumer_timeout(amqp_project, tmp_path, spawn):
+    amqp_project.drivers["amqp"]["consumer_timeout"] = 3
+    amqp_project.write_config()
+    amqp_project.configure()
+    path = str(tmp_path / "s")
+    queue.push(testjobs.Sleep(path, 20, "long", tries=1))
+    worker = spawn(amqp_project, "work")
+    wait_worker(worker, lambda: failed_rows(), 15, "the job was not stopped before the consumer timeout")
+    stop(worker)
+    [row] = failed_rows()
+    assert "JobTimeout" in row["exception"] and "consumer timeout" in row["exception"], row["exception"][:300]
+    assert values(path) == ["long"], "it ran once, and was stopped"
