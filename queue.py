@@ -1740,10 +1740,20 @@ class _Dialect:
             return cur.rowcount == 1
         return driver._transaction(cur, statements)
 
-    def wait(self, driver, conn, seconds):
-        """Wait up to `seconds` for a push (True: something may be ready). False: no way to be
-        woken here; the worker polls."""
+    def wait(self, driver, conn, seconds, mark=None):
+        """Wait up to `seconds` for a push (True: something may be ready) since `mark` was taken
+        (a claim found nothing after it). False: no way to be woken here; the worker polls."""
         return False
+
+    def mark(self, conn):
+        """Where the database stands, read before a claim, for wait() to wake on any commit after
+        it (None: the dialect's wake-ups need none)."""
+        return None
+
+    def one_statement(self, statements):
+        """The statements of a write as one statement, which is one transaction in autocommit
+        (None: the dialect runs them between BEGIN and COMMIT)."""
+        return None
 
     def notify(self, driver, queue):
         """Statements that wake idle workers of `queue` when the push that runs them commits."""
@@ -1869,12 +1879,16 @@ class _SQLite(_Dialect):
         with self.claiming:  # lanes take turns for the write lock (SQLite's busy handler sleeps)
             return super().start(driver, cur, done, id_, stamp, until)
 
-    def wait(self, driver, conn, seconds):
-        """Wait up to `seconds` until another connection commits (PRAGMA data_version changes):
-        on Linux, asleep until the kernel says the WAL file was written (inotify), so an idle
-        worker costs nothing and wakes within a millisecond; elsewhere, looking every 4 ms."""
+    def mark(self, conn):
+        return conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def wait(self, driver, conn, seconds, mark=None):
+        """Wait up to `seconds` until another connection commits after `mark` (PRAGMA
+        data_version changes): on Linux, asleep until the kernel says the WAL file was written
+        (inotify), so an idle worker costs nothing and wakes within a millisecond; elsewhere,
+        looking every 4 ms."""
         deadline = time.monotonic() + seconds
-        version = conn.execute("PRAGMA data_version").fetchone()[0]
+        version = self.mark(conn) if mark is None else mark
         watch = self._watch()
         changed = lambda: conn.execute("PRAGMA data_version").fetchone()[0] != version  # noqa: E731
         while time.monotonic() < deadline and not (driver.interrupt is not None and driver.interrupt.is_set()):
@@ -2028,7 +2042,7 @@ class _MySQL(_Dialect):
                    ("COMMIT", ()), ("SELECT @queue_py_started", ())]
         return driver._transaction(cur, lambda cur: self.script(cur, script)[0][0] == 1, begin=False)
 
-    def wait(self, driver, conn, seconds):
+    def wait(self, driver, conn, seconds, mark=None):
         """MySQL has no notifications: look every 20 ms for a ready job of the worker's queues
         with one indexed read that locks nothing, for up to `seconds`. MariaDB looks itself, in
         an anonymous block of a quarter second that the worker waits on (no CPU of the worker's,
@@ -2139,11 +2153,28 @@ class _Postgres(_Dialect):
                 cur.execute(sql, params or None)
         return cur.fetchall() if cur.description else []
 
+    def one_statement(self, statements):
+        """INSERT, UPDATE and DELETE statements as data-modifying CTEs of one statement, whose
+        main query is their one SELECT (pg_notify), or SELECT 1: one round trip without BEGIN and
+        COMMIT, atomic."""
+        writes = [(sql, params) for sql, params in statements if sql.startswith(("INSERT", "UPDATE", "DELETE"))]
+        reads = [(sql, params) for sql, params in statements if sql.startswith("SELECT")]
+        if not writes or len(writes) + len(reads) != len(statements) or len(reads) > 1:
+            return None
+        last = reads[0] if reads else ("SELECT 1", ())
+        parts = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(writes))
+        return f"WITH {parts} {last[0]}", [p for _, params in writes + [last] for p in params]
+
     def channel(self, driver):
         return self.quote(f"{driver.table}_pushed")
 
     def worker_session(self, driver, cur):
+        """LISTEN for pushes; and a worker's own commits (claims, starts, acks, releases, and
+        what its jobs push) do not wait for the disk: a crash can lose only the last of them, a
+        suffix in commit order (the WAL's), so a job may run again but none is lost (a push by
+        the app, on its own connection, stays synchronous)."""
         cur.execute(f"LISTEN {self.channel(driver)}")
+        cur.execute("SET synchronous_commit TO off")
 
     def notify(self, driver, queue):
         return [("SELECT pg_notify(%s, %s)", (f"{driver.table}_pushed", queue))]
@@ -2169,7 +2200,7 @@ class _Postgres(_Dialect):
         else:
             cur.execute(driver._sql[statement], params)
 
-    def wait(self, driver, conn, seconds):
+    def wait(self, driver, conn, seconds, mark=None):
         """Sleep until a push to our table is notified (or `seconds` pass), in slices of 0.25 s
         so that a stopping worker returns quickly; every second it also looks for a ready job,
         for a delayed job that came due (no push notifies it) or a notification lost."""
@@ -2425,16 +2456,17 @@ class DatabaseDriver(Driver, FailedStore):
         connection first looks for it: the lost try may have committed."""
         d = self.dialect
         mark = f"once:{os.urandom(12).hex()}" if d.networked else None
-        script = [(d.begin, ())] + list(statements)
-        if mark:
-            script.append((self._sql["mark"], (mark, self.clock.now(_MARK_TTL))))
-        script.append(("COMMIT", ()))
+        statements = list(statements) + ([(self._sql["mark"], (mark, self.clock.now(_MARK_TTL)))] if mark else [])
+        single = d.one_statement(statements)  # PostgreSQL: one statement is one transaction
+        script = [single] if single else [(d.begin, ())] + statements + [("COMMIT", ())]
         tried = []
 
         def write(cur):
             if tried and mark and d.script(cur, [(self._sql["marked"], (mark,))]):
                 return  # the lost try committed
             tried.append(True)
+            if single:
+                return cur.execute(*single)
             self._transaction(cur, lambda c: d.script(c, script), begin=False)
         self._execute(write, retry)
 
@@ -2566,13 +2598,15 @@ class DatabaseDriver(Driver, FailedStore):
             if getattr(local, "worker_conn", None) is not local.conn:
                 d.worker_session(self, cur)
                 local.worker_conn = local.conn
-            now, until = self.clock.now(0, self.retry_after)
-            rows = d.claim(self, cur, queues, done, now, until, count)
-            del done[:]
-            self.waiting_for = queues
-            if not rows and wait and d.wait(self, local.conn, wait):
+            self.waiting_for, deadline = queues, time.monotonic() + wait
+            while True:  # a wait woken by a push another worker took goes on waiting, never blind
+                mark = d.mark(local.conn) if wait else None  # before the claim: a push after it wakes the wait
                 now, until = self.clock.now(0, self.retry_after)
                 rows = d.claim(self, cur, queues, done, now, until, count)
+                del done[:]
+                left = deadline - time.monotonic()
+                if rows or left <= 0 or not d.wait(self, local.conn, left, mark):
+                    break
             if not rows:
                 return False
             receipt = _Claim(now, held)
