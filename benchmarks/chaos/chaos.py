@@ -23,8 +23,17 @@ retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed af
    __setstate__ raising SystemExit or sleeping past the job's timeout, exceptions with a lone
    surrogate or a __str__ that raises, KeyboardInterrupt / SystemExit(0) / GeneratorExit, a fork
    whose child returns from handle() or calls sys.exit(0), SIGTERM ignored or blocked, an alarm or
-   interval timer left behind, a __repr__ that raises; each kind must be done exactly once or in
-   the failed store exactly once (failed() called at most once), and none may end its worker;
+   interval timer left behind, a __repr__ that raises; and those of the issue "Faults an adversary
+   found": a 10 MB exception message and one with a NUL byte (their failed record must be at most
+   70 KB and hold no NUL), a job that cancels the worker's alarm (alarm(0) or setitimer(0)) and
+   runs 8 s past its 1 s timeout (every attempt must end within 3 s of the timeout, failed as
+   JobTimeout), a non-daemon thread left running (600 s), an `async def handle()` that blocks its
+   loop with time.sleep(1), sys.stdout and sys.stderr closed, and SIGTERM set to SIG_IGN for a
+   1 s job: chaos.py SIGTERMs that job's worker as it runs (sigignrun), and the worker must
+   finish the job and exit 0 within 10 s, its job settled (a rerun is not explained by that stop);
+   each kind must be done exactly once or in the failed store exactly once (failed() called at
+   most once), none may end its worker or leave it idle while the others take jobs, and no
+   worker may hang on a SIGTERM;
 3. runs --workers worker processes (`python queue.py work`, with --concurrency N lanes each: then
    a job that sets a signal handler fails in a lane, which Python allows only in the main thread,
    and a death explains a rerun of any job its process completed) and one more for the long jobs; every
@@ -62,9 +71,15 @@ so on purpose (exit status 77), exit 1 at start while the server was down, or el
 worker death caused by a job when the job record names one (the job running in that pid last:
 a `start` without its `end`, a poison job's __setstate__ under way, a failed() call, a poison or
 failed job that had just ended; for a death by SIGALRM, the last alarm/itimer job of that pid),
-an "other exit" when it names none. Both must be 0.
+an "other exit" when it names none. Both must be 0. A worker that exits 0 after chaos.py's own
+SIGTERM during a sigignrun job is a stop, not a death. Signal state a job finds as it begins
+(inherited.log) is left behind, and blamed on the last job of a kind that leaves it, only if that
+job had ended; under --concurrency, one still running in another lane changed the process's
+state while it ran, which a job may do (counted apart). A thread left running or closed standard
+streams are no fault while the worker goes on and stops when told.
 """
 import argparse
+import bisect
 import collections
 import datetime as _dt
 import hashlib
@@ -99,7 +114,13 @@ WRONG_KEY = b"not-the-chaos-key-0123456789abcdef"
 BATCH = 500
 POISON_COLUMNS = ("pushed", "done", "failed", "lost", "wrong", "cut", "failed in a lane", "done twice", "failed twice",
                   "failed() > 1",
-                  "worker deaths", "state left behind", "hung at the stop", "stray children", "as expected")
+                  "worker deaths", "state left behind", "hung at the stop", "stray children", "overran",
+                  "bad record", "worker stalled", "as expected")
+MUST_BE_ZERO = ("lost", "wrong", "failed twice", "failed() > 1", "worker deaths", "state left behind",
+                "hung at the stop", "stray children", "overran", "bad record", "worker stalled")
+OVERRUN = 3.0      # seconds past its timeout within which an attempt of a poison kind with a timeout must end
+TERM_LIMIT = 10.0  # seconds within which a worker SIGTERMed during a sigignrun job must exit
+STALL_STARTS = 50  # a worker that began nothing after a poison job while the others began this many: stalled
 
 
 def say(*parts):
@@ -689,7 +710,7 @@ class Worker:
         self.started = time.time()
         self.ended = None
         self.status = None   # exit status once reaped
-        self.cause = None    # "killed", "os._exit", "server down", "unexpected", "stopped"
+        self.cause = None    # "killed", "termed", "os._exit", "server down", "unexpected", "stopped", "hung"
 
 
 class Supervisor:
@@ -699,6 +720,8 @@ class Supervisor:
         self.project, self.rng, self.concurrency = project, rng, concurrency
         self.workers = []          # every worker ever started
         self.killed = {}           # pid -> time of our SIGKILL
+        self.termed = {}           # pid -> time of our SIGTERM during a sigignrun job (it must stop after it)
+        self.term_hung = []        # pids that did not exit within TERM_LIMIT of that SIGTERM (then SIGKILLed)
         self.deaths = []           # (pid, time, cause) of workers that ended before the end
         self.pending = []          # (not before, role): replacements waiting out a fast failure
         self.stopping = False
@@ -734,6 +757,29 @@ class Supervisor:
         for worker in self.alive():
             self.kill(worker)
 
+    def term(self, pid):
+        """SIGTERM the live worker `pid` (it runs a job that ignores SIGTERM: it must still stop
+        after that job, exit 0, and leave its job settled); once per worker."""
+        worker = next((w for w in self.alive() if w.pid == pid), None)
+        if worker is None or pid in self.termed or pid in self.killed or self.stopping:
+            return False
+        self.termed[pid] = time.time()
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        return True
+
+    def check_termed(self):
+        """A worker SIGTERMed during the run that is still alive TERM_LIMIT seconds later: hung
+        (SIGKILLed now, so the run goes on)."""
+        now = time.time()
+        for worker in self.alive():
+            at = self.termed.get(worker.pid)
+            if at is not None and worker.pid not in self.killed and now - at > TERM_LIMIT:
+                self.term_hung.append(worker.pid)
+                self.kill(worker)
+
     def reap(self):
         """Notice workers that ended, classify why, and start their replacements."""
         now = time.time()
@@ -744,6 +790,8 @@ class Supervisor:
             worker.status, worker.ended = status, now
             if worker.pid in self.killed:
                 worker.cause, worker.ended = "killed", self.killed[worker.pid]
+            elif worker.pid in self.termed and status == 0:
+                worker.cause = "termed"
             elif status == chaosjobs.EXIT_CODE:
                 worker.cause = "os._exit"
             elif status == 1 and self._server_was_down(worker):
@@ -751,7 +799,7 @@ class Supervisor:
             else:
                 worker.cause = "unexpected"
             self.deaths.append((worker.pid, worker.ended, worker.cause))
-            fast = now - worker.started < 2.0 and worker.cause != "killed"
+            fast = now - worker.started < 2.0 and worker.cause not in ("killed", "termed")
             self.pending.append((now + (1.0 if fast else 0.0), worker.role))  # like systemd's RestartSec
         for item in list(self.pending):
             if item[0] <= now and not self.stopping:
@@ -862,10 +910,21 @@ def our_process(pid, folder):
 
 
 def failed_rows(project):
-    """The failed store, through queue.py (it is the store under test): [(name, payload, summary)]."""
+    """The failed store, through queue.py (it is the store under test): [(name, payload, summary,
+    record)], record being the whole exception text it keeps."""
     store = queue.driver("database")
     return [(r["name"], bytes(r["payload"]) if isinstance(r["payload"], (bytes, bytearray, memoryview)) else r["payload"],
-             str(r["exception"]).split("\n", 1)[0]) for r in store.failed_jobs()]
+             str(r["exception"]).split("\n", 1)[0], str(r["exception"])) for r in store.failed_jobs()]
+
+
+def bad_record(record):
+    """What is wrong with a failed record: longer than chaosjobs.RECORD_LIMIT characters, or
+    holding a NUL (queue.py writes it as \\x00); None if nothing."""
+    if len(record) > chaosjobs.RECORD_LIMIT:
+        return f"{len(record):,} characters"
+    if "\x00" in record:
+        return "a NUL character"
+    return None
 
 
 def job_number(payload):
@@ -964,6 +1023,7 @@ class Chaos:
             if b.number is not None:
                 expected[b.number] = Item(b.number, b.category, "failed", project.queue)
         done_tail, runs_tail = Tail(project.path("done.log")), Tail(project.path("runs.log"))
+        signals_tail = Tail(project.path("signals.log"))  # sigignrun jobs under way: SIGTERM their worker
         done_numbers, failed_seen, activity = set(), 0, time.monotonic()
         to_complete = {item.number for item in items if item.expect == "done"}
         restarter, next_kill, began = None, time.monotonic() + args.kill_every, time.monotonic()
@@ -980,6 +1040,9 @@ class Chaos:
                     self.timings["quiet"] = now - activity  # how long the held messages kept the run quiet
                 activity = now
             done_numbers.update(int(line.split()[0]) for line in new)
+            for line in signals_tail.read():
+                sup.term(int(line.split()[2]))
+            sup.check_termed()
             # the kills; they stop once everything is accounted for (then only late reruns are awaited)
             if args.kill_every and now >= next_kill and all_accounted_at is None:
                 sup.kill_random()
@@ -1031,9 +1094,9 @@ class Chaos:
 
     def _accounted(self, expected, done_numbers, rows):
         """True when every numbered job is done or failed and every bad payload is in the failed store."""
-        names = {name for name, _, _ in rows}
-        payloads = {payload for _, payload, _ in rows if isinstance(payload, bytes)}
-        settled = done_numbers | {job_number(payload) for _, payload, _ in rows}
+        names = {row[0] for row in rows}
+        payloads = {row[1] for row in rows if isinstance(row[1], bytes)}
+        settled = done_numbers | {job_number(row[1]) for row in rows}
         settled |= {b.number for b in self.bads if b.number is not None and b.name in names}
         if not set(expected) <= settled:
             return False
@@ -1093,7 +1156,7 @@ class Chaos:
             except ProcessLookupError:
                 pass
         # a worker death (of any cause, the strays' too) explains a rerun of the job it had completed
-        deaths = {pid: at for pid, at, cause in sup.deaths if cause != "server down"}
+        deaths = {pid: at for pid, at, cause in sup.deaths if cause not in ("server down", "termed")}
         deaths.update(strays)
         killed = {pid: at for pid, at, cause in sup.deaths if cause == "killed"}
         window = self.restart_window if self.restart_window[0] is not None else None
@@ -1104,16 +1167,22 @@ class Chaos:
         failed_by_bad = collections.Counter()
         by_name = {b.name: b for b in self.bads}
         by_payload = {b.payload: b for b in self.bads if isinstance(b.payload, bytes)}
-        for name, payload, summary in rows:
+        bad_records = {}  # number (or bad payload name) -> what is wrong with its failed record
+        for name, payload, summary, record in rows:
+            wrong_record = bad_record(record)
             bad = by_name.get(name) or (by_payload.get(payload) if isinstance(payload, bytes) else None)
             if bad is not None:
                 failed_by_bad[bad.index] += 1
                 if bad.number is not None:
                     failed_by_number[bad.number].append(summary)
+                if wrong_record:
+                    bad_records[bad.number if bad.number is not None else bad.name] = wrong_record
                 continue
             number = job_number(payload)
             if number is not None:
                 failed_by_number[number].append(summary)
+            if wrong_record:
+                bad_records[number if number is not None else name] = wrong_record
 
         # attempts per number (start, end, pid, outcome); claims per pid
         spans_by_number = collections.defaultdict(list)
@@ -1200,6 +1269,21 @@ class Chaos:
                     problems["failed() run more than once"].append((number, kind_of.get(number), made))
         poison = {cls.kind: collections.Counter() for cls in chaosjobs.POISON if any(
             item.kind == cls.kind for item in self.poison)}
+        cls_of = {cls.kind: cls for cls in chaosjobs.POISON}
+        # the starts of the main workers' jobs, in time order: did a worker go on after a poison job?
+        mains = {w.pid for w in sup.workers if w.role == "main"}
+        main_starts = sorted((start, pid) for pid, times in starts_by_pid.items() if pid in mains for start in times)
+        start_times = [start for start, _ in main_starts]
+
+        def stalled(pid, at):
+            """The worker `pid` began nothing after `at` while the other main workers began at
+            least STALL_STARTS jobs between at + 2 s and its end."""
+            if any(s > at for s in starts_by_pid.get(pid, ())):
+                return False
+            until = ended.get(pid, self.ended)
+            first, last = bisect.bisect_right(start_times, at + 2.0), bisect.bisect_left(start_times, until)
+            return sum(1 for _, other in main_starts[first:last] if other != pid) >= STALL_STARTS
+
         for number, item in expected.items():
             completions = sorted(done.get(number, []), key=lambda d: d[2])
             failures = failed_by_number.get(number, [])
@@ -1212,16 +1296,20 @@ class Chaos:
                 p["done twice"] += 1 if len(completions) > 1 else 0
                 p["failed() > 1"] += 1 if calls_twice.get(number) == "unexplained" else 0
                 wrong = laned = False
+                cls = cls_of[item.kind]
                 if not completions and not failures:
                     p["lost"] += 1
                     problems["poison lost"].append((number, item.kind))
                 elif item.expect == "failed" and completions:
                     wrong = True
+                elif item.expect == "failed" and cls.failed_as and not all(
+                        f.startswith(cls.failed_as) for f in failures):
+                    wrong = True  # in the failed store, but not for the reason its kind must be
                 elif item.expect == "done" and not completions:
                     cut = any(pid in killed and outcome == "died" for _, _, pid, outcome in spans)
                     if cut and all(f.startswith("MaxAttemptsExceeded") for f in failures):
                         p["cut"] += 1
-                    elif args.concurrency > 1 and failures and item.kind == "sigign" and any(
+                    elif args.concurrency > 1 and failures and cls.main_thread_only and any(
                             outcome == "ValueError" for _, _, _, outcome in spans):
                         p["failed in a lane"] += 1  # off the main thread, Python lets no job set a handler
                         # (ValueError: it is retried; the attempts it used may end it in the failed store)
@@ -1235,9 +1323,27 @@ class Chaos:
                 if len(failures) > 1:
                     p["failed twice"] += 1
                     problems["poison in the failed store more than once"].append((number, item.kind, failures))
+                limit = getattr(cls, "timeout", None)
+                over = [(round(end - start, 2), pid, outcome) for start, end, pid, outcome in spans
+                        if outcome == "RanToTheEnd" or (limit and end - start > limit + OVERRUN)]
+                if over:
+                    p["overran"] += 1
+                    problems["poison attempts that ran past their timeout + 3 s (seconds, pid, outcome)"].append(
+                        (number, item.kind, over))
+                if number in bad_records:
+                    p["bad record"] += 1
+                    problems["poison whose failed record is too long or holds a NUL"].append(
+                        (number, item.kind, bad_records[number]))
+                stuck = [(pid, round(end, 3)) for _, end, pid, outcome in spans
+                         if outcome not in ("died", "os._exit") and stalled(pid, end)]
+                if stuck:
+                    p["worker stalled"] += 1
+                    problems["workers that began nothing after a poison job while the others went on"].append(
+                        (number, item.kind, stuck))
                 settled = failures if laned else completions if item.expect == "done" else failures
                 if len(settled) == 1 and not wrong and calls_twice.get(number) != "unexplained" and (
-                        item.expect == "done" or not completions) and (item.expect == "failed" or laned or not failures):
+                        item.expect == "done" or not completions) and (item.expect == "failed" or laned or not failures) \
+                        and not (over or stuck or number in bad_records):
                     p["as expected"] += 1
             else:
                 c["expect " + item.expect] += 1
@@ -1402,18 +1508,30 @@ class Chaos:
                 problems["unexpected worker exits"].append((w.pid, w.status, "at the stop" if w.pid not in during_run
                                                             else "during the run", last, self._tail(w.log)))
         job_death_kinds = collections.Counter(d["kind"] for d in job_deaths)
-        for w in self.hung:  # a worker that ignored SIGTERM: the last SIGTERM poison it ran
-            suspects = [e for e in events.get(w.pid, []) if kind_of.get(e[2]) in ("sigign", "sigmask")]
+        # workers that did not stop on SIGTERM: at the final stop (self.hung), or within TERM_LIMIT
+        # of the SIGTERM sent during a sigignrun job; blamed on the last job of a kind that may
+        # keep a worker from stopping (SIGTERM ignored or blocked, a thread left running)
+        hung = [(w.pid, "at the end") for w in self.hung] + [(pid, "during the run") for pid in sup.term_hung]
+        for pid, when in hung:
+            suspects = [e for e in events.get(pid, []) if kind_of.get(e[2]) in chaosjobs.STOP_KINDS]
             if suspects:
                 poison[kind_of[suspects[-1][2]]]["hung at the stop"] += 1
-            problems["workers that ignored SIGTERM at the end"].append(
-                (w.pid, [(e[2], kind_of.get(e[2])) for e in suspects[-2:]]))
+            problems["workers that did not stop on SIGTERM"].append(
+                (pid, when, [(e[2], kind_of.get(e[2])) for e in suspects[-2:]]))
         # signal state that a job found left behind by an earlier one in its worker: blamed on the
-        # last poison job of a kind that leaves it, run in that worker before
-        left_behind = collections.Counter()
+        # last poison job of a kind that leaves it, run in that worker before. One still running
+        # then (another lane of `work --concurrency`) did not leave it behind: it changed the
+        # process's state while it ran, which it may (counted apart, not a fault)
+        left_behind, while_running = collections.Counter(), collections.Counter()
         for number, pid, what, at in inherited:
             suspects = [e for e in events.get(pid, []) if e[0] < at and kind_of.get(e[2]) in chaosjobs.LEFT_BEHIND[what]]
             blamed = kind_of[suspects[-1][2]] if suspects else "?"
+            if suspects and any(pid == p_ and start <= suspects[-1][0] and end > at
+                                for start, end, p_, _ in spans_by_number.get(suspects[-1][2], [])):
+                while_running[blamed] += 1
+                problems["jobs that began while another lane's job had changed the signal state"].append(
+                    (number, pid, what, suspects[-1][2], blamed))
+                continue
             left_behind[blamed] += 1
             if blamed in poison:
                 poison[blamed]["state left behind"] += 1
@@ -1475,6 +1593,9 @@ class Chaos:
              ("  deaths caused by a job (not os._exit; kinds below)", len(job_deaths), 0),
              ("  other exits (crashes)", len(other_exits), 0),
              ("  ignored SIGTERM at the end", len(self.hung), 0),
+             ("  SIGTERMed during a sigignrun job (SIGTERM set to SIG_IGN)", len(sup.termed), None),
+             ("    stopped after it (exit 0)", causes["termed"], None),
+             (f"    still running {TERM_LIMIT:g} s after the SIGTERM (then SIGKILLed)", len(sup.term_hung), 0),
              ("worker deaths not followed by recovery", unrecovered, 0),
              ("worker logs with a traceback through queue.py", len(tracebacks), 0),
              ("worker logs with ERROR records (pika's own)", noisy, None)]
@@ -1483,6 +1604,7 @@ class Chaos:
                   ("  unpickled forgeries (marker files)", len(markers), 0),
                   ("  missing from the failed store", c["bad missing"], 0),
                   ("  control marker unpickled (must be 1)", int(control), None)]
+        r += [(f"failed records over {chaosjobs.RECORD_LIMIT // 1024} KB or holding a NUL", len(bad_records), 0)]
         r += [("failed() run more than once (the job's own record)", c["failed() twice explained"]
                + c["failed() twice unexplained"], None),
               ("  explained by a SIGKILL after failed()", c["failed() twice explained"], None),
@@ -1501,6 +1623,11 @@ class Chaos:
                   ("  poison that caused worker deaths (not os._exit)", sum(job_death_kinds[k] for k in poison), 0),
                   ("  poison signal state found by later jobs (SIGTERM ignored/blocked, timer)",
                    sum(left_behind.values()), 0),
+                  ("  poison signal state seen by another lane's job while it ran", sum(while_running.values()), None),
+                  (f"  poison attempts past their timeout + {OVERRUN:g} s (kinds with a timeout)", total["overran"], 0),
+                  (f"  poison failed records over {chaosjobs.RECORD_LIMIT // 1024} KB or holding a NUL",
+                   total["bad record"], 0),
+                  ("  poison whose worker began nothing after it while the others went on", total["worker stalled"], 0),
                   ("  poison fork children left running (killed)", len(strays), 0),
                   ("  poison fork children that took jobs", len(worked), 0),
                   ("  poison fork children alive at the end", len(left_alive), 0)]
@@ -1579,8 +1706,7 @@ class Chaos:
             heads = ["poison kind", "must be"] + [name.replace(" ", "_") for name in POISON_COLUMNS]
             cells = [[row["kind"], row["expect"]] + [str(row[k]) for k in POISON_COLUMNS] for row in self.poison_table]
             widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
-            print("poison per kind (lost, wrong, failed_twice, failed()_>_1, worker_deaths, state_left_behind, "
-                  "hung_at_the_stop, stray_children: must be 0)",
+            print("poison per kind (" + ", ".join(k.replace(" ", "_") for k in MUST_BE_ZERO) + ": must be 0)",
                   file=out)
             for line in [heads] + cells:
                 print("  " + "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))),

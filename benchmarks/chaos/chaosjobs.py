@@ -10,10 +10,13 @@ Every job keeps its own record, outside queue.py, in the folder `record` it carr
   while the worker unpickles the payload, before handle());
 - ``forks.log``: what the fork jobs' children did (``child``, ``reaped``, ``stray`` lines, below);
 - ``inherited.log``: ``NUMBER PID WHAT TIME`` when a job begins in a worker whose signal state an
-  earlier job changed (WHAT: sigterm-ignored, sigterm-blocked, timer-pending); see inherited().
+  earlier job changed (WHAT: sigterm-ignored, sigterm-blocked, timer-pending); see inherited();
+- ``signals.log``: ``ignoring NUMBER PID ATTEMPT TIME`` when a sigignrun job has set SIGTERM to
+  SIG_IGN and begins its second of work (chaos.py then sends its worker a SIGTERM).
 Each line is one os.write() on a file opened with O_APPEND, so lines of concurrent workers never mix.
 The attempt number is read from the worker's frame (the Message it is processing); 0 if unknown.
 """
+import asyncio
 import os
 import signal
 import sys
@@ -71,6 +74,10 @@ class Job(Queueable):
         append(os.path.join(self.record, "runs.log"), text)
 
     def handle(self):
+        self.recorded()
+
+    def recorded(self):
+        """One attempt with its record: start line, work(), done line, end line."""
         attempt = current_attempt()
         pid = os.getpid()
         inherited(self)
@@ -252,10 +259,15 @@ class Marker:
 # line shows it) or "failed" (in the failed store exactly once, failed() called at most once).
 # None of them may take its worker down. chaos.py --poison pushes them with queue.push.
 class Poison(Job):
-    """Base of the poison kinds (chaos.py maps them to a harmless stand-in when it reads a payload)."""
+    """Base of the poison kinds (chaos.py maps them to a harmless stand-in when it reads a payload).
+    What chaos.py reads of a kind besides `expect`: `failed_as`, the exception names its failed
+    record may begin with (None: any); `main_thread_only`, a kind that sets a signal handler (in a
+    lane of `work --concurrency`, where Python allows none, it fails: not counted as wrong)."""
 
     tries = 2
     expect = "failed"
+    failed_as = None
+    main_thread_only = False
 
     def log_load(self):
         append(os.path.join(self.record, "loads.log"),
@@ -418,6 +430,7 @@ class IgnoreSigterm(Poison):
     kind = "sigign"
     expect = "done"
     tries = 3
+    main_thread_only = True
 
     def work(self, attempt):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -481,8 +494,124 @@ class BadRepr(Poison):
         raise RuntimeError(f"job {self.number}: __repr__ raises")
 
 
+# The kinds of the issue "Faults an adversary found" ###########################################
+HUGE = 10 * 1024 * 1024  # characters of HugeError's message
+RECORD_LIMIT = 70 * 1024  # characters a failed record may hold (queue.py keeps 64 KiB of the text)
+
+
+class HugeError(Poison):
+    """Raises a ValueError whose message is 10 MB: it must end in the failed store with a record
+    of at most RECORD_LIMIT characters, and its worker must not die of it."""
+
+    kind = "huge"
+    failed_as = ("ValueError", "MaxAttemptsExceeded")
+
+    def work(self, attempt):
+        raise ValueError(f"poison job {self.number}: " + "x" * HUGE)
+
+
+class NulError(Poison):
+    """Raises a ValueError whose message holds a NUL byte (a PostgreSQL text column cannot)."""
+
+    kind = "nul"
+    failed_as = ("ValueError", "MaxAttemptsExceeded")
+
+    def work(self, attempt):
+        raise ValueError(f"poison job {self.number}: a NUL \x00 byte in the message")
+
+
+class CancelAlarm(Poison):
+    """timeout 1 s. Cancels the worker's alarm (signal.alarm(0) for an even number,
+    signal.setitimer(ITIMER_REAL, 0) for an odd one), then runs RUN seconds in time.sleep(0.1)
+    steps: it must be stopped (JobTimeout) within a few seconds of its timeout at every attempt,
+    and end in the failed store. Its end line says "ran-to-the-end" if nobody stopped it."""
+
+    kind = "cancelalarm"
+    timeout = 1
+    failed_as = ("JobTimeout", "MaxAttemptsExceeded")
+    RUN = 8.0
+
+    def work(self, attempt):
+        if self.number % 2:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        else:
+            signal.alarm(0)
+        deadline = time.monotonic() + self.RUN
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise RanToTheEnd(f"poison job {self.number} ran {self.RUN:g} s past its cancelled alarm: nobody stopped it")
+
+
+class RanToTheEnd(Exception):
+    """A job that should have been stopped was not (the name is its record's outcome)."""
+
+
+THREAD_LIFE = 600.0  # seconds: a thread left by LeaveThread ends by itself, so a leaked process does
+
+
+class LeaveThread(Poison):
+    """Starts a non-daemon thread that lives THREAD_LIFE seconds and returns: it must be done, and
+    its worker must still exit when it is stopped (the harness's final SIGTERM must not hang)."""
+
+    kind = "thread"
+    expect = "done"
+    tries = 3
+
+    def work(self, attempt):
+        threading.Thread(target=time.sleep, args=(THREAD_LIFE,), name=f"chaos-left-{self.number}",
+                         daemon=False).start()
+
+
+class BlockLoop(Poison):
+    """An `async def handle()` that blocks its event loop with time.sleep(1): it must be done, and
+    (with --concurrency) the other jobs of its worker must not fail for it."""
+
+    kind = "blockloop"
+    expect = "done"
+    tries = 3
+
+    async def handle(self):
+        await asyncio.sleep(0)
+        self.recorded()
+
+    def work(self, attempt):
+        time.sleep(1.0)
+
+
+class CloseStreams(Poison):
+    """Closes sys.stdout and sys.stderr and returns: it must be done, and its worker must go on."""
+
+    kind = "closestreams"
+    expect = "done"
+    tries = 3
+
+    def work(self, attempt):
+        sys.stdout.close()
+        sys.stderr.close()
+
+
+class IgnoreSigtermRunning(Poison):
+    """Sets SIGTERM to SIG_IGN, says so in signals.log (chaos.py then SIGTERMs its worker) and
+    runs 1 s: it must be done, and its worker must still stop on that SIGTERM, after it."""
+
+    kind = "sigignrun"
+    expect = "done"
+    tries = 3
+    main_thread_only = True
+    SECONDS = 1.0
+
+    def work(self, attempt):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        append(os.path.join(self.record, "signals.log"),
+               f"ignoring {self.number} {os.getpid()} {attempt} {time.time():.6f}")
+        time.sleep(self.SECONDS)
+
+
 POISON = [FailedExit, SetStateExit, Surrogate, BadStr, RaiseKeyboardInterrupt, RaiseSystemExit0,
           RaiseGeneratorExit, ForkReturn, ForkExit, IgnoreSigterm, BlockSigterm, LeaveAlarm, LeaveTimer,
-          SlowLoad, BadRepr]
+          SlowLoad, BadRepr, HugeError, NulError, CancelAlarm, LeaveThread, BlockLoop, CloseStreams,
+          IgnoreSigtermRunning]
 TIMER_KINDS = ("alarm", "itimer")  # a worker killed by SIGALRM: blame the last of these it ran
-LEFT_BEHIND = {"sigterm-ignored": ("sigign",), "sigterm-blocked": ("sigmask",), "timer-pending": TIMER_KINDS}
+LEFT_BEHIND = {"sigterm-ignored": ("sigign", "sigignrun"), "sigterm-blocked": ("sigmask",),
+               "timer-pending": TIMER_KINDS}
+STOP_KINDS = ("sigign", "sigmask", "sigignrun", "thread")  # a worker that hangs at a SIGTERM: blame the last
