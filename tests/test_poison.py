@@ -410,7 +410,7 @@ def test_a_server_that_stalls_while_it_tells_the_time_does_not_set_the_clock_ahe
     driver = queue.driver("database")
     dialect, real, calls = driver.dialect, driver.dialect.server_time, []
 
-    def stalling(cur):
+    def stalling(cur, driver=None):
         now = real(cur)
         calls.append(now)
         if len(calls) == 1:
