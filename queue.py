@@ -1261,6 +1261,14 @@ class ThrottlesExceptions(RateLimited):
             _state().add_to(self._name(job), 1, self.decay)
 
 
+def _skip_scan(table):
+    """SQL that lists the queues of a table from its index on queue, one index seek per queue (a
+    recursive skip scan), instead of reading every row."""
+    return (f"WITH RECURSIVE q (queue) AS (SELECT MIN(queue) FROM {table} UNION ALL SELECT (SELECT MIN(queue) "
+            f"FROM {table} WHERE queue > q.queue) FROM q WHERE q.queue IS NOT NULL) SELECT queue FROM q "
+            "WHERE queue IS NOT NULL")
+
+
 def _free_unique_locks(payloads):
     """Free the unique locks of jobs deleted unrun (clear): the lock goes with its job."""
     for payload in payloads:
@@ -1565,6 +1573,15 @@ def _close_drivers():
         _drivers.clear()
 
 
+def _close_thread_connections():
+    """Close the connections this thread opened, on every driver of the process (the dashboard's
+    request threads)."""
+    for instance in list(_drivers.values()):
+        for close in ("_drop", "_drop_publisher"):
+            if hasattr(instance, close):
+                _guard(getattr(instance, close))
+
+
 def _drop_connections():
     """At exit: close the database connections of this thread, with no statement (the server
     may be gone), before the interpreter's teardown, where pymysql's finalizer prints a traceback."""
@@ -1750,6 +1767,9 @@ class _Dialect:
         it (None: the dialect's wake-ups need none)."""
         return None
 
+    def compact(self, driver, cur):
+        """Give the space of deleted rows back to the disk (`python queue.py compact`)."""
+
     def one_statement(self, statements):
         """The statements of a write as one statement, which is one transaction in autocommit
         (None: the dialect runs them between BEGIN and COMMIT)."""
@@ -1881,6 +1901,10 @@ class _SQLite(_Dialect):
 
     def mark(self, conn):
         return conn.execute("PRAGMA data_version").fetchone()[0]
+
+    def compact(self, driver, cur):
+        """VACUUM: the file is written anew without its free pages (workers wait meanwhile)."""
+        cur.execute("VACUUM")
 
     def wait(self, driver, conn, seconds, mark=None):
         """Wait up to `seconds` until another connection commits after `mark` (PRAGMA
@@ -2069,6 +2093,13 @@ class _MySQL(_Dialect):
         return conn.query(f"SELECT 1 FROM {self.quote(driver.table)} WHERE queue IN ({names}) AND available_at <= "
                           f"{conn.escape(driver.clock.now())} LIMIT 1 INTO @queue_py_ready") > 0
 
+    def compact(self, driver, cur):
+        """Give the space of deleted rows back to the disk: OPTIMIZE TABLE (InnoDB rebuilds
+        each table; reads and writes go on meanwhile)."""
+        tables = [driver.table, driver.state_table] + ([driver.failed_table] if driver.failed_table else [])
+        cur.execute(f"OPTIMIZE TABLE {', '.join(self.quote(t) for t in tables)}")
+        cur.fetchall()
+
     def upgrade(self, driver, cur):
         """Tables of queue.py 1.0 compared queue names without case: make them exact."""
         cur.execute("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
@@ -2076,6 +2107,12 @@ class _MySQL(_Dialect):
                     (driver.table,))
         for (column,) in cur.fetchall():
             cur.execute(f"ALTER TABLE {self.quote(driver.table)} MODIFY {column} {self.name_type} NOT NULL")
+        # a failed table of queue.py 1.1 or older has no index on queue (its counts per queue read it)
+        cur.execute("SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s "
+                    "AND COLUMN_NAME = 'queue' AND SEQ_IN_INDEX = 1", (driver.failed_table,))
+        if driver.failed_table and not cur.fetchall():
+            cur.execute(f"ALTER TABLE {self.quote(driver.failed_table)} "
+                        f"ADD INDEX {self.quote(driver.failed_table + '_queue')} (queue)")
 
 
 class _Postgres(_Dialect):
@@ -2164,6 +2201,12 @@ class _Postgres(_Dialect):
         last = reads[0] if reads else ("SELECT 1", ())
         parts = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(writes))
         return f"WITH {parts} {last[0]}", [p for _, params in writes + [last] for p in params]
+
+    def compact(self, driver, cur):
+        """VACUUM FULL of the three tables: each is written anew, locked meanwhile (PostgreSQL's
+        autovacuum already makes deleted rows' space reusable; this gives it back to the disk)."""
+        for table in [driver.table, driver.state_table] + ([driver.failed_table] if driver.failed_table else []):
+            cur.execute(f"VACUUM FULL {self.quote(table)}")
 
     def channel(self, driver):
         return self.quote(f"{driver.table}_pushed")
@@ -2289,16 +2332,21 @@ class DatabaseDriver(Driver, FailedStore):
             "delete": f"DELETE FROM {t} WHERE id IN ",
             "clearable": f"SELECT {{columns}} FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p}) "
                          f"LIMIT {p}{self.dialect.skip_locked}",
-            "oldest": f"SELECT queue, MIN(available_at) FROM {t} WHERE available_at <= {p} GROUP BY queue",
-            "stats": f"SELECT queue, SUM(CASE WHEN available_at <= {p} THEN 1 ELSE 0 END), "
-                     f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NULL THEN 1 ELSE 0 END), "
-                     f"SUM(CASE WHEN available_at > {p} AND reserved_at IS NOT NULL THEN 1 ELSE 0 END) "
-                     f"FROM {t} GROUP BY queue",
+            # per queue, from the claim's index (queue, available_at): the queues by a skip scan,
+            # then counts of index ranges, so a million jobs are counted without reading one row
+            # of them (reserved_at is read for the jobs not ready only: delayed or reserved)
+            "queues": _skip_scan(t),
+            "counts": f"SELECT (SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at <= {p}), "
+                      f"(SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at > {p}), "
+                      f"(SELECT COUNT(reserved_at) FROM {t} WHERE queue = {p} AND available_at > {p}), "
+                      f"(SELECT MIN(available_at) FROM {t} WHERE queue = {p})",
             "add_failed": f"INSERT INTO {f} (driver, connection, queue, name, payload, exception, failed_at, "
                           f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
             "failed": f"SELECT {{columns}} FROM {f}{{where}} ORDER BY id {{order}} LIMIT {{limit}}",
             "forget": f"DELETE FROM {f}",
-            "failed_counts": f"SELECT queue, COUNT(*) FROM {f} GROUP BY queue",
+            "failed_queues": _skip_scan(f),
+            "failed_count": f"SELECT COUNT(*) FROM {f} WHERE queue = {p}",
+            "failed_upto": f"SELECT id FROM {f}{{where}} ORDER BY id LIMIT 1 OFFSET {{offset}}",
             "mark": f"INSERT INTO {s} (name, expires_at) VALUES ({p}, {p})",
             "marked": f"SELECT 1 FROM {s} WHERE name = {p}",
             "prune": f"DELETE FROM {s} WHERE expires_at < {p}",
@@ -2486,11 +2534,12 @@ class DatabaseDriver(Driver, FailedStore):
             f"expires_at {d.stamp} NULL{expiry_clause}){d.table_options}", expiry,
         ]
         if self.failed_table:
-            statements.append(
+            by_queue, by_queue_clause = d.index(self.failed_table, "queue")  # counts per queue, index only
+            statements += [
                 f"CREATE TABLE IF NOT EXISTS {f} (id {d.key}, driver VARCHAR(255) NOT NULL, "
                 f"connection VARCHAR(255) NOT NULL, queue {n} NOT NULL, name {n} NOT NULL, "
                 f"payload {d.blob} NOT NULL, exception {d.text} NOT NULL, failed_at {d.stamp} NOT NULL, "
-                f"created_at {d.stamp} NOT NULL){d.table_options}")
+                f"created_at {d.stamp} NOT NULL{by_queue_clause}){d.table_options}", by_queue]
         return [statement for statement in statements if statement]
 
     def create_tables(self):
@@ -2692,19 +2741,30 @@ class DatabaseDriver(Driver, FailedStore):
         self._execute(lambda cur: cur.execute(f"{self._sql['keep']}({self.dialect.marks(len(ids))})", values))
 
     def stats(self, queues=None):
-        now = self.clock.now()
-        rows = self._execute(lambda cur: (cur.execute(self._sql["stats"], (now, now, now)), cur.fetchall())[1])
-        result = {q: {"ready": 0, "delayed": 0, "reserved": 0} for q in queues or ()}
-        for queue_name, ready, delayed, reserved in rows:
-            if not queues or queue_name in queues:
-                result[queue_name] = {"ready": int(ready or 0), "delayed": int(delayed or 0),
-                                      "reserved": int(reserved or 0)}
-        return result
+        return {q: {k: c[k] for k in ("ready", "delayed", "reserved")} for q, c in self._counts(queues).items()}
 
     def oldest_ready(self):
+        now = self.clock.time()
+        return {q: max(0.0, now - c["oldest"]) for q, c in self._counts().items() if c["oldest"] is not None}
+
+    def _counts(self, queues=None):
+        """{queue: ready, delayed, reserved, oldest (the epoch its oldest ready job came due)},
+        each queue counted on the claim's index (see "counts")."""
         now = self.clock.now()
-        rows = self._execute(lambda cur: (cur.execute(self._sql["oldest"], (now,)), cur.fetchall())[1])
-        return {queue_name: max(0.0, self.clock.time() - _epoch(oldest)) for queue_name, oldest in rows}
+
+        def count(cur):
+            names = list(queues or ())
+            if not names:
+                cur.execute(self._sql["queues"])
+                names = [row[0] for row in cur.fetchall()]
+            result = {}
+            for name in names:
+                cur.execute(self._sql["counts"], (name, now, name, now, name, now, name))
+                ready, later, reserved, first = cur.fetchone()
+                result[name] = {"ready": int(ready), "delayed": int(later) - int(reserved), "reserved": int(reserved),
+                                "oldest": _epoch(first) if ready and first is not None else None}
+            return result
+        return self._execute(count)
 
     def clear(self, queue, batch=1000):
         now, count = self.clock.now(), 0
@@ -2880,9 +2940,10 @@ class DatabaseDriver(Driver, FailedStore):
             return [dict(zip(columns, row)) for row in cur.fetchall()]
         return self._execute(select)
 
-    def forget(self, ids=None, older_than=None):
+    def forget(self, ids=None, older_than=None, batch=10000):
         """Delete failed jobs (all when ids is None, or those failed over `older_than` seconds
-        ago); return how many."""
+        ago), `batch` at a time, oldest first (each a short transaction, however many there are);
+        return how many."""
         if ids is not None and not ids:
             return 0
         where, params = "", list(ids or ())
@@ -2890,15 +2951,33 @@ class DatabaseDriver(Driver, FailedStore):
             where = f" WHERE id IN ({self.dialect.marks(len(ids))})"
         elif older_than is not None:
             where, params = f" WHERE failed_at < {self.dialect.param}", [self.clock.now(-older_than)]
+        upto = self._sql["failed_upto"].format(where=where, offset=batch - 1)
+        count = 0
 
         def delete(cur):
-            cur.execute(self._sql["forget"] + where, params)
-            return cur.rowcount
-        return self._execute(delete)
+            last = None
+            if ids is None:  # the id of the batch's last row: delete up to it
+                cur.execute(upto, params)
+                last = (cur.fetchall() or [[None]])[0][0]
+            bound = (f"{' AND' if where else ' WHERE'} id <= {self.dialect.param}", [last]) if last is not None else ("", [])
+            cur.execute(self._sql["forget"] + where + bound[0], params + bound[1])
+            return cur.rowcount, last is not None
+        while True:
+            deleted, more = self._execute(delete)
+            count += deleted
+            if not more:
+                return count
 
     def failed_counts(self):
-        """{queue: number of failed jobs}."""
-        return dict(self._execute(lambda cur: (cur.execute(self._sql["failed_counts"]), cur.fetchall())[1]))
+        """{queue: number of failed jobs}, counted per queue on the failed table's queue index."""
+        def count(cur):
+            cur.execute(self._sql["failed_queues"])
+            result = {}
+            for (name,) in cur.fetchall():
+                cur.execute(self._sql["failed_count"], (name,))
+                result[name] = int(cur.fetchone()[0])
+            return result
+        return self._execute(count)
 
     def retry_failed(self, ids=None, queue=None, target=None, batch=200):
         """Put failed jobs (all, or those of `ids`) back at the end of their queue (or `queue`),
@@ -4825,9 +4904,11 @@ def failed_jobs(limit=50, connection=None):
     return _failed_store(connection).failed_jobs(limit=limit, newest_first=True, payloads=False)
 
 
-def retry(ids=None, queue=None, driver=None, connection=None):
+def retry(ids=None, queue=None, driver=None, connection=None, each=None):
     """Put failed jobs (those of `ids`, else all) back at the end of their queue (or `queue`), on
-    the driver they failed on (or `driver`); return the rows moved, each with its "target"."""
+    the driver they failed on (or `driver`), 200 at a time; return how many were moved.
+    each(row) is called for every row moved (id, name, queue, its "target" driver): nothing of
+    them is kept, so a million failed jobs take no more memory than a few."""
     store = _failed_store(connection)
     if queue is not None:
         _check_queue_name(queue, "queue")
@@ -4840,7 +4921,11 @@ def retry(ids=None, queue=None, driver=None, connection=None):
         name = driver or row["driver"]
         own = row["connection"] if row["driver"] == "database" else None
         return _driver(name, (connection or own) if name == "database" else None)
-    return list(store.retry_failed(ids, queue=queue, target=target))
+    count = 0
+    for row in store.retry_failed(ids, queue=queue, target=target):
+        count += 1
+        each(row) if each is not None else None
+    return count
 
 
 def forget(ids, connection=None):
@@ -4975,7 +5060,7 @@ def _labels(**labels):
 
 
 _ACTIONS = {  # POST /api/<name>: what it does with the JSON body
-    "retry": lambda body: {"retried": len(retry(None if body.get("ids") == "all" else _ids_of(body)))},
+    "retry": lambda body: {"retried": retry(None if body.get("ids") == "all" else _ids_of(body))},
     "forget": lambda body: {"forgot": forget(_ids_of(body))},
     "flush": lambda body: {"deleted": flush()},
     "pause": lambda body: pause(_queue_of(body)) or {},
@@ -5052,6 +5137,14 @@ class _DashboardRequests:
         self._send(405, {"error": "GET to read, POST to act"})
 
     do_DELETE = do_PATCH = do_PUT
+
+    def handle_one_request(self):
+        """One request, then this thread's connections are closed: a thread per request must
+        not leave a connection (an open file, on SQLite) behind it."""
+        try:
+            super().handle_one_request()
+        finally:
+            _close_thread_connections()
 
     def do_GET(self):
         if not self._local_only():
@@ -5538,6 +5631,14 @@ def _cmd_push(args, config):
     return 0
 
 
+def _cmd_compact(args, config):
+    store = _driver("database", args.connection)
+    started = time.monotonic()
+    store._execute(lambda cur: store.dialect.compact(store, cur))
+    print(f"compacted the tables of {store.dialect.where} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
 def _cmd_table(args, config):
     store = _driver("database", args.connection)
     if args.sql:
@@ -5573,12 +5674,12 @@ def _ids(values):
 
 def _cmd_retry(args, config):
     ids = None if not args.ids or args.ids == ["all"] else _ids(args.ids)
-    count = 0
-    for row in retry(ids, queue=args.queue, driver=args.driver, connection=args.connection):
-        count += 1
+
+    def say(row):  # each job named where the ids were (a few), or with --verbose
         print(f"retrying {row['name']} (failed job {row['id']}) on {row['target'].name}/{row['queue']}")
-    if not count:
-        print("no failed jobs")
+    count = retry(ids, queue=args.queue, driver=args.driver, connection=args.connection,
+                  each=say if ids or args.verbose else None)
+    print(f"retried {count} failed job(s)" if count else "no failed jobs")
     return 0
 
 
@@ -5702,11 +5803,14 @@ _COMMANDS = [  # name, function, help, arguments
     ("retry", _cmd_retry, "put failed jobs back on a queue (no id: all)", [
         _arg("ids", nargs="*", metavar="ID", help="failed job ids, or 'all'"),
         _arg("--driver", help="push onto this driver (default: the one it failed on)"),
-        _arg("--queue", help="push onto this queue (default: the one it failed on)"), _CONNECTION]),
+        _arg("--queue", help="push onto this queue (default: the one it failed on)"), _CONNECTION,
+        _arg("--verbose", "-v", action="store_true", help="name every job retried (`retry all` says how many)")]),
     ("forget", _cmd_forget, "delete one failed job", [_arg("id"), _CONNECTION]),
     ("flush", _cmd_flush, "delete every failed job (or those older than --hours)", [
         _CONNECTION, _arg("--hours", type=_positive(float), help="only failed jobs older than this many hours")]),
     ("restart", _cmd_restart, "make every running worker exit after its current job", []),
+    ("compact", _cmd_compact, "give the space of deleted jobs back to the disk (SQLite VACUUM, MySQL OPTIMIZE "
+     "TABLE, PostgreSQL VACUUM FULL)", [_CONNECTION]),
     ("clear", _cmd_clear, "delete the ready and delayed jobs of a queue", [
         _DRIVER, _CONNECTION, _arg("--queue", help="the queue (default: the driver's)"),
         _arg("--force", action="store_true", help="do not ask")]),

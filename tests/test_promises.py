@@ -270,7 +270,8 @@ def failed_on_amqp(record):
 def test_retry_onto_the_database_driver_of_a_job_failed_on_amqp(sqlite_project, tmp_path):
     record = path(tmp_path)
     failed_id = failed_on_amqp(record)
-    moved = queue.retry([failed_id], driver="database")
+    moved = []
+    assert queue.retry([failed_id], driver="database", each=moved.append) == 1
     assert [row["id"] for row in moved] == [failed_id]
     assert failed_rows() == []
     assert ready() == 1
