@@ -926,13 +926,18 @@ def _guard(fn, *args):
         return None, error, _format(error)
     finally:
         if os.getpid() != pid:
-            code = exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else int(exc is not None)
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except BaseException:
-                    pass
-            os._exit(code)
+            _flush_and_exit(exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else int(exc is not None))
+
+
+def _flush_and_exit(code):
+    """Flush what the standard streams hold (whatever a job did to them), then end the process
+    at once with `code`: no exit function, no waiting for threads."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            pass
+    os._exit(code)
 
 
 def _text(value):
@@ -2332,20 +2337,11 @@ class DatabaseDriver(Driver, FailedStore):
             "delete": f"DELETE FROM {t} WHERE id IN ",
             "clearable": f"SELECT {{columns}} FROM {t} WHERE queue = {p} AND (reserved_at IS NULL OR available_at <= {p}) "
                          f"LIMIT {p}{self.dialect.skip_locked}",
-            # per queue, from the claim's index (queue, available_at): the queues by a skip scan,
-            # then counts of index ranges, so a million jobs are counted without reading one row
-            # of them (reserved_at is read for the jobs not ready only: delayed or reserved)
-            "queues": _skip_scan(t),
-            "counts": f"SELECT (SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at <= {p}), "
-                      f"(SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at > {p}), "
-                      f"(SELECT COUNT(reserved_at) FROM {t} WHERE queue = {p} AND available_at > {p}), "
-                      f"(SELECT MIN(available_at) FROM {t} WHERE queue = {p})",
+            **self._count_statements(t, f, p),
             "add_failed": f"INSERT INTO {f} (driver, connection, queue, name, payload, exception, failed_at, "
                           f"created_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
             "failed": f"SELECT {{columns}} FROM {f}{{where}} ORDER BY id {{order}} LIMIT {{limit}}",
             "forget": f"DELETE FROM {f}",
-            "failed_queues": _skip_scan(f),
-            "failed_count": f"SELECT COUNT(*) FROM {f} WHERE queue = {p}",
             "failed_upto": f"SELECT id FROM {f}{{where}} ORDER BY id LIMIT 1 OFFSET {{offset}}",
             "mark": f"INSERT INTO {s} (name, expires_at) VALUES ({p}, {p})",
             "marked": f"SELECT 1 FROM {s} WHERE name = {p}",
@@ -2363,6 +2359,22 @@ class DatabaseDriver(Driver, FailedStore):
             "current": f"SELECT value FROM {s} WHERE name = {p} AND expires_at >= {p}",
             "set": self.dialect.upsert_set.format(state=s, p=p),
             "entries": f"SELECT name, value FROM {s} WHERE name >= {p} AND name < {p} AND expires_at >= {p}",
+        }
+
+    @staticmethod
+    def _count_statements(t, f, p):
+        """Counts per queue, from the claim's index (queue, available_at): the queues by a skip
+        scan, then counts of index ranges, so a million jobs are counted without reading one row
+        of them (reserved_at is read for the jobs not ready only: delayed or reserved); failed
+        jobs likewise, on the failed table's index of queue."""
+        return {
+            "queues": _skip_scan(t),
+            "counts": f"SELECT (SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at <= {p}), "
+                      f"(SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at > {p}), "
+                      f"(SELECT COUNT(reserved_at) FROM {t} WHERE queue = {p} AND available_at > {p}), "
+                      f"(SELECT MIN(available_at) FROM {t} WHERE queue = {p})",
+            "failed_queues": _skip_scan(f),
+            "failed_count": f"SELECT COUNT(*) FROM {f} WHERE queue = {p}",
         }
 
     @property
@@ -4092,6 +4104,7 @@ class Worker:
         self._rearmed = False               # it did: the job's end clears it
         self.tally = _Tally()               # what it did since its last beat
         self._paused = set()                # its queues that are paused (refreshed every second)
+        self._told_paused = False           # it said that all of them are
         self.registry_key = f"worker:{os.uname().nodename}:{os.getpid()}"
         self.started_at = time.time()
         self._signals = []                  # the signals received, in order
@@ -4190,7 +4203,7 @@ class Worker:
         started = time.monotonic()
         restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
         restart_mark = _restart_mark(restart_path)
-        announced, told_paused = not announce, False
+        announced = not announce
         while not self.stopping.is_set():
             if _restart_mark(restart_path) != restart_mark:  # one stat() per job
                 return "restart"
@@ -4200,15 +4213,10 @@ class Worker:
                 self.driver.close()
                 self.stopping.wait(self.poll)
                 continue
-            queues = [q for q in self.queues if q not in self._paused] if self._paused else self.queues
+            queues = self._unpaused()
             if not queues:  # every queue of this worker is paused
-                if not told_paused:
-                    log.info("worker %d: every queue it serves is paused (%s): waiting for `resume`", os.getpid(),
-                             ",".join(self.queues))
-                told_paused = True
                 self.stopping.wait(min(self.poll, 0.5))
                 continue
-            told_paused = False
             asked = time.monotonic()
             message = self.driver.pop(queues, 0 if self.once or self.stop_when_empty else self.poll)
             self._settling = None  # the job before is settled: its deletion went with this claim
@@ -4232,6 +4240,15 @@ class Worker:
             if self.memory and _rss_mb() > self.memory:
                 return "memory"
         return "signal " + signal.Signals(self._signals[0]).name if self._signals else "stopped"
+
+    def _unpaused(self):
+        """This worker's queues that are not paused; the first time all are, it says so."""
+        queues = [q for q in self.queues if q not in self._paused] if self._paused else self.queues
+        if not queues and not self._told_paused:
+            log.info("worker %d: every queue it serves is paused (%s): waiting for `resume`", os.getpid(),
+                     ",".join(self.queues))
+        self._told_paused = not queues
+        return queues
 
     def _close(self):
         try:
@@ -5562,12 +5579,7 @@ def _exit_past_left_threads(status):
         _close_drivers()
         atexit._run_exitfuncs()
         logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:
-                pass
-        os._exit(status)
+        _flush_and_exit(status)
 
 
 def _work_argv(args):
