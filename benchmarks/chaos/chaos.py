@@ -189,10 +189,11 @@ class Project:
 Item = collections.namedtuple("Item", "number kind expect queue")  # expect: "done" or "failed"
 
 
-def make_jobs(n, rng, project):
-    """N numbered jobs (0..N-1): mostly short Work, some Flaky, Fail, Slow, Hang and Long."""
+def make_jobs(n, rng, project, longs=None):
+    """N numbered jobs (0..N-1): mostly short Work, some Flaky, Fail, Slow, Hang and Long (`longs`
+    of them, default 1 to 3)."""
     r = project.args.retry_after
-    longs = 0 if n == 0 else max(1, min(3, n // 3000))
+    longs = (0 if n == 0 else max(1, min(3, n // 3000))) if longs is None else longs
     special = {"flaky": max(1, n // 50), "fail": max(1, n // 100), "slow": max(1, n // 500),
                "hang": max(1, n // 1000)} if n >= 50 else {}
     kinds = ["long"] * longs + [k for k, c in special.items() for _ in range(c)]
@@ -212,10 +213,10 @@ def make_jobs(n, rng, project):
     return items, jobs
 
 
-def make_poison(count, first_number, rng, project):
-    """`count` poison jobs numbered from first_number, cycling through chaosjobs.POISON (less the
-    kinds in --skip) from a random first kind, in a random order."""
-    classes = [cls for cls in chaosjobs.POISON if cls.kind not in project.args.skip]
+def make_poison(count, first_number, rng, project, kinds=None):
+    """`count` poison jobs numbered from first_number, cycling through `kinds` (default
+    chaosjobs.POISON) less the kinds in --skip, from a random first kind, in a random order."""
+    classes = [cls for cls in (kinds or chaosjobs.POISON) if cls.kind not in project.args.skip]
     if not count or not classes:
         return [], []
     offset = rng.randrange(len(classes))

@@ -10,7 +10,8 @@ Every job keeps its own record, outside queue.py, in the folder `record` it carr
   while the worker unpickles the payload, before handle());
 - ``forks.log``: what the fork jobs' children did (``child``, ``reaped``, ``stray`` lines, below);
 - ``inherited.log``: ``NUMBER PID WHAT TIME`` when a job begins in a worker whose signal state an
-  earlier job changed (WHAT: sigterm-ignored, sigterm-blocked, timer-pending); see inherited();
+  earlier job changed (WHAT: sigterm-ignored, sigterm-blocked, sigalrm-blocked, timer-pending);
+  see inherited();
 - ``signals.log``: ``ignoring NUMBER PID ATTEMPT TIME`` when a sigignrun job has set SIGTERM to
   SIG_IGN and begins its second of work (chaos.py then sends its worker a SIGTERM).
 Each line is one os.write() on a file opened with O_APPEND, so lines of concurrent workers never mix.
@@ -48,13 +49,15 @@ def current_attempt():
 
 def inherited(job):
     """What an earlier job left in this worker's signal state, as the job begins: SIGTERM set to
-    SIG_IGN, SIGTERM blocked in this thread, or a real-time timer pending although this job has
-    no timeout of its own (a worker arms that timer only for a job with a timeout)."""
+    SIG_IGN, SIGTERM or SIGALRM blocked in this thread, or a real-time timer pending although this
+    job has no timeout of its own (a worker arms that timer only for a job with a timeout)."""
     found = []
     if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
         found.append("sigterm-ignored")
-    if hasattr(signal, "pthread_sigmask") and signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []):
-        found.append("sigterm-blocked")
+    if hasattr(signal, "pthread_sigmask"):
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        found += [what for sig, what in ((signal.SIGTERM, "sigterm-blocked"), (signal.SIGALRM, "sigalrm-blocked"))
+                  if sig in mask]
     if not getattr(job, "timeout", None) and hasattr(signal, "getitimer") and signal.getitimer(signal.ITIMER_REAL)[0] > 0:
         found.append("timer-pending")
     for what in found:
@@ -175,6 +178,7 @@ class Exit(Job):
     """Calls sys.exit(): a failed attempt, not a worker death; ends in the failed store."""
 
     kind = "exit"
+    expect = "failed"
     tries = 2
 
     def work(self, attempt):
@@ -189,6 +193,7 @@ class Die(Job):
     (attempted more often than its tries) and the supervisor must start a new worker."""
 
     kind = "die"
+    expect = "failed"
     tries = 2
 
     def work(self, attempt):
@@ -607,11 +612,30 @@ class IgnoreSigtermRunning(Poison):
         time.sleep(self.SECONDS)
 
 
+class BlockAlarm(Poison):
+    """timeout 1 s. Blocks SIGALRM in its thread (pthread_sigmask), then runs CancelAlarm.RUN
+    seconds: it must be stopped within a few seconds of its timeout. (A worker's process has
+    other threads, its keeper's, and the kernel gives them the signal: Python then runs the
+    handler in the main thread anyway. A process-pool child of the async driver has no other.)
+    Not in POISON: async_chaos.py runs it."""
+
+    kind = "blockalarm"
+    timeout = 1
+    failed_as = ("JobTimeout", "MaxAttemptsExceeded")
+
+    def work(self, attempt):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        deadline = time.monotonic() + CancelAlarm.RUN
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        raise RanToTheEnd(f"poison job {self.number} ran {CancelAlarm.RUN:g} s with SIGALRM blocked: nobody stopped it")
+
+
 POISON = [FailedExit, SetStateExit, Surrogate, BadStr, RaiseKeyboardInterrupt, RaiseSystemExit0,
           RaiseGeneratorExit, ForkReturn, ForkExit, IgnoreSigterm, BlockSigterm, LeaveAlarm, LeaveTimer,
           SlowLoad, BadRepr, HugeError, NulError, CancelAlarm, LeaveThread, BlockLoop, CloseStreams,
           IgnoreSigtermRunning]
 TIMER_KINDS = ("alarm", "itimer")  # a worker killed by SIGALRM: blame the last of these it ran
 LEFT_BEHIND = {"sigterm-ignored": ("sigign", "sigignrun"), "sigterm-blocked": ("sigmask",),
-               "timer-pending": TIMER_KINDS}
+               "sigalrm-blocked": ("blockalarm",), "timer-pending": TIMER_KINDS}
 STOP_KINDS = ("sigign", "sigmask", "sigignrun", "thread")  # a worker that hangs at a SIGTERM: blame the last
