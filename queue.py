@@ -1266,6 +1266,11 @@ class ThrottlesExceptions(RateLimited):
             _state().add_to(self._name(job), 1, self.decay)
 
 
+class _Estimate(int):
+    """A count the server estimated (past its dialect's count_cap), not counted: `status` shows it
+    as ~N, the dashboard likewise, and /metrics says so in queue_count_estimated."""
+
+
 def _skip_scan(table):
     """SQL that lists the queues of a table from its index on queue, one index seek per queue (a
     recursive skip scan), instead of reading every row."""
@@ -1772,6 +1777,13 @@ class _Dialect:
         it (None: the dialect's wake-ups need none)."""
         return None
 
+    count_cap = None  # counts per queue are exact up to this many, then estimated (None: always exact)
+
+    def estimate(self, cur, select, params):
+        """The server's estimate of how many rows `select` returns."""
+        cur.execute(f"SELECT COUNT(*) FROM ({select}) x", params)
+        return int(cur.fetchone()[0])
+
     def compact(self, driver, cur):
         """Give the space of deleted rows back to the disk (`python queue.py compact`)."""
 
@@ -2098,6 +2110,13 @@ class _MySQL(_Dialect):
         return conn.query(f"SELECT 1 FROM {self.quote(driver.table)} WHERE queue IN ({names}) AND available_at <= "
                           f"{conn.escape(driver.clock.now())} LIMIT 1 INTO @queue_py_ready") > 0
 
+    count_cap = 10_000  # a million index entries take a second to count: past this, EXPLAIN's estimate
+
+    def estimate(self, cur, select, params):
+        cur.execute(f"EXPLAIN {select}", params)
+        columns = [d[0].lower() for d in cur.description]
+        return int(dict(zip(columns, cur.fetchone())).get("rows") or 0)
+
     def compact(self, driver, cur):
         """Give the space of deleted rows back to the disk: OPTIMIZE TABLE (InnoDB rebuilds
         each table; reads and writes go on meanwhile)."""
@@ -2206,6 +2225,14 @@ class _Postgres(_Dialect):
         last = reads[0] if reads else ("SELECT 1", ())
         parts = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(writes))
         return f"WITH {parts} {last[0]}", [p for _, params in writes + [last] for p in params]
+
+    count_cap = 10_000  # a million index entries take most of a second to count: past this, the planner's
+
+    def estimate(self, cur, select, params):
+        cur.execute(f"EXPLAIN (FORMAT JSON) {select}", params)
+        plan = cur.fetchone()[0]
+        plan = json.loads(plan) if isinstance(plan, str) else plan
+        return int(plan[0]["Plan"]["Plan Rows"])
 
     def compact(self, driver, cur):
         """VACUUM FULL of the three tables: each is written anew, locked meanwhile (PostgreSQL's
@@ -2361,20 +2388,22 @@ class DatabaseDriver(Driver, FailedStore):
             "entries": f"SELECT name, value FROM {s} WHERE name >= {p} AND name < {p} AND expires_at >= {p}",
         }
 
-    @staticmethod
-    def _count_statements(t, f, p):
+    def _count_statements(self, t, f, p):
         """Counts per queue, from the claim's index (queue, available_at): the queues by a skip
-        scan, then counts of index ranges, so a million jobs are counted without reading one row
-        of them (reserved_at is read for the jobs not ready only: delayed or reserved); failed
-        jobs likewise, on the failed table's index of queue."""
+        scan, then counts of index ranges, so no job row is read (reserved_at only of the jobs
+        whose reservation ends within retry_after: the reserved ones). A server database counts
+        up to its count_cap and estimates past it (_Estimate); failed jobs likewise, on the
+        failed table's index of queue."""
+        cap = f" LIMIT {self.dialect.count_cap + 1}" if self.dialect.count_cap else ""
+        ready, later = (f"SELECT 1 AS one FROM {t} WHERE queue = {p} AND available_at {op} {p}" for op in ("<=", ">"))
+        failed = f"SELECT 1 AS one FROM {f} WHERE queue = {p}"
         return {
-            "queues": _skip_scan(t),
-            "counts": f"SELECT (SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at <= {p}), "
-                      f"(SELECT COUNT(*) FROM {t} WHERE queue = {p} AND available_at > {p}), "
-                      f"(SELECT COUNT(reserved_at) FROM {t} WHERE queue = {p} AND available_at > {p}), "
-                      f"(SELECT MIN(available_at) FROM {t} WHERE queue = {p})",
+            "queues": _skip_scan(t), "ready": ready, "later": later, "failed_rows": failed,
+            "counts": f"SELECT (SELECT COUNT(*) FROM ({ready}{cap}) a), (SELECT COUNT(*) FROM ({later}{cap}) b), "
+                      f"(SELECT COUNT(reserved_at) FROM {t} WHERE queue = {p} AND available_at > {p} "
+                      f"AND available_at <= {p}), (SELECT MIN(available_at) FROM {t} WHERE queue = {p})",
             "failed_queues": _skip_scan(f),
-            "failed_count": f"SELECT COUNT(*) FROM {f} WHERE queue = {p}",
+            "failed_count": f"SELECT COUNT(*) FROM ({failed}{cap}) c",
         }
 
     @property
@@ -2770,13 +2799,23 @@ class DatabaseDriver(Driver, FailedStore):
                 cur.execute(self._sql["queues"])
                 names = [row[0] for row in cur.fetchall()]
             result = {}
+            horizon = self.clock.now(self.retry_after + 1)  # no reservation ends later than this
             for name in names:
-                cur.execute(self._sql["counts"], (name, now, name, now, name, now, name))
+                cur.execute(self._sql["counts"], (name, now, name, now, name, now, horizon, name))
                 ready, later, reserved, first = cur.fetchone()
-                result[name] = {"ready": int(ready), "delayed": int(later) - int(reserved), "reserved": int(reserved),
-                                "oldest": _epoch(first) if ready and first is not None else None}
+                ready = self._past_cap(cur, ready, "ready", (name, now))
+                later = self._past_cap(cur, later, "later", (name, now))
+                result[name] = {"ready": ready, "delayed": type(later)(max(0, later - reserved)),
+                                "reserved": int(reserved), "oldest": _epoch(first) if ready and first is not None else None}
             return result
         return self._execute(count)
+
+    def _past_cap(self, cur, counted, rows, params):
+        """A count as it was counted, or, past the dialect's count_cap, the server's estimate."""
+        cap = self.dialect.count_cap
+        if not cap or counted <= cap:
+            return int(counted)
+        return _Estimate(max(cap + 1, self.dialect.estimate(cur, self._sql[rows], params)))
 
     def clear(self, queue, batch=1000):
         now, count = self.clock.now(), 0
@@ -2987,7 +3026,7 @@ class DatabaseDriver(Driver, FailedStore):
             result = {}
             for (name,) in cur.fetchall():
                 cur.execute(self._sql["failed_count"], (name,))
-                result[name] = int(cur.fetchone()[0])
+                result[name] = self._past_cap(cur, cur.fetchone()[0], "failed_rows", (name,))
             return result
         return self._execute(count)
 
@@ -5010,7 +5049,8 @@ def dashboard_state(driver=None):
     oldest, stopped = target.oldest_ready(), set(paused())
     names = sorted(set(counts) | stopped | {q for w in live for q in w["queues"]})
     empty = {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0}
-    queues = [dict(counts.get(q, empty), queue=q, oldest_ready_age=oldest.get(q), paused=q in stopped) for q in names]
+    queues = [dict(counts.get(q, empty), queue=q, oldest_ready_age=oldest.get(q), paused=q in stopped,
+                   estimated=[k for k, v in counts.get(q, empty).items() if isinstance(v, _Estimate)]) for q in names]
     failed = []
     if target.failed_store() is not None:
         for row in failed_jobs(50):
@@ -5051,6 +5091,8 @@ def metrics(driver=None):
     for kind in ("ready", "delayed", "reserved", "failed"):  # not queue_jobs_failed: OpenMetrics would read
         family(f"queue_{kind}_jobs", "gauge", f"Jobs {kind} per queue.",  # it as queue_jobs_failed_total's family
                [(_labels(queue=q), c[kind]) for q, c in counts.items() if c[kind] is not None])
+    family("queue_count_estimated", "gauge", "1 where a count above is the server's estimate (a large queue).",
+           [(_labels(queue=q, count=k), 1) for q, c in counts.items() for k, v in c.items() if isinstance(v, _Estimate)])
     family("queue_oldest_ready_age_seconds", "gauge", "Age of the oldest ready job per queue.",
            [(_labels(queue=q), round(age, 3)) for q, age in oldest.items()])
     totals = _state().entries("metric:")
@@ -5330,7 +5372,7 @@ function renderQueues(queues) {
                    [["pause", "Pause"], ["resume", "Resume"], ["clear danger", "Clear"]]);
     keys.add(q.queue); nodes.push(tr);
     put(cell(tr, "name"), q.queue);
-    for (const c of ["ready", "delayed", "reserved", "failed"]) put(cell(tr, c), num(q[c]));
+    for (const c of ["ready", "delayed", "reserved", "failed"]) put(cell(tr, c), ((q.estimated || []).includes(c) ? "~" : "") + num(q[c]));
     put(cell(tr, "age"), dur(q.oldest_ready_age));
     put(cell(tr, "paused"), q.paused ? "paused" : "active");
     tr.classList.toggle("is-paused", !!q.paused);
@@ -5748,7 +5790,8 @@ def _cmd_status(args, config):
     counts = status(args.driver, queues, connection=args.connection)
     print(f"{'queue':<20} {'ready':>8} {'delayed':>8} {'reserved':>8} {'failed':>8}")
     for name, c in counts.items():
-        shown = ["-" if c[k] is None else c[k] for k in ("ready", "delayed", "reserved", "failed")]
+        shown = ["-" if c[k] is None else f"~{c[k]}" if isinstance(c[k], _Estimate) else c[k]
+                 for k in ("ready", "delayed", "reserved", "failed")]
         print(f"{name:<20} {shown[0]:>8} {shown[1]:>8} {shown[2]:>8} {shown[3]:>8}")
     total = getattr(_driver(args.driver, args.connection), "delayed_total", None)
     if total is not None and total() is not None:
