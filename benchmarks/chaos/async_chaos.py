@@ -45,8 +45,10 @@ signal of its own (SIGALRM of an alarm a job left, ...).
 Must be 0 (exit status 1 otherwise, RESULT: FAIL): jobs lost (neither done nor in the failed
 store); double runs not explained by the child that completed the run: it ended after the run and
 before it began anything else (SIGKILLed by this program, or terminated with its broken pool), or
-its pool broke then (a child that outlived it), or one of the runs ended in a child after its
-pool had broken (such a child is a fault of its own, below); failed() run more than once (it runs in the program, which nobody kills); a job in
+its pool broke then (a child that outlived it), or one of the runs ended after its pool had
+broken (the pool fails every attempt under way as it breaks, and the program starts them again:
+a run that still ended, in a child the pool's SIGTERM had not reached yet or that outlived its
+pool, ran for nothing); failed() run more than once (it runs in the program, which nobody kills); a job in
 the failed store twice; a job that must fail completed, or one that must complete failed for
 another reason than the deaths of its children (BrokenProcessPool after every attempt died);
 a `slow` job done at its first attempt or a poison attempt past its timeout + 3 s; a poison job
@@ -389,10 +391,16 @@ class AsyncChaos:
             members[ch.pool_of.get(pid)].append(pid)
         shutdown_at = self.shutdown_began - 0.5
 
+        last_line = {}  # pid -> time of its last start or end line (a die job's end line: its os._exit)
+        for number, pid, attempt, start, end, outcome in runs:
+            last_line[pid] = max(last_line.get(pid, 0.0), start, end or 0.0)
+
         def broke_at(pool):
-            """When the pool broke: the first death in it that was not the pool's own SIGTERM."""
-            times = [dead[pid] for pid in members[pool] if pid in dead and status_of.get(pid) not in (
-                0, 1, -signal.SIGTERM)]
+            """When the pool broke: the first death in it that was not the pool's own SIGTERM
+            (our SIGKILL's time, a die job's os._exit line, else when the watcher saw it dead)."""
+            times = [ch.killed[pid] if pid in ch.killed else last_line[pid] if status_of.get(pid) == chaosjobs.EXIT_CODE
+                     and pid in last_line else dead[pid]
+                     for pid in members[pool] if pid in dead and status_of.get(pid) not in (0, 1, -signal.SIGTERM)]
             return min(times) if times else None
 
         breaks = {pool: broke_at(pool) for pool in members}
@@ -419,10 +427,14 @@ class AsyncChaos:
         endings = {pid: how_it_ended(pid) for pid in ch.procs}
 
         def stale(pid, start, end):
-            """A run (start, end) in a child that outlived its broken pool, still running when the
-            pool broke, or begun after: its attempt had been counted failed by then."""
+            """A run (start, end) still under way when its pool broke (or begun after, in a child
+            that outlived its pool): the pool failed its attempt then, and the program started it
+            again; "outlived", "broke while it ran", or None. (20 ms of slack: a run's done line is
+            written a moment before its result goes to the program.)"""
             broke = breaks.get(ch.pool_of.get(pid))
-            return endings.get(pid) == "outlived its broken pool" and broke is not None and end > broke
+            if broke is None or end <= broke - 0.02:
+                return None
+            return "outlived" if endings.get(pid) == "outlived its broken pool" else "broke while it ran"
 
         def child_died_after(pid, at):
             """The child `pid` ended (or, for one that outlived it, its pool broke) after `at` and
@@ -522,9 +534,8 @@ class AsyncChaos:
                 reasons = []
                 for k in range(1, len(completions)):
                     reasons += [child_died_after(pid, at) for pid, _, at in completions[:k]]
-                if any(stale(pid, s_, e_) for s_, e_, pid, o in spans if o == "done"):
-                    reasons.append("outlived")  # one of the runs was a stale one (see how_it_ended)
-                how = next((r for r in reasons if r in ("killed", "terminated")), None) or next(
+                reasons += [stale(pid, s_, e_) for s_, e_, pid, o in spans if o == "done"]
+                how = next((r for r in reasons if r in ("killed", "terminated", "broke while it ran")), None) or next(
                     (r for r in reasons if r is not None), None)
                 how = "outlived" if how == "outlived its broken pool" else how
                 if how is None:
@@ -560,7 +571,7 @@ class AsyncChaos:
                 continue
             job_deaths.append((pid, how, blamed[2] if blamed else None, kind_of.get(blamed[2]) if blamed else None))
         stale_runs = sum(1 for number, pid, attempt, start, end, outcome in runs
-                         if stale(pid, start, dead.get(pid, self.ended) if end is None else end))
+                         if stale(pid, start, dead.get(pid, self.ended) if end is None else end) == "outlived")
         origin = self.timings.get("start", 0.0)
         for pid, how, number, kind in job_deaths:
             if kind in poison:
@@ -606,9 +617,12 @@ class AsyncChaos:
              ("run to completion more than once", c["double runs"], None),
              ("  explained: the child that ran it was SIGKILLed after", explained_by["killed"], None),
              ("  explained: the child was terminated with its broken pool after", explained_by["terminated"], None),
+             ("  explained: its pool broke as it ran (the other child died): result dropped",
+              explained_by["broke while it ran"], None),
              ("  explained: one run was in a child that outlived its broken pool", explained_by["outlived"], None),
              ("  explained: the child ended otherwise after (see the child rows)",
-              sum(v for k, v in explained_by.items() if k not in ("killed", "terminated", "outlived")), None),
+              sum(v for k, v in explained_by.items() if k not in ("killed", "terminated", "broke while it ran", "outlived")),
+              None),
              ("  unexplained", c["unexplained double runs"], 0),
              ("in the failed store more than once", c["failed twice"], 0),
              ("failed() run more than once (the job's own record)", c["failed() more than once"], 0),
