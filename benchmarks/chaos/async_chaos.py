@@ -89,6 +89,7 @@ common, queue, chaosjobs = chaos.common, chaos.queue, chaos.chaosjobs
 
 KINDS = [*chaosjobs.POISON, chaosjobs.BlockAlarm, chaosjobs.Exit, chaosjobs.Die]
 SHUTDOWN_LIMIT = 30.0  # seconds the pool's shutdown may take after join()
+TERM_KINDS = ("sigign", "sigmask", "sigignrun")  # kinds that leave a child deaf to its pool's SIGTERM
 POISON_COLUMNS = ("pushed", "done", "failed", "lost", "wrong", "cut", "done twice", "failed twice", "failed() > 1",
                   "child deaths", "state left behind", "stray children", "overran", "bad record", "as expected")
 MUST_BE_ZERO = ("lost", "wrong", "failed twice", "failed() > 1", "child deaths", "state left behind",
@@ -561,7 +562,7 @@ class AsyncChaos:
         for pid, how in endings.items():
             history = events.get(pid, [])
             if how == "outlived its broken pool":  # blamed on the last job that can keep off SIGTERM
-                blamed = next((e for e in reversed(history) if kind_of.get(e[2]) in chaosjobs.STOP_KINDS), None)
+                blamed = next((e for e in reversed(history) if kind_of.get(e[2]) in TERM_KINDS), None)
             elif how.startswith(("signal", "status")) or how == "unknown":
                 blamed = None
                 if how == "signal SIGALRM":
