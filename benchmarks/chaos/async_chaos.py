@@ -127,10 +127,11 @@ class Project:
 
 
 class Children:
-    """The pool's children, watched by a thread every 20 ms: when each was first seen, when it
-    ended (its /proc entry gone or a zombie), and its Process object (for its exit status once its
-    pool has reaped it). Every `every` seconds (0: never) it SIGKILLs a random live child of the
-    current pool, until stop_killing()."""
+    """The pools' children: each is registered as its pool starts it (ProcessPoolExecutor.
+    _spawn_process, wrapped in this program: a pool that breaks within milliseconds is not missed),
+    with its pool and its Process object (for its exit status once its pool has reaped it); a
+    thread looks every 20 ms which have ended (/proc entry gone or a zombie). Every `every`
+    seconds (0: never) it SIGKILLs a random live child of the current pool, until stop_killing()."""
 
     def __init__(self, driver, rng, every):
         self.driver, self.rng, self.every = driver, rng, every
@@ -142,7 +143,26 @@ class Children:
         self.pools = []
         self.killing = every > 0
         self.stopping = threading.Event()
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._run, name="async-chaos-children", daemon=True)
+        import concurrent.futures.process as cfp
+        self._cfp, self._spawn = cfp, cfp.ProcessPoolExecutor._spawn_process
+        watcher = self
+
+        def spawn_process(pool):
+            watcher._spawn(pool)
+            watcher._register(pool, dict(pool._processes))
+        cfp.ProcessPoolExecutor._spawn_process = spawn_process
+
+    def _register(self, pool, processes):
+        now = time.time()
+        with self.lock:
+            if all(p is not pool for p in self.pools):
+                self.pools.append(pool)
+            index = next(i for i, p in enumerate(self.pools) if p is pool)
+            for pid, proc in processes.items():
+                if pid not in self.procs:
+                    self.procs[pid], self.seen[pid], self.pool_of[pid] = proc, now, index
 
     def start(self):
         self.thread.start()
@@ -154,6 +174,7 @@ class Children:
         self.stopping.set()
         self.thread.join()
         self._look()
+        self._cfp.ProcessPoolExecutor._spawn_process = self._spawn
 
     def current(self):
         """{pid: Process} of the driver's current pool (empty while it has none)."""
@@ -179,13 +200,11 @@ class Children:
     def _look(self):
         now = time.time()
         pool = self.driver._pool
-        if pool is not None and all(p is not pool for p in self.pools):
-            self.pools.append(pool)
-        for pid, proc in self.current().items():
-            if pid not in self.procs:
-                self.procs[pid], self.seen[pid] = proc, now
-                self.pool_of[pid] = next((i for i, p in enumerate(self.pools) if p is pool), -1)
-        for pid in self.procs:
+        if pool is not None:
+            self._register(pool, self.current())  # (all are registered at their start already)
+        with self.lock:
+            pids = list(self.procs)
+        for pid in pids:
             if pid not in self.dead and self.ended(pid):
                 self.dead[pid] = now
 
@@ -707,6 +726,7 @@ class AsyncChaos:
         children = getattr(self, "children", None)
         if children is not None:
             children.stop_killing()
+            children._cfp.ProcessPoolExecutor._spawn_process = children._spawn
             for pid in children.live():  # whatever is left of the pools
                 try:
                     os.kill(pid, signal.SIGKILL)
