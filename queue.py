@@ -1778,6 +1778,7 @@ class _Dialect:
         return None
 
     count_cap = None  # counts per queue are exact up to this many, then estimated (None: always exact)
+    durable = None    # the statement that makes one transaction of a worker's session wait for the disk
 
     def estimate(self, cur, select, params):
         """The server's estimate of how many rows `select` returns."""
@@ -2018,6 +2019,11 @@ class _MySQL(_Dialect):
             conn = pymysql.connect(autocommit=True, **kwargs)
         except pymysql.err.MySQLError as exc:
             raise ConnectionFailed(f"cannot connect to MySQL at {self.where}: {exc.args[-1]}") from None
+        for depth in ("max_recursive_iterations", "cte_max_recursion_depth"):  # MariaDB's, MySQL 8's: 1000
+            try:  # a skip scan over the queues (_skip_scan) recurses once per queue
+                conn.query(f"SET SESSION {depth} = 1000000")
+            except pymysql.err.MySQLError:
+                pass  # the other server's variable
         return conn
 
     def error_kind(self, exc):
@@ -2222,17 +2228,21 @@ class _Postgres(_Dialect):
         reads = [(sql, params) for sql, params in statements if sql.startswith("SELECT")]
         if not writes or len(writes) + len(reads) != len(statements) or len(reads) > 1:
             return None
+        if sum(len(params) for _, params in statements) > 60000:  # a statement takes at most 65,535
+            return None
         last = reads[0] if reads else ("SELECT 1", ())
         parts = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(writes))
         return f"WITH {parts} {last[0]}", [p for _, params in writes + [last] for p in params]
 
-    count_cap = 10_000  # a million index entries take most of a second to count: past this, the planner's
+    count_cap = 10_000  # a million index entries take most of a second to count: past this, a sample's
+    durable = "SET LOCAL synchronous_commit TO on"
 
     def estimate(self, cur, select, params):
-        cur.execute(f"EXPLAIN (FORMAT JSON) {select}", params)
-        plan = cur.fetchone()[0]
-        plan = json.loads(plan) if isinstance(plan, str) else plan
-        return int(plan[0]["Plan"]["Plan Rows"])
+        """A count of a 1% sample of the table's pages, times 100 (TABLESAMPLE SYSTEM): right
+        after a burst of pushes too, when the planner's statistics (EXPLAIN) lag behind."""
+        sampled = select.replace(" WHERE ", " TABLESAMPLE SYSTEM (1) REPEATABLE (7) WHERE ", 1)
+        cur.execute(f"SELECT COUNT(*) FROM ({sampled}) x", params)
+        return int(cur.fetchone()[0]) * 100
 
     def compact(self, driver, cur):
         """VACUUM FULL of the three tables: each is written anew, locked meanwhile (PostgreSQL's
@@ -2539,15 +2549,17 @@ class DatabaseDriver(Driver, FailedStore):
                 pass  # the connection is gone: the server rolled back
             raise
 
-    def _write_once(self, statements, retry=True):
+    def _write_once(self, statements, retry=True, durable=False):
         """Run [(sql, params), ...] in one transaction, exactly once. On a networked database
         the transaction also writes a marker to the state table, and a try after a lost
-        connection first looks for it: the lost try may have committed."""
+        connection first looks for it: the lost try may have committed. durable: the commit
+        waits for the disk even on a worker's session (a failure, before failed() runs)."""
         d = self.dialect
         mark = f"once:{os.urandom(12).hex()}" if d.networked else None
         statements = list(statements) + ([(self._sql["mark"], (mark, self.clock.now(_MARK_TTL)))] if mark else [])
-        single = d.one_statement(statements)  # PostgreSQL: one statement is one transaction
-        script = [single] if single else [(d.begin, ())] + statements + [("COMMIT", ())]
+        single = None if durable and d.durable else d.one_statement(statements)  # PostgreSQL: one statement
+        script = [single] if single else [(d.begin, ())] + ([(d.durable, ())] if durable and d.durable else []) \
+            + statements + [("COMMIT", ())]
         tried = []
 
         def write(cur):
@@ -2961,7 +2973,8 @@ class DatabaseDriver(Driver, FailedStore):
         now = self.clock.now()
         self._write_once([(self._sql["add_failed"], (self.name, self.connection, message.queue, message.name,
                                                      message.payload, record, now, now)),
-                          (f"{self._sql['delete']}({self.dialect.param})", (message.id,))], retry="forever")
+                          (f"{self._sql['delete']}({self.dialect.param})", (message.id,))], retry="forever",
+                         durable=True)  # on disk before failed() runs: it runs once
         return True
 
     def add_failed(self, driver_name, connection, message, exception):
@@ -3092,6 +3105,7 @@ class AsyncDriver(Driver):
         self._idle = threading.Condition()
         self._timers = set()
         self._in_children, self._waiting = 0, collections.deque()  # multiprocess: in the pool, waiting for it
+        self._held_back = {}  # blocking: id -> the delay a middleware released the job for
         if not self.blocking:
             atexit.register(self.join)
 
@@ -3113,12 +3127,17 @@ class AsyncDriver(Driver):
                 self._schedule(message, message.delay)
 
     def _run_inline(self, message):
-        """Every attempt of a message now, in this thread, without backoff; the last status."""
+        """Every attempt of a message now, in this thread, without backoff; the last status. A
+        release by middleware (which spends no try) waits its delay: it would come back at once
+        for ever."""
         while True:
             message.attempts += 1
+            tried = message.attempts
             status = self.worker.process(message)
             if status != "released":
                 return status
+            if message.attempts < tried:
+                self.clock.sleep(self._held_back.pop(message.id, 1.0))
 
     def run_now(self, job):
         """Run a job at once in this thread (queue.run_now); 'done' or 'failed' (or 'deleted')."""
@@ -3142,7 +3161,9 @@ class AsyncDriver(Driver):
         self._timers.discard(threading.current_thread())
         message.attempts += 1
         if self.mode == "multiprocess":
-            with self._idle:  # at most `workers` in the pool: a child that dies breaks only its own
+            # at most `workers` in the pool, the others wait here: a child that dies (os._exit)
+            # breaks the pool, whose attempts under way all fail (one each, as a worker's lanes)
+            with self._idle:
                 if self._in_children >= self.workers:
                     self._waiting.append(message)
                     return
@@ -3153,7 +3174,10 @@ class AsyncDriver(Driver):
         try:
             if self.mode == "multiprocess":
                 future = self._executor().submit(_attempt_in_child, message, self.worker.callback)
-                future.add_done_callback(lambda f: self._settle_child(message, f))
+                # settled on a thread of its own: a broken pool calls back under its own lock
+                # (Python 3.12+), which a release or the next submit() would wait for forever
+                future.add_done_callback(lambda f: threading.Thread(target=self._settle_child, args=(message, f),
+                                                                    name="queue-async-settle", daemon=True).start())
             else:
                 self._executor().submit(self._run, message)
         except RuntimeError:
@@ -3203,7 +3227,9 @@ class AsyncDriver(Driver):
         pass
 
     def release(self, message, delay=0.0):
-        if not self.blocking:  # blocking: _run_inline runs it again at once, without the backoff
+        if self.blocking:  # _run_inline runs it again: at once, or after a middleware's delay
+            self._held_back[message.id] = delay
+        else:
             self._schedule(message, delay)
 
     def clear(self, queue):
@@ -3250,6 +3276,9 @@ def _attempt_in_child(message, callback):
         header, body = worker._open(message)
     except BadPayload as error:
         return error, None, None
+    spent = worker._spent(message, header)  # past its retry_until deadline: failed unrun
+    if spent is not None:
+        return spent, None, None
     envelope, exc, text = worker._attempt(message, header, body)
     steer = getattr(envelope["job"], "_queue_steer", None) if envelope else None
     if steer and isinstance(steer[1], BaseException):
@@ -3600,8 +3629,13 @@ class AMQPDriver(Driver):
             return False
         marks = getattr(self, "_marks", None)
         if marks is None or time.monotonic() - marks[0] > 1.0:
-            entries = self.state_store().entries("cleared:", retry=False)
-            marks = self._marks = (time.monotonic(), {k[len("cleared:"):]: float(v) for k, v in entries.items()})
+            entries, exc, _ = _guard(lambda: self.state_store().entries("cleared:", retry=False))
+            if exc is None:
+                known = {k[len("cleared:"):]: float(v) for k, v in entries.items()}
+            else:  # the state store is unreachable: the marks known before serve (a delivery is never held)
+                log.warning("amqp: cannot read the clear marks: %s", _summary(exc))
+                known = marks[1] if marks else {}
+            marks = self._marks = (time.monotonic(), known)
         mark, pushed = marks[1].get(queue), headers.get("queue.py-pushed")
         return mark is not None and isinstance(pushed, int) and pushed / 1e6 < mark
 
@@ -3902,7 +3936,7 @@ class _Consumer:
                 return
             if self.driver._cleared(queue_name, headers):
                 channel.basic_ack(method.delivery_tag)  # pushed before a clear of its queue
-                _free_unique_locks([body])
+                _guard(_free_unique_locks, [body])
                 return
             self.delivered.append(method.delivery_tag)
             self.buffer[queue_name].append(
@@ -4150,6 +4184,7 @@ class Worker:
         self._old_handlers = {}
         self._c_signal = self._mask = None  # the C signal module and the thread's mask, once installed
         self._job_handlers, self._real_signal = {}, None  # a job's SIGTERM/SIGINT handlers; signal.signal
+        self._in_signal = False             # a job's handler runs, called by the worker's
 
     # the loop
     def run(self):
@@ -4321,8 +4356,9 @@ class Worker:
             return self._real_signal(signalnum, handler)
         if not (callable(handler) or handler in (signal.SIG_IGN, signal.SIG_DFL)):
             raise TypeError("signal handler must be signal.SIG_IGN, signal.SIG_DFL, or a callable object")
-        previous = self._job_handlers.get(signalnum, self._handler)
-        self._job_handlers[signalnum] = handler
+        previous = self._job_handlers.pop(signalnum, self._handler)
+        if handler != self._handler:  # the worker's own, set back: the job has none any more
+            self._job_handlers[signalnum] = handler
         return previous
 
     def _reset_signals(self):
@@ -4353,11 +4389,17 @@ class Worker:
             signal.signal(signal.SIGALRM, self._old_alarm)
 
     def _on_signal(self, signum, frame):
+        if self._in_signal:  # a job's handler that calls its "previous" one: the worker's, taken already
+            return
         self._signals.append(signum)
         self.stopping.set()
         job_handler = self._job_handlers.get(signum)
         if self._in_job and callable(job_handler):  # the running job's own, after the worker's
-            job_handler(signum, frame)
+            self._in_signal = True
+            try:
+                job_handler(signum, frame)
+            finally:
+                self._in_signal = False
         if len(self._signals) > 1:
             for lane in self._lanes:
                 if lane is not self:
@@ -4406,7 +4448,7 @@ class Worker:
                     lane._interrupt(JobTimeout)  # a lane off the main thread
                     if lane._armed:  # the main thread's: an alarm (the job cancelled its own, or had none set)
                         with lane._alarm_lock:
-                            if lane._in_job:
+                            if lane._in_job and lane.current is current:  # that job, not the next
                                 _signal.setitimer(_signal.ITIMER_REAL, 0.001)
                                 lane._rearmed = True
             if _leases:
@@ -4597,11 +4639,15 @@ class Worker:
         result = getattr(job, self.callback)()
         if not (hasattr(result, "__await__") and hasattr(result, "send")):  # not a coroutine
             return result
+        if _running_loop() is not None:  # called inside an event loop (run_now from async code): another thread's
+            return _in_a_thread(lambda: _lane_loop().run_until_complete(_bounded(result, self._limit)))
         loop = _lane_loop()
         try:
             return loop.run_until_complete(_bounded(result, self._limit))
+        except Exception:
+            raise  # the job's own exception: the loop is as it was (clients bound to it go on working)
         except BaseException:
-            _drop_lane_loop(loop)  # what the job left running on it must not run into the next job
+            _drop_lane_loop(loop)  # stopped from outside (a timeout, a cold shutdown): what it left must not run on
             raise
 
     def _through(self, job, middleware):
@@ -4727,6 +4773,30 @@ def _lane_loop():
         loop = _lane_loops.loop = asyncio.new_event_loop()
         _lane_loops.pid = os.getpid()
     return loop
+
+
+def _running_loop():
+    """The event loop running in this thread, or None."""
+    import asyncio
+    return asyncio._get_running_loop()
+
+
+def _in_a_thread(fn):
+    """fn() on a thread of its own, waited for: its result, or what it raised."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append((fn(), None))
+        except BaseException as exc:
+            outcome.append((None, exc))
+    thread = threading.Thread(target=run, name="queue-async-inline", daemon=True)
+    thread.start()
+    thread.join()
+    result, exc = outcome[0]
+    if exc is not None:
+        raise exc
+    return result
 
 
 def _drop_lane_loop(loop):
@@ -5042,33 +5112,35 @@ def restart():
 # token printed at start (or $QUEUE_DASHBOARD_TOKEN): another site cannot trigger one, and the
 # server never unpickles a payload. It binds 127.0.0.1 unless told otherwise: behind a reverse
 # proxy with TLS for anything else (README: Operating it).
-def dashboard_state(driver=None):
-    """What the dashboard shows, as plain data: queues, workers, failed jobs, the last hour."""
-    target = _driver(driver)
-    counts, live = status(driver), workers()
-    oldest, stopped = target.oldest_ready(), set(paused())
+def dashboard_state(driver=None, connection=None):
+    """What the dashboard shows, as plain data: queues, workers, failed jobs, the last hour (of
+    a driver and, for the database driver, a connection: where its workers keep their state)."""
+    target = _driver(driver, connection)
+    counts, live = status(driver, connection=connection), workers(driver, connection)
+    oldest, stopped = target.oldest_ready(), set(paused(None, driver, connection))
     names = sorted(set(counts) | stopped | {q for w in live for q in w["queues"]})
     empty = {"ready": 0, "delayed": 0, "reserved": 0, "failed": 0}
     queues = [dict(counts.get(q, empty), queue=q, oldest_ready_age=oldest.get(q), paused=q in stopped,
                    estimated=[k for k, v in counts.get(q, empty).items() if isinstance(v, _Estimate)]) for q in names]
     failed = []
     if target.failed_store() is not None:
-        for row in failed_jobs(50):
+        for row in target.failed_store().failed_jobs(limit=50, newest_first=True, payloads=False):
             text = _text(row["exception"])
             if len(text) > _PREVIEW:  # a bounded preview: its head and its tail, where the error is
                 text = f"{text[:_PREVIEW // 4]}\n[... cut here: `python queue.py failed` ...]\n{text[-_PREVIEW * 3 // 4:]}"
             failed.append({"id": row["id"], "queue": row["queue"], "name": row["name"], "driver": row["driver"],
                            "connection": row["connection"], "failed_at": str(row["failed_at"]),
                            "error": (text.strip().splitlines() or [""])[0], "exception": text})
-    return {"queues": queues, "workers": live, "failed": failed, "series": _series(), "now": time.time()}
+    return {"queues": queues, "workers": live, "failed": failed, "series": _series(target.state_store()),
+            "now": time.time()}
 
 
 _PREVIEW = 8 * 1024  # characters of a failed job's traceback that the dashboard's state carries
 
 
-def _series():
+def _series(store):
     """Per minute of the last hour: jobs done, failed, and their average wait from due to start."""
-    values = _state().entries("series:")
+    values = store.entries("series:")
     now = int(time.time() // 60 * 60)
     series = []
     for minute in range(now - 59 * 60, now + 60, 60):
@@ -5079,10 +5151,10 @@ def _series():
     return series
 
 
-def metrics(driver=None):
+def metrics(driver=None, connection=None):
     """The Prometheus text exposition of the queues, the job classes and the workers."""
-    target = _driver(driver)
-    counts, oldest = status(driver), target.oldest_ready()
+    target = _driver(driver, connection)
+    counts, oldest = status(driver, connection=connection), target.oldest_ready()
     lines = []
 
     def family(name, kind, text, samples):
@@ -5095,7 +5167,7 @@ def metrics(driver=None):
            [(_labels(queue=q, count=k), 1) for q, c in counts.items() for k, v in c.items() if isinstance(v, _Estimate)])
     family("queue_oldest_ready_age_seconds", "gauge", "Age of the oldest ready job per queue.",
            [(_labels(queue=q), round(age, 3)) for q, age in oldest.items()])
-    totals = _state().entries("metric:")
+    totals = target.state_store().entries("metric:")
     classes = sorted({name.split(":")[1] for name in totals})
     for kind in ("done", "failed"):
         family(f"queue_jobs_{kind}_total", "counter", f"Jobs {kind} per job class.",
@@ -5109,7 +5181,7 @@ def metrics(driver=None):
             lines.append(f"queue_job_duration_seconds_bucket{{{_labels(job=c, le=le)}}} {running}")
         lines.append(f"queue_job_duration_seconds_sum{{{_labels(job=c)}}} {float(totals.get(f'metric:{c}:sum') or 0)}")
         lines.append(f"queue_job_duration_seconds_count{{{_labels(job=c)}}} {running}")
-    family("queue_workers", "gauge", "Live workers.", [("", len(workers()))])
+    family("queue_workers", "gauge", "Live workers.", [("", len(workers(driver, connection)))])
     return "\n".join(lines) + "\n"
 
 
@@ -5118,13 +5190,13 @@ def _labels(**labels):
     return ",".join(f'{k}="{escape(v)}"' for k, v in labels.items())
 
 
-_ACTIONS = {  # POST /api/<name>: what it does with the JSON body
-    "retry": lambda body: {"retried": retry(None if body.get("ids") == "all" else _ids_of(body))},
-    "forget": lambda body: {"forgot": forget(_ids_of(body))},
-    "flush": lambda body: {"deleted": flush()},
-    "pause": lambda body: pause(_queue_of(body)) or {},
-    "resume": lambda body: resume(_queue_of(body)) or {},
-    "clear": lambda body: {"deleted": clear(_queue_of(body))},
+_ACTIONS = {  # POST /api/<name>: what it does with the JSON body, on the dashboard's driver and connection
+    "retry": lambda body, d, c: {"retried": retry(None if body.get("ids") == "all" else _ids_of(body), connection=c)},
+    "forget": lambda body, d, c: {"forgot": forget(_ids_of(body), connection=c)},
+    "flush": lambda body, d, c: {"deleted": flush(connection=c)},
+    "pause": lambda body, d, c: pause(_queue_of(body), d, c) or {},
+    "resume": lambda body, d, c: resume(_queue_of(body), d, c) or {},
+    "clear": lambda body, d, c: {"deleted": clear(_queue_of(body), d, c)},
 }
 
 
@@ -5146,7 +5218,7 @@ class _DashboardRequests:
     """The dashboard's answers, mixed into http.server's request handler by serve_dashboard()
     (so that `import queue` does not import http.server); `token` and `loopback` are set there."""
 
-    token, loopback, allowed = "", True, ()
+    token, loopback, allowed, queue_driver, queue_connection = "", True, (), None, None  # (self.connection: the socket)
     server_version = "queue.py"
     timeout = 15  # seconds a connection may stay silent: half-open connections do not hold threads for ever
 
@@ -5212,9 +5284,10 @@ class _DashboardRequests:
         if path == "/":
             return self._send(200, DASHBOARD_PAGE, "text/html")
         if path == "/api/state":
-            return self._guarded(lambda: self._send(200, dashboard_state()))
+            return self._guarded(lambda: self._send(200, dashboard_state(self.queue_driver, self.queue_connection)))
         if path == "/metrics":
-            return self._guarded(lambda: self._send(200, metrics(), "text/plain; version=0.0.4"))
+            return self._guarded(lambda: self._send(200, metrics(self.queue_driver, self.queue_connection),
+                                                    "text/plain; version=0.0.4"))
         if path.startswith("/api/") and path[5:] in _ACTIONS:
             return self._send(405, {"error": "actions are POST requests"})
         return self._send(404, {"error": f"no page {path}"})
@@ -5235,7 +5308,7 @@ class _DashboardRequests:
             if not isinstance(body, dict):
                 raise ValueError("the body must be a JSON object of at most 1 MB")
             work = _ACTIONS[action]
-            result = work(body)
+            result = work(body, self.queue_driver, self.queue_connection)
         except (ValueError, QueueError) as exc:
             return self._send(400, {"error": _text(exc)})
         except Exception as exc:
@@ -5244,7 +5317,7 @@ class _DashboardRequests:
         self._send(200, dict(result or {}, ok=True))
 
 
-def serve_dashboard(host="127.0.0.1", port=8321, token=None, allow_hosts=()):
+def serve_dashboard(host="127.0.0.1", port=8321, token=None, allow_hosts=(), driver=None, connection=None):
     """Serve the dashboard and /metrics until interrupted; every action needs the token. Bound
     to another address than loopback, it answers reads only for the host names `allow_hosts`
     (as the browser names the server) or with the token."""
@@ -5255,7 +5328,8 @@ def serve_dashboard(host="127.0.0.1", port=8321, token=None, allow_hosts=()):
         raise QueueError(f"--port must be a port number from 0 to 65535, not {port!r}")
     try:
         handler = type("DashboardHandler", (_DashboardRequests, http.server.BaseHTTPRequestHandler),
-                       {"token": token, "loopback": loopback, "allowed": tuple(allow_hosts)})
+                       {"token": token, "loopback": loopback, "allowed": tuple(allow_hosts), "queue_driver": driver,
+                        "queue_connection": connection})
         server = http.server.ThreadingHTTPServer((host, port), handler)
     except (OSError, OverflowError) as exc:
         raise QueueError(f"cannot serve the dashboard on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
@@ -5767,14 +5841,17 @@ def _cmd_clear(args, config):
 
 def _cmd_dashboard(args, config):
     hosts = [h.strip() for h in (args.allow_host or "").split(",") if h.strip()]
-    return serve_dashboard(args.host, args.port, allow_hosts=hosts)
+    return serve_dashboard(args.host, args.port, allow_hosts=hosts, driver=args.driver, connection=args.connection)
 
 
 def _cmd_pause(args, config):
-    counts = status(args.driver, [args.queue], connection=args.connection).get(args.queue, {})
+    try:  # for the warning below only: a pause needs no more than the state store
+        counts = status(args.driver, [args.queue], connection=args.connection).get(args.queue, {})
+    except QueueError:
+        counts = {"ready": None}
     pause(args.queue, args.driver, args.connection)
     print(f"paused {args.queue!r}: workers take no job from it until `python queue.py resume {args.queue}`")
-    if not any(counts.get(k) for k in ("ready", "delayed", "reserved", "failed")):
+    if counts.get("ready") is not None and not any(counts.get(k) for k in ("ready", "delayed", "reserved", "failed")):
         print(f"queue.py: warning: queue {args.queue!r} holds no job now: is the name right?", file=sys.stderr)
     return 0
 
@@ -5873,7 +5950,7 @@ _COMMANDS = [  # name, function, help, arguments
         _arg("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)"),
         _arg("--port", type=int, default=8321, help="port (default 8321)"),
         _arg("--allow-host", help="bound to another address than loopback: the host names a browser may use "
-                                  "to read without the token, comma separated")]),
+                                  "to read without the token, comma separated"), _DRIVER, _CONNECTION]),
     ("pause", _cmd_pause, "workers take no job from this queue until `resume`", [_arg("queue"), _DRIVER, _CONNECTION]),
     ("resume", _cmd_resume, "workers take jobs from this queue again", [_arg("queue"), _DRIVER, _CONNECTION]),
     ("status", _cmd_status, "jobs per queue: ready, delayed, reserved, failed", [
