@@ -493,7 +493,7 @@ class Clock:
     def __init__(self, tz="UTC", timefunc=None, monotonic=None, sleep=None):
         self.tz = _timezone(tz)
         self.timefunc = timefunc or time.time
-        self.monotonic = monotonic or time.monotonic
+        self.monotonic = monotonic or _uptime
         self.sleep = sleep or time.sleep
         self._anchor = None     # (server time, monotonic time) of the last sync
         self.synced = None      # monotonic time of the last sync
@@ -520,6 +520,15 @@ class Clock:
         if not more:
             return _stamp(base + plus)
         return tuple([_stamp(base + s) for s in (plus,) + more])
+
+
+def _uptime():
+    """Seconds since boot, a suspended machine's time included (Linux's CLOCK_BOOTTIME), else
+    the monotonic clock: what a synced clock advances on."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()
+
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
 
 
 def _epoch(stamp):
@@ -1881,12 +1890,13 @@ class _SQLite(_Dialect):
                 name = f"clock:{f.read().strip()}"
         except OSError:
             return None
-        state, zero = self.quote(driver.state_table), time.time() - time.monotonic()
+        up = driver.clock.monotonic
+        state, zero = self.quote(driver.state_table), time.time() - up()
         try:
             cur.execute(f"INSERT INTO {state} (name, value, expires_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
-                        (name, repr(zero), _stamp(zero + time.monotonic() + 400 * 86400)))
+                        (name, repr(zero), _stamp(zero + up() + 400 * 86400)))
             cur.execute(f"SELECT value FROM {state} WHERE name = ?", (name,))
-            return float(cur.fetchone()[0]) + time.monotonic()
+            return float(cur.fetchone()[0]) + up()
         except Exception:  # no state table (yet): the wall clock serves
             return None
 
@@ -2434,7 +2444,7 @@ class DatabaseDriver(Driver, FailedStore):
                 self._create_tables(conn)
                 self._created = True
             self._sync_clock(conn)
-        elif self.dialect.networked and time.monotonic() - (self.clock.synced or 0) > 300:
+        elif self.dialect.networked and self.clock.monotonic() - (self.clock.synced or 0) > 300:
             self._sync_clock(conn)
         return conn
 
@@ -2449,11 +2459,11 @@ class DatabaseDriver(Driver, FailedStore):
         try:
             best = None
             for _ in range(5):
-                sent = time.monotonic()
+                sent = self.clock.monotonic()
                 server = self.dialect.server_time(cur, self)
                 if server is None:
                     return
-                received = time.monotonic()
+                received = self.clock.monotonic()
                 if best is None or received - sent < best[2] - best[1]:
                     best = (server, sent, received)
                 if received - sent <= 0.01:
