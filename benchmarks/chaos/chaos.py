@@ -444,7 +444,8 @@ class MySQLBackend(SQLiteBackend):
 
 
 class PostgresBackend(MySQLBackend):
-    """PostgreSQL (psycopg 3); a restart is `pg_ctlcluster ... restart`."""
+    """PostgreSQL (psycopg 3); a restart is an immediate stop (`pg_ctlcluster ... stop -m immediate`,
+    a crash: the workers' asynchronous commits not yet on disk are lost) and a start (recovery)."""
 
     def connect(self):
         return common.pg_connect()
@@ -452,7 +453,7 @@ class PostgresBackend(MySQLBackend):
     def restart(self):
         down = time.time()
         version = sorted(os.listdir("/etc/postgresql"))[0]
-        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "fast"],
+        subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "stop", "-m", "immediate"],
                        capture_output=True, timeout=120)
         time.sleep(1.0)  # down for a moment: workers must notice
         self.ensure_up()
