@@ -3123,7 +3123,7 @@ class AsyncDriver(Driver):
         if self._pool is None:
             import concurrent.futures as cf
             if self.mode == "multiprocess":
-                self._pool = cf.ProcessPoolExecutor(self.workers)
+                self._pool = cf.ProcessPoolExecutor(self.workers, initializer=_pool_child)
             else:
                 self._pool = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="queue-async")
         return self._pool
@@ -3192,6 +3192,7 @@ class AsyncDriver(Driver):
                 self._executor().submit(self._run, message)
         except RuntimeError:
             if getattr(self._pool, "_broken", False):  # a child died: a new pool
+                self._retire(self._pool)
                 self._pool = None
                 return self._start(message)
             self._run(message)  # the interpreter is shutting down: run it here rather than drop it
@@ -3215,6 +3216,14 @@ class AsyncDriver(Driver):
         finally:
             self._next_in_pool()
             self._finished()
+
+    @staticmethod
+    def _retire(pool):
+        """A broken pool's children are ended for good (SIGKILL): a child whose job ignored the
+        pool's SIGTERM would otherwise outlive it and hold the program's exit."""
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            _guard(process.kill)
+        _guard(pool.shutdown, False)
 
     def _next_in_pool(self):
         """A multiprocess attempt ended: its place in the pool goes to the next one waiting."""
@@ -3289,11 +3298,39 @@ def _attempt_in_child(message, callback):
     spent = worker._spent(message, header)  # past its retry_until deadline: failed unrun
     if spent is not None:
         return spent, None, None
-    envelope, exc, text = worker._attempt(message, header, body)
+    kept = _child_signals()
+    try:
+        envelope, exc, text = worker._attempt(message, header, body)
+    finally:
+        _child_signals(kept)  # what the job did to the child's signals must not reach the next job
     steer = getattr(envelope["job"], "_queue_steer", None) if envelope else None
     if steer and isinstance(steer[1], BaseException):
         steer = (steer[0], _picklable(steer[1]))
     return (exc if exc is None else _picklable(exc)), text, steer
+
+
+def _pool_child():
+    """In each child of the async driver's process pool, before its first job: the child ends
+    when its pool shuts down whatever threads its jobs left (multiprocessing joins every
+    non-daemon thread of a child that ends, and the program's exit would wait for it)."""
+    if hasattr(threading, "_shutdown"):
+        threading._shutdown = lambda: None
+
+
+def _child_signals(kept=None):
+    """A pool child's signal state (SIGTERM, SIGINT, SIGALRM handlers, its mask), or, given one,
+    put back as it was, with no timer pending: the pool's SIGTERM must still end the child."""
+    import _signal
+    sigs = (_signal.SIGTERM, _signal.SIGINT, _signal.SIGALRM)
+    if kept is None:
+        return [_signal.getsignal(sig) for sig in sigs], _signal.pthread_sigmask(_signal.SIG_BLOCK, [])
+    handlers, mask = kept
+    _signal.setitimer(_signal.ITIMER_REAL, 0)
+    for sig, handler in zip(sigs, handlers):
+        if _signal.getsignal(sig) is not handler:
+            _signal.signal(sig, handler)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
+    return None
 
 
 def _picklable(exc):
