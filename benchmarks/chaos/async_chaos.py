@@ -60,7 +60,9 @@ our SIGKILL: a stray alarm's SIGALRM, say) or outlived their broken pool (blamed
 a kind that ignores or blocks SIGTERM it ran); signal state a job found left behind in its child
 by an earlier one (inherited.log: SIGTERM ignored or blocked, SIGALRM blocked, a timer pending);
 fork children left running; a pool shutdown that hung; a program that did not exit (the exit
-check).
+check); a stall: no attempt began or ended for 60 s while jobs were left (the run gives up then,
+and logs what the driver held: its counts, each unbroken pool's attempts under way and whether
+their children live).
 Counted, not limits: attempts cut because the other child of their pool died, runs of one job in
 two processes at once (an attempt's retry begins in the new pool before the old child is gone).
 """
@@ -89,6 +91,7 @@ common, queue, chaosjobs = chaos.common, chaos.queue, chaos.chaosjobs
 
 KINDS = [*chaosjobs.POISON, chaosjobs.BlockAlarm, chaosjobs.Exit, chaosjobs.Die]
 SHUTDOWN_LIMIT = 30.0  # seconds the pool's shutdown may take after join()
+STALL = 60.0  # seconds without an attempt beginning or ending (jobs left) after which the run is a stall
 TERM_KINDS = ("sigign", "sigmask", "sigignrun")  # kinds that leave a child deaf to its pool's SIGTERM
 POISON_COLUMNS = ("pushed", "done", "failed", "lost", "wrong", "cut", "done twice", "failed twice", "failed() > 1",
                   "child deaths", "state left behind", "stray children", "overran", "bad record", "as expected")
@@ -244,6 +247,7 @@ class AsyncChaos:
         self.shutdown_hung = False
         self.killed_at_the_end = []
         self.final_pool, self.shutdown_began = None, None
+        self.joined, self.stalled = True, None
 
     def run(self):
         args, project = self.args, self.project
@@ -271,23 +275,34 @@ class AsyncChaos:
 
         expected = {item.number for item in items + poison}
         done_tail, done_numbers = chaos.Tail(project.path("done.log")), set()
+        runs_tail = chaos.Tail(project.path("runs.log"))
         deadline = time.monotonic() + args.timeout
-        last_check = 0.0
+        last_check, activity, settled_count = 0.0, time.monotonic(), 0
+        self.stalled = None
         while True:
             time.sleep(0.1)
             done_numbers.update(int(line.split()[0]) for line in done_tail.read())
+            if runs_tail.read():
+                activity = time.monotonic()
             if time.monotonic() - last_check < 0.5:
                 continue
             last_check = time.monotonic()
             settled = done_numbers | {job_number(row[1]) for row in failed_rows(project)}
+            if len(settled) != settled_count:
+                settled_count, activity = len(settled), time.monotonic()
             if expected <= settled:
                 say(f"every job is done or failed after {time.time() - started:.1f} s")
                 break
             if time.monotonic() > deadline:
                 say(f"gave up: the run exceeded --timeout {args.timeout:g} s")
                 break
+            if time.monotonic() - activity > STALL:
+                self.stalled = self._driver_state(driver)
+                say(f"gave up: no attempt began or ended for {STALL:g} s while {len(expected - settled)} jobs were "
+                    f"left; the driver: {self.stalled}")
+                break
         children.stop_killing()
-        joined = driver.join(timeout=max(10.0, deadline - time.monotonic()))
+        joined = driver.join(timeout=10.0 if self.stalled else max(10.0, deadline - time.monotonic()))
         self.timings["run"] = time.time() - started
         self.joined = joined
         if not joined:
@@ -331,6 +346,19 @@ class AsyncChaos:
         self.exit_done = done or 0
         say(f"exit check: a program whose job left a thread in its pool child ran {self.exit_done} of 2 jobs and "
             + ("did not exit" if self.exit_hung else "exited") + f" after {self.exit_seconds:.1f} s")
+
+    def _driver_state(self, driver):
+        """What the driver holds when the run stalls: its counts, and each unbroken pool's attempts
+        under way with its children (alive, or dead: a zombie, or gone)."""
+        state = {"pending": driver._pending, "in children": driver._in_children, "waiting": len(driver._waiting),
+                 "timers": len(driver._timers), "pools": []}
+        for pool in self.children.pools:
+            if getattr(pool, "_broken", False) or getattr(pool, "_shutdown_thread", False):
+                continue
+            kids = {pid: "dead" if Children.ended(pid) else "alive" for pid in list(pool._processes or {})}
+            state["pools"].append({"current": pool is driver._pool, "attempts under way": len(pool._pending_work_items),
+                                   "children": kids})
+        return state
 
     def _shut_down(self, driver):
         """Shut the pool down (as the interpreter's exit would) in a thread; one that does not end
@@ -661,6 +689,8 @@ class AsyncChaos:
              ("pool shutdown after join(), seconds", round(self.timings.get("shutdown", 0.0), 1), None),
              (f"  hung (over {SHUTDOWN_LIMIT:g} s; its live children SIGKILLed)", int(self.shutdown_hung), 0),
              ("join() returned (1: yes)", int(self.joined), None),
+             (f"stalled: nothing began or ended for {STALL:g} s with jobs left (driver state in the log)",
+              int(bool(self.stalled)), 0),
              *([("exit check: a program whose job left a thread in a pool child, seconds to exit",
                  round(self.exit_seconds, 1), None),
                 (f"  did not exit within {SHUTDOWN_LIMIT:g} s (killed)", self.exit_hung, 0)]
@@ -680,6 +710,8 @@ class AsyncChaos:
                   ("  poison fork children alive at the end", len(left_alive), 0)]
         r += [("unknown numbers in the record", c["unknown numbers in the record"], 0)]
         violations = [(label.strip(), value) for label, value, limit in r if limit is not None and value > limit]
+        if self.stalled:
+            problems["the driver when the run stalled"].append(self.stalled)
         self.rows, self.violations, self.problems = r, violations, problems
         self.job_deaths = job_deaths
         origin = self.timings.get("start", 0.0)
@@ -727,11 +759,11 @@ class AsyncChaos:
         if children is not None:
             children.stop_killing()
             children._cfp.ProcessPoolExecutor._spawn_process = children._spawn
-            for pid in children.live():  # whatever is left of the pools
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        for pid in own_children():  # whatever is left of the pools (and of the exit check)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             queue.driver()._pool = None
             for key, instance in list(queue._drivers.items()):
@@ -750,6 +782,21 @@ class AsyncChaos:
             say(f"kept {self.project.folder}")
         else:
             shutil.rmtree(self.project.folder, ignore_errors=True)
+
+
+def own_children():
+    """The pids of this program's live child processes (from /proc)."""
+    me, found = os.getpid(), []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == me and fields[0] not in ("Z", "X"):
+                found.append(int(name))
+    return found
 
 
 def parse_args(argv=None):
@@ -800,6 +847,9 @@ def main(argv=None):
             json.dump(run.summary(), f, indent=1, default=str)
     sys.stdout.flush()
     sys.stderr.flush()
+    if not run.joined:  # the driver still holds jobs: the interpreter's exit would wait for them (atexit)
+        logging.shutdown()
+        os._exit(status)
     return status
 
 
