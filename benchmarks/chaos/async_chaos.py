@@ -33,8 +33,10 @@ default and a failed store on --connection, default sqlite; the program's workin
 4. unless --skip thread: the exit check (see AsyncChaos.exit_check): a small program pushes one job
    that leaves a non-daemon thread in its pool child, joins and exits; it must exit within 30 s.
 
-How a child ended: SIGKILLed by this program; terminated (SIGTERM) by its pool when the pool
-broke; os._exit (the die kind); shut down with the last pool (status 0, or 1: a child forked by a
+How a child ended: SIGKILLed by this program; ended with its pool when the pool broke (SIGTERM
+by the pool, or SIGKILL by queue.py, which ends a broken pool's children); os._exit (the die kind);
+left to the end in a pool that never broke and was not the last (two threads of the program made a
+pool at once and one was dropped: counted, not a limit); shut down with the last pool (status 0, or 1: a child forked by a
 thread other than the main one, as queue.py's later pools are, fails threading._shutdown() with
 "cannot join current thread" as it exits); outlived its broken pool: it exited (0 or 1) before
 the end, or still ran then, although its pool broke: a job had left SIGTERM ignored or blocked in
@@ -448,7 +450,8 @@ class AsyncChaos:
             (our SIGKILL's time, a die job's os._exit line, else when the watcher saw it dead)."""
             times = [ch.killed[pid] if pid in ch.killed else last_line[pid] if status_of.get(pid) == chaosjobs.EXIT_CODE
                      and pid in last_line else dead[pid]
-                     for pid in members[pool] if pid in dead and status_of.get(pid) not in (0, 1, -signal.SIGTERM)]
+                     for pid in members[pool] if pid in dead and (pid in ch.killed or status_of.get(pid) not in (
+                         0, 1, -signal.SIGTERM, -signal.SIGKILL))]  # SIGTERM, SIGKILL: the pool's (queue.py's) own
             return min(times) if times else None
 
         breaks = {pool: broke_at(pool) for pool in members}
@@ -459,12 +462,13 @@ class AsyncChaos:
                 return "hung at the shutdown"
             if pid in ch.killed and status in (None, -signal.SIGKILL):
                 return "killed"
-            if status is None and pid not in dead:
-                return "shut down" if pool == final and not self.shutdown_hung else "outlived its broken pool"
-            if status in (0, 1):
-                return "shut down" if pool == final and dead.get(pid, self.ended) >= shutdown_at \
-                    else "outlived its broken pool"
-            if status == -signal.SIGTERM:
+            if (status is None and pid not in dead) or status in (0, 1):
+                if pool == final and (status is None or dead.get(pid, self.ended) >= shutdown_at):
+                    return "hung at the shutdown" if self.shutdown_hung else "shut down"
+                # a pool that never broke and was not the last: made at the same time as another
+                # (two threads of the program saw no pool), dropped, its children left to the end
+                return "outlived its broken pool" if breaks.get(pool) is not None else "orphaned pool"
+            if status in (-signal.SIGTERM, -signal.SIGKILL):  # its pool broke: queue.py ends the others
                 return "terminated"
             if status == chaosjobs.EXIT_CODE:
                 return "os._exit"
@@ -679,9 +683,10 @@ class AsyncChaos:
              ("  of them for over 0.5 s", c["ran in two processes at once for over 0.5 s"], None),
              ("pool children started", len(ch.procs), None),
              ("  SIGKILLed by this program", causes["killed"], None),
-             ("  terminated with their broken pool (SIGTERM)", causes["terminated"], None),
+             ("  ended with their broken pool (its SIGTERM, or queue.py's SIGKILL)", causes["terminated"], None),
              ("  ended by os._exit() jobs", causes["os._exit"], None),
              ("  shut down with the last pool", causes["shut down"], None),
+             ("  of pools made at once by two threads and dropped (alive to the end)", causes["orphaned pool"], None),
              ("  died of a job, or outlived their broken pool (kinds below)", len(job_deaths), 0),
              ("    outlived their broken pool (SIGTERM ignored or blocked by a job)", causes["outlived its broken pool"], None),
              ("    runs in them that ended after their pool broke (counted failed)", stale_runs, None),
