@@ -764,6 +764,12 @@ class AsyncChaos:
         if children is not None:
             children.stop_killing()
             children._cfp.ProcessPoolExecutor._spawn_process = children._spawn
+        if not self.joined:  # the driver's threads go on making pools: no more children from now on
+            import concurrent.futures.process as cfp
+
+            def refuse(pool):
+                raise SystemExit("async_chaos: the run is over")  # ends the thread that asks, quietly
+            cfp.ProcessPoolExecutor._spawn_process = refuse
         for pid in own_children():  # whatever is left of the pools (and of the exit check)
             try:
                 os.kill(pid, signal.SIGKILL)
