@@ -266,3 +266,20 @@ def wait_for(predicate, timeout, what, every=0.05, proc=None):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not within {timeout:g} s")
         time.sleep(every)
+
+
+def table(title, header, groups, lines):
+    """A plain-text table under its title: the first and last columns left-aligned, the others
+    right-aligned, a blank line between rows of different groups (backends)."""
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if 0 < i < len(cells) - 1 else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    out, last = [title, line(header), line(["-" * w for w in widths])], None
+    for group, cells in zip(groups, lines):
+        if last is not None and group != last:
+            out.append("")
+        out.append(line(cells))
+        last = group
+    return "\n".join(out)

@@ -301,22 +301,10 @@ def table(rows, meta):
         lines.append([r["backend"], f"{r['n']:,}", f(r.get("push_s"), 1), f(r.get("drain_us"), 0), f(r.get("status_s")),
                       f(r.get("state_s")), f(r.get("metrics_s")), f(r.get("dashboard_mib"), 1), f(r.get("retry_s")),
                       f(r.get("retry_mib"), 1), f(r.get("flush_s")), note])
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-
-    def line(cells):
-        return "  ".join(str(c).rjust(w) if 0 < i < len(cells) - 1 else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    out = [f"queue.py {meta['queue_py']} at scale: N ready jobs + N failed rows; command times are wall times of "
-           f"`python queue.py ...` (start-up included: `python queue.py --version` takes {meta['startup_ms']:.0f} ms); "
-           f"RSS is the process's own VmHWM; {meta['cpus']} CPUs",
-           line(header), line(["-" * w for w in widths])]
-    last = None
-    for r, cells in zip(rows, lines):
-        if last is not None and r["backend"] != last:
-            out.append("")
-        out.append(line(cells))
-        last = r["backend"]
-    return "\n".join(out)
+    return common.table(f"queue.py {meta['queue_py']} at scale: N ready jobs + N failed rows; command times are "
+                        f"wall times of `python queue.py ...` (start-up included: `python queue.py --version` takes "
+                        f"{meta['startup_ms']:.0f} ms); RSS is the process's own VmHWM; {meta['cpus']} CPUs",
+                        header, [r["backend"] for r in rows], lines)
 
 
 def parse_args(argv=None):

@@ -227,22 +227,10 @@ def table(rows, args):
                       f"{r['over'] * 100:.1f}%" if has else "-", r["never"], r["twice"],
                       f"{r['push_p50_ms']:.1f}/{r['push_p99_ms']:.1f}/{r['push_max_ms']:.0f}",
                       r["late_pushes"], "/".join(map(str, r["per_worker"]))])
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-
-    def line(cells):
-        return "  ".join(str(c).rjust(w) if 0 < i < len(cells) - 1 else str(c).ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    out = [f"queue.py {common.queue_py_id(queue)} trickle: {args.rate:g} jobs/s for {args.seconds:g} s (after {args.warmup:g} s "
-           f"of warm-up), one push() at a time, into `python queue.py work` at defaults; push-to-start = "
-           f"handle() start - time.time() before push(); {os.cpu_count()} CPUs",
-           line(header), line(["-" * w for w in widths])]
-    last = None
-    for r, cells in zip(rows, lines):
-        if last is not None and r["backend"] != last:
-            out.append("")
-        out.append(line(cells))
-        last = r["backend"]
-    return "\n".join(out)
+    return common.table(f"queue.py {common.queue_py_id(queue)} trickle: {args.rate:g} jobs/s for {args.seconds:g} s "
+                        f"(after {args.warmup:g} s of warm-up), one push() at a time, into `python queue.py work` at "
+                        f"defaults; push-to-start = handle() start - time.time() before push(); {os.cpu_count()} CPUs",
+                        header, [r["backend"] for r in rows], lines)
 
 
 def parse_args(argv=None):
