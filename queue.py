@@ -244,6 +244,7 @@ def _choice(*options):
 
 
 _string = _kind(lambda v: isinstance(v, str), "a string")
+_maybe_string = _kind(lambda v: v is None or isinstance(v, str), "None or a string")
 _flag = _kind(lambda v: isinstance(v, bool), "True or False")
 _mapping = _kind(lambda v: isinstance(v, dict), "a dict")
 _whole = _kind(lambda v: type(v) is int and v >= 1, "a whole number of at least 1")
@@ -1132,16 +1133,18 @@ def _task_call(fn, args, kwargs):
 
 
 # Flow control #################################################################################
-# Rate limits, concurrency limits and unique jobs live in the state table of the database
-# driver's connection (the one that keeps failed jobs), so they hold across every worker process
-# and host that shares it, whatever driver runs the jobs. Hosts that share limits must point
-# that connection at one MySQL/MariaDB server, not at a SQLite file of their own.
-_leases = {}  # slot name -> [holder, seconds, last renewed]: funnel slots held here (a worker renews them)
+# Rate limits, concurrency limits and unique jobs live in the StateStore of the driver that runs
+# the job (its `failed` setting: the database driver's connection by default, Redis's own server),
+# so they hold across every worker process and host that shares it. Hosts that share limits must
+# point it at one server, not at a SQLite file of their own.
+_leases = {}  # slot name -> [holder, seconds, last renewed, store]: funnel slots held here (a worker renews them)
+_here = threading.local()  # .state: the StateStore of the driver whose job this thread runs
 
 
 def _state():
-    """The database driver whose state table keeps the counters, slots and locks."""
-    return _driver("database")
+    """The StateStore of the driver whose job this thread runs, else of the default driver."""
+    store = getattr(_here, "state", None)
+    return store if store is not None else _driver().state_store()
 
 
 def _holder():
@@ -1164,10 +1167,10 @@ class _Limit:
         self.hold, self.holder, self.slot, self.retry_after = float(hold), _holder(), None, 0.0
 
     def __enter__(self):
-        store = _state()
-        self.slot = store.take_slot(self.names, self.hold, self.holder)
+        self.store = _state()
+        self.slot = self.store.take_slot(self.names, self.hold, self.holder)
         if self.slot is None:
-            self.retry_after = store.slots_free_in(self.names)
+            self.retry_after = self.store.slots_free_in(self.names)
         return self.slot is not None
 
     def __exit__(self, *exc_info):
@@ -1184,13 +1187,13 @@ class _Funnel(_Limit):
     def __enter__(self):
         taken = super().__enter__()
         if taken:
-            _leases[self.slot] = [self.holder, self.hold, time.monotonic()]
+            _leases[self.slot] = [self.holder, self.hold, time.monotonic(), self.store]
         return taken
 
     def __exit__(self, *exc_info):
         if self.slot is not None:
             _leases.pop(self.slot, None)
-            _state().hold_slot(self.slot, self.holder, 0)  # free at once
+            self.store.hold_slot(self.slot, self.holder, 0)  # free at once
             self.slot = None
         return False
 
@@ -1212,10 +1215,10 @@ def _renew_leases():
     """Renew the funnel slots this process holds, each a third of its time before it would end
     (the worker's keeper calls it four times a second)."""
     for slot, lease in list(_leases.items()):
-        holder, hold, renewed = lease
+        holder, hold, renewed, store = lease
         if time.monotonic() - renewed >= hold / 3:
             lease[2] = time.monotonic()
-            _state().hold_slot(slot, holder, hold)
+            store.hold_slot(slot, holder, hold)
 
 
 class RateLimited:
@@ -1288,15 +1291,15 @@ def _skip_scan(table):
             "WHERE queue IS NOT NULL")
 
 
-def _free_unique_locks(payloads):
-    """Free the unique locks of jobs deleted unrun (clear): the lock goes with its job."""
+def _free_unique_locks(store, payloads):
+    """Free the unique locks of jobs deleted unrun (clear) in `store`: the lock goes with its job."""
     for payload in payloads:
         try:
             header = open_payload(payload)[0] or {}
         except BadPayload:
             continue
         if header.get("unique"):
-            _state().unlock(*header["unique"])
+            store.unlock(*header["unique"])
 
 
 def _unique_lock(job):
@@ -1349,8 +1352,9 @@ class Driver:
 
     name = None        # the name in DRIVERS; a subclass with a name is registered under it
     registry = {}      # name -> driver class
-    defaults = {"queue": "default", "attempts": 3, "poll": 1, "tz": "UTC", "callback": "handle"}
-    kinds = {"queue": _queue_kind, "attempts": _whole, "poll": _seconds, "tz": _zone, "callback": _string}
+    defaults = {"queue": "default", "attempts": 3, "poll": 1, "tz": "UTC", "callback": "handle", "failed": None}
+    kinds = {"queue": _queue_kind, "attempts": _whole, "poll": _seconds, "tz": _zone, "callback": _string,
+             "failed": _maybe_string}
     keep_every = 30.0  # seconds between keep() calls while a job runs
     shared = True      # other processes (`python queue.py work`) see the jobs it stores
     interrupt = None   # a worker's stop flag: reconnect loops give up soon after it is set
@@ -1373,7 +1377,7 @@ class Driver:
         messages = self.messages(jobs, queue, delay, chain, chain_queue)
         locked = [m for m in messages if m.lock]
         if locked:
-            store = _state()
+            store = self.state_store()
             messages = [m for m in messages if not m.lock or store.lock(*m.lock)]
             try:
                 self.put(messages) if messages else None
@@ -1497,15 +1501,30 @@ class Driver:
         """A worker is about to pop() from `count` threads at once (each of them then close()s);
         a driver that shares one connection among them makes room for that many jobs."""
 
-    # where this driver's failed jobs and state go
+    # where this driver's failed jobs and state live (its `failed` setting)
+    own_stores = False  # True: the driver keeps them itself (own_failed and own_state), by default
+
+    def _keeper(self):
+        """The driver whose own stores keep this driver's failed jobs and state: itself where it
+        can keep them (`failed` is its own name, or unset on a driver that keeps its own), else
+        the database driver on the DATABASES connection `failed` names (default: its own)."""
+        where = self.options.get("failed")
+        if where == self.name or (where is None and self.own_stores):
+            if not self.own_stores:
+                raise ConfigError(f"DRIVERS[{self.name!r}]['failed']: the {self.name} driver cannot keep failed "
+                                  "jobs itself; name a DATABASES connection")
+            return self
+        if where is not None:
+            self.config.database(where, f"DRIVERS[{self.name!r}]['failed'] (a DATABASES connection, or {self.name!r})")
+        return _driver("database", where)
+
     def state_store(self):
-        """The database driver whose state table keeps this driver's workers, pauses and metrics."""
-        return _driver("database")
+        """The StateStore that keeps this driver's flow control, unique locks, pauses, workers and metrics."""
+        return self._keeper().own_state
 
     def failed_store(self):
-        """The database driver whose failed_table keeps this driver's failed jobs (or None)."""
-        store = _driver("database")
-        return store if store.failed_table else None
+        """The FailedStore that keeps this driver's failed jobs (None: they are not kept)."""
+        return self._keeper().own_failed
 
     def fail(self, message, record):
         """Fail a message for good: keep it in the failed store with its record (the exception and
@@ -1549,6 +1568,58 @@ class FailedStore:
     def retry_failed(self, ids=None, queue=None, target=None):
         """Put failed jobs back on their queue; yield each row moved."""
         raise NotImplementedError
+
+
+class StateStore:
+    """What workers of every process and host that share a driver agree on: the interface that
+    flow control (throttle, funnel, middleware), unique jobs, max_exceptions, pauses, the worker
+    registry and metrics use, and nothing else. Names are strings up to 255 characters; values
+    are short strings (a counter's is a number). Every entry expires: a read never sees an
+    entry whose time is up, whether or not prune() has deleted it. Each method is atomic across
+    every process and host that shares the store. `retry_after`: the default hold of a funnel."""
+
+    retry_after = 90.0
+
+    def take_slot(self, names, hold, holder):
+        """Lease to `holder` for `hold` seconds the first of the slots `names` that is free (never
+        used, or its lease ended); its name, or None when every one is held."""
+        raise NotImplementedError
+
+    def slots_free_in(self, names):
+        """Seconds until the first of the slots `names` frees (0.0 if one is free)."""
+        raise NotImplementedError
+
+    def hold_slot(self, name, holder, hold):
+        """Extend (hold > 0) or end (hold = 0) the lease `holder` has on slot `name`; a slot it
+        no longer holds is left as it is."""
+        raise NotImplementedError
+
+    def lock(self, name, holder, ttl):
+        """Take the lock `name` for `ttl` seconds if it is free or expired (or `holder` has it); True if taken."""
+        raise NotImplementedError
+
+    def unlock(self, name, holder=None, retry=True):
+        """Delete the entry `name` (a lock, a counter, a pause); with a holder, only if that holder has it."""
+        raise NotImplementedError
+
+    def value_of(self, name):
+        """The value of a live entry (a string, or a number for a counter); None if missing or expired."""
+        raise NotImplementedError
+
+    def add_to(self, name, amount=1, ttl=3600.0):
+        """Add `amount` to the counter `name` (0 if missing or expired), keep it `ttl` s more; its new value."""
+        raise NotImplementedError
+
+    def entries(self, prefix, retry=True):
+        """{name: value} of the live entries whose name starts with `prefix`."""
+        raise NotImplementedError
+
+    def put_entries(self, entries, adds=(), retry=True):
+        """All or none: set entries [(name, value, ttl)] and add to counters [(name, amount, ttl)]."""
+        raise NotImplementedError
+
+    def prune(self, retry=True):
+        """Delete expired entries (a worker calls it every minute; a store that expires on its own need not)."""
 
 
 _drivers = {}
@@ -1610,6 +1681,8 @@ def _drop_connections():
 
 
 def _forget_drivers_after_fork():
+    global _drivers_lock, _config_lock
+    _drivers_lock, _config_lock = threading.Lock(), threading.RLock()  # another thread may have held them
     _drivers.clear()  # a child process must never use its parent's connections
     _id_state[:] = [os.urandom(6).hex(), 0]
 
@@ -2334,7 +2407,7 @@ def _in_order(rows, queue_name):
     return [(row[0], queue_name, row[1], row[2], row[3]) for row in sorted(rows, key=lambda row: row[0])]
 
 
-class DatabaseDriver(Driver, FailedStore):
+class DatabaseDriver(Driver):
     """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
     worker finished since its last claim, selects the next ready jobs in queue priority order (up
     to `prefetch` short ones) and reserves them by moving `available_at` to now + retry_after. A
@@ -2364,6 +2437,8 @@ class DatabaseDriver(Driver, FailedStore):
         self._local = threading.local()
         self._reconnecting = False
         self._sql = self._statements()
+        self.own_state = _SQLState(self)
+        self.own_failed = _SQLFailed(self) if self.failed_table else None
 
     def _statements(self):
         """Every SQL statement of the driver, in one place."""
@@ -2669,7 +2744,8 @@ class DatabaseDriver(Driver, FailedStore):
         twin._sql = twin._statements()
         cur = raw.cursor()
         try:
-            kept = [m for m in messages if not m.lock or twin._take_lock(
+            locks = _SQLState(twin)
+            kept = [m for m in messages if not m.lock or locks._take_lock(
                 lambda statements: _Dialect.script(twin.dialect, cur, statements), *m.lock)]
             for sql, params in self._writes(kept, twin):
                 cur.execute(sql, params)
@@ -2841,7 +2917,7 @@ class DatabaseDriver(Driver, FailedStore):
 
     def clear(self, queue, batch=1000):
         now, count = self.clock.now(), 0
-        locks = bool(_state().entries("unique:"))  # else no payload need be read
+        locks = bool(self.state_store().entries("unique:"))  # else no payload need be read
         select = self._sql["clearable"].format(columns="id, payload" if locks else "id, NULL")
 
         def delete(cur):
@@ -2852,16 +2928,55 @@ class DatabaseDriver(Driver, FailedStore):
             return rows
         while True:
             rows = self._execute(lambda cur: self._transaction(cur, delete))
-            _free_unique_locks(_as_bytes(payload) for _, payload in rows) if locks else None
+            _free_unique_locks(self.state_store(), (_as_bytes(payload) for _, payload in rows)) if locks else None
             count += len(rows)
             if len(rows) < batch:
                 return count
 
-    # shared state: the state table, seen by every worker of every host that shares the database
+    def close(self):
+        try:
+            self.put_back()
+            self._delete_acked()
+        finally:
+            self._drop()
+
+    def _delete_acked(self):
+        done = self._acked()
+        if done:
+            self._execute(lambda cur: cur.execute(f"{self._sql['delete']}({self.dialect.marks(len(done))})", done),
+                          retry="forever")
+            del done[:]
+
+    # where its failed jobs and state live: its own connection (unless `failed` names another)
+    own_stores = True
+
+    def fail(self, message, record):
+        """Into this driver's own failed table and out of the jobs table in one transaction."""
+        if self.own_failed is None or self.failed_store() is not self.own_failed:
+            return super().fail(message, record)
+        now = self.clock.now()
+        self._write_once([(self._sql["add_failed"], (self.name, self.connection, message.queue, message.name,
+                                                     message.payload, record, now, now)),
+                          (f"{self._sql['delete']}({self.dialect.param})", (message.id,))], retry="forever",
+                         durable=True)  # on disk before failed() runs: it runs once
+        return True
+
+class _SQLState(StateStore):
+    """The state store on a database connection: the state table, seen by every worker of every
+    host that shares the database. Its writes go through the job driver's connections."""
+
+    def __init__(self, db):
+        self.db, self.dialect, self._sql = db, db.dialect, db._sql
+        self.retry_after = db.retry_after
+
+    @property
+    def clock(self):
+        return self.db.clock  # the driver's (a test may put in a clock of its own)
+
     def prune(self, retry=True):
         """Delete expired entries of the state table (a worker does it every minute)."""
         now = self.clock.now()
-        self._execute(lambda cur: cur.execute(self._sql["prune"], (now,)), retry)
+        self.db._execute(lambda cur: cur.execute(self._sql["prune"], (now,)), retry)
 
     def take_slot(self, names, hold, holder):
         """Lease one of the slots `names` that is free (never used, or its lease ended) to
@@ -2880,7 +2995,7 @@ class DatabaseDriver(Driver, FailedStore):
             if not rows and self._missing_slots(cur, names):  # first use, or pruned: make them, then again
                 rows = d.script(cur, [take, which])
             return rows[0][0] if rows else None
-        return self._execute(attempt)
+        return self.db._execute(attempt)
 
     def _missing_slots(self, cur, names):
         have = {row[0] for row in self.dialect.script(cur, [(self._sql["slots"] + f"({self.dialect.marks(len(names))})",
@@ -2894,12 +3009,12 @@ class DatabaseDriver(Driver, FailedStore):
     def hold_slot(self, name, holder, hold):
         """Extend (hold > 0) or end (hold = 0) a lease that `holder` has on slot `name`."""
         values = (self.clock.now(hold), name, holder)
-        self._execute(lambda cur: cur.execute(self._sql["hold"], values))
+        self.db._execute(lambda cur: cur.execute(self._sql["hold"], values))
 
     def slots_free_in(self, names):
         """Seconds until the first of the slots `names` is free (0 if one is)."""
         sql = self._sql["slots"] + f"({self.dialect.marks(len(names))})"
-        rows = self._execute(lambda cur: (cur.execute(sql, tuple(names)), cur.fetchall())[1])
+        rows = self.db._execute(lambda cur: (cur.execute(sql, tuple(names)), cur.fetchall())[1])
         if len(rows) < len(names):
             return 0.0
         first = min(_epoch(str(row[1])) for row in rows)
@@ -2907,7 +3022,7 @@ class DatabaseDriver(Driver, FailedStore):
 
     def lock(self, name, holder, ttl):
         """Take the lock `name` for `ttl` seconds if it is free or expired; True if taken."""
-        return self._execute(lambda cur: self._take_lock(lambda statements: self.dialect.script(cur, statements),
+        return self.db._execute(lambda cur: self._take_lock(lambda statements: self.dialect.script(cur, statements),
                                                          name, holder, ttl))
 
     def _take_lock(self, script, name, holder, ttl):
@@ -2920,18 +3035,18 @@ class DatabaseDriver(Driver, FailedStore):
     def unlock(self, name, holder=None, retry=True):
         """Free the lock (or counter) `name`; with a holder, only if that holder has it."""
         sql, values = (self._sql["unlock"], (name,)) if holder is None else (self._sql["unlock_held"], (name, holder))
-        self._execute(lambda cur: cur.execute(sql, values), retry)
+        self.db._execute(lambda cur: cur.execute(sql, values), retry)
 
     def value_of(self, name):
         """The value of an entry of the state table (a counter as a number), None if missing or expired."""
         now = self.clock.now()
-        rows = self._execute(lambda cur: (cur.execute(self._sql["current"], (name, now)), cur.fetchall())[1])
+        rows = self.db._execute(lambda cur: (cur.execute(self._sql["current"], (name, now)), cur.fetchall())[1])
         return rows[0][0] if rows else None
 
     def entries(self, prefix, retry=True):
         """{name: value} of the live entries of the state table whose name starts with `prefix`."""
         values = (prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), self.clock.now())
-        return dict(self._execute(lambda cur: (cur.execute(self._sql["entries"], values), cur.fetchall())[1], retry))
+        return dict(self.db._execute(lambda cur: (cur.execute(self._sql["entries"], values), cur.fetchall())[1], retry))
 
     def put_entries(self, entries, adds=(), retry=True):
         """In one transaction: set entries [(name, value, ttl)] and add to counters [(name, amount, ttl)]."""
@@ -2940,7 +3055,7 @@ class DatabaseDriver(Driver, FailedStore):
         statements += [(self._sql["add"], (name, amount, _stamp(now + ttl), _stamp(now), amount, amount,
                                            _stamp(now + ttl))) for name, amount, ttl in adds]
         if statements:
-            self._write_once(statements, retry)
+            self.db._write_once(statements, retry)
 
     def add_to(self, name, amount=1, ttl=3600.0):
         """Add `amount` to the counter `name` (0 if missing or expired), keep it `ttl` seconds
@@ -2953,39 +3068,18 @@ class DatabaseDriver(Driver, FailedStore):
                                   (self._sql["value"], (name,))])
             d.script(cur, [("COMMIT", ())])
             return int(float(rows[0][0]))
-        return self._execute(lambda cur: self._transaction(cur, add, begin=False))
+        return self.db._execute(lambda cur: self.db._transaction(cur, add, begin=False))
 
-    def close(self):
-        try:
-            self.put_back()
-            self._delete_acked()
-        finally:
-            self._drop()
 
-    def _delete_acked(self):
-        done = self._acked()
-        if done:
-            self._execute(lambda cur: cur.execute(f"{self._sql['delete']}({self.dialect.marks(len(done))})", done),
-                          retry="forever")
-            del done[:]
+class _SQLFailed(FailedStore):
+    """The failed store on a database connection: the failed_table."""
 
-    # the failed store
-    def failed_store(self):
-        return self if self.failed_table else None
+    def __init__(self, db):
+        self.db, self.dialect, self._sql = db, db.dialect, db._sql
 
-    def state_store(self):
-        return self
-
-    def fail(self, message, record):
-        """Into this driver's own failed table and out of the jobs table in one transaction."""
-        if self.failed_store() is not self:
-            return super().fail(message, record)
-        now = self.clock.now()
-        self._write_once([(self._sql["add_failed"], (self.name, self.connection, message.queue, message.name,
-                                                     message.payload, record, now, now)),
-                          (f"{self._sql['delete']}({self.dialect.param})", (message.id,))], retry="forever",
-                         durable=True)  # on disk before failed() runs: it runs once
-        return True
+    @property
+    def clock(self):
+        return self.db.clock  # the driver's (a test may put in a clock of its own)
 
     def add_failed(self, driver_name, connection, message, exception):
         """Keep a failed job: its payload, and its exception with the full traceback. A message
@@ -2993,9 +3087,9 @@ class DatabaseDriver(Driver, FailedStore):
         before the ack, it comes back and is failed again; that second time returns False."""
         now, week = self.clock.now(), 7 * 86400.0
         marker = f"failed:{driver_name}:{message.queue}:{message.id}" if message.id else None
-        if marker and self.value_of(marker) is not None:
+        if marker and self.db.own_state.value_of(marker) is not None:
             return False
-        self._write_once([(self._sql["add_failed"], (driver_name, connection, message.queue, message.name,
+        self.db._write_once([(self._sql["add_failed"], (driver_name, connection, message.queue, message.name,
                                                      message.payload, exception, now, now))]
                          + ([(self._sql["set"], (marker, "1", self.clock.now(week)))] if marker else []),
                          retry="forever")
@@ -3012,7 +3106,7 @@ class DatabaseDriver(Driver, FailedStore):
         def select(cur):
             cur.execute(sql, list(ids or ()))
             return [dict(zip(columns, row)) for row in cur.fetchall()]
-        return self._execute(select)
+        return self.db._execute(select)
 
     def forget(self, ids=None, older_than=None, batch=10000):
         """Delete failed jobs (all when ids is None, or those failed over `older_than` seconds
@@ -3037,7 +3131,7 @@ class DatabaseDriver(Driver, FailedStore):
             cur.execute(self._sql["forget"] + where + bound[0], params + bound[1])
             return cur.rowcount, last is not None
         while True:
-            deleted, more = self._execute(delete)
+            deleted, more = self.db._execute(delete)
             count += deleted
             if not more:
                 return count
@@ -3049,9 +3143,9 @@ class DatabaseDriver(Driver, FailedStore):
             result = {}
             for (name,) in cur.fetchall():
                 cur.execute(self._sql["failed_count"], (name,))
-                result[name] = self._past_cap(cur, cur.fetchone()[0], "failed_rows", (name,))
+                result[name] = self.db._past_cap(cur, cur.fetchone()[0], "failed_rows", (name,))
             return result
-        return self._execute(count)
+        return self.db._execute(count)
 
     def retry_failed(self, ids=None, queue=None, target=None, batch=200):
         """Put failed jobs (all, or those of `ids`) back at the end of their queue (or `queue`),
@@ -3065,7 +3159,7 @@ class DatabaseDriver(Driver, FailedStore):
             where = f" WHERE id IN ({d.marks(len(ids))})" if ids else ""
             select = sql["failed"].format(columns="id, driver, connection, queue, name, payload", where=where,
                                           order="ASC", limit=batch) + d.skip_locked
-            moved = self._execute(lambda cur: self._transaction(
+            moved = self.db._execute(lambda cur: self.db._transaction(
                 cur, lambda c: self._move(c, select, ids, queue, target)))
             yield from moved
             if not moved or ids:
@@ -3079,15 +3173,15 @@ class DatabaseDriver(Driver, FailedStore):
             row["queue"] = queue or row["queue"]
             payload = _as_bytes(row["payload"])
             payload = readdress(payload, row["queue"]) if queue else payload
-            driver = target(row) if target else self
+            driver = target(row) if target else self.db
             message = Message(None, row["queue"], row["name"], payload, 0, 0.0)
-            if driver is self:
+            if driver is self.db:
                 mine.append((row["name"], row["queue"], payload, 0, now, now))
             else:
                 driver.put([message])
             row["target"] = driver
         if rows:
-            self.dialect.script(cur, self._inserts(mine) + [
+            self.dialect.script(cur, self.db._inserts(mine) + [
                 (self._sql["forget"] + f" WHERE id IN ({self.dialect.marks(len(rows))})", [r["id"] for r in rows])])
         return rows
 
@@ -3111,6 +3205,7 @@ class AsyncDriver(Driver):
         self.workers = options["workers"]
         self.worker = Worker(self, attempts=options["attempts"], callback=options["callback"])
         self._pool = None
+        self._pool_lock = threading.Lock()  # one thread at a time makes, replaces or forks into a pool
         self._pending = 0
         self._idle = threading.Condition()
         self._timers = set()
@@ -3181,21 +3276,35 @@ class AsyncDriver(Driver):
         self._start(message)
 
     def _start(self, message):
+        if self.mode == "multiprocess":
+            return self._start_in_child(message)
         try:
-            if self.mode == "multiprocess":
-                future = self._executor().submit(_attempt_in_child, message, self.worker.callback)
-                # settled on a thread of its own: a broken pool calls back under its own lock
-                # (Python 3.12+), which a release or the next submit() would wait for forever
-                future.add_done_callback(lambda f: threading.Thread(target=self._settle_child, args=(message, f),
-                                                                    name="queue-async-settle", daemon=True).start())
-            else:
-                self._executor().submit(self._run, message)
+            self._executor().submit(self._run, message)
         except RuntimeError:
-            if getattr(self._pool, "_broken", False):  # a child died: a new pool
-                self._retire(self._pool)
-                self._pool = None
-                return self._start(message)
             self._run(message)  # the interpreter is shutting down: run it here rather than drop it
+
+    def _start_in_child(self, message):
+        """Submit an attempt to the process pool. Pools are made, replaced and forked into (a
+        submit() may fork) by one thread at a time: a child forked by one thread while another
+        forks inherits the other's pipes, and its pool would never see that child die. A broken
+        pool is replaced once, by whichever thread finds it broken first."""
+        with self._pool_lock:
+            future = None
+            while future is None:
+                pool = self._executor()
+                try:
+                    future = pool.submit(_attempt_in_child, message, self.worker.callback)
+                except RuntimeError:
+                    if not getattr(pool, "_broken", False):
+                        break  # the interpreter is shutting down
+                    self._retire(pool)  # a child died: a new pool
+                    self._pool = None
+        if future is None:
+            return self._run(message)  # at exit: run it here rather than drop it
+        # settled on a thread of its own: a broken pool calls back under its own lock (Python
+        # 3.12+), which a release or the next submit() would wait for forever
+        future.add_done_callback(lambda f: threading.Thread(target=self._settle_child, args=(message, f),
+                                                            name="queue-async-settle", daemon=True).start())
 
     def _run(self, message):
         try:
@@ -3648,7 +3757,7 @@ class AMQPDriver(Driver):
         which holds every queue's, cannot be taken out: a clear mark in the state store makes
         workers drop those pushed before it when they come due (_cleared)."""
         self.state_store().put_entries([(f"cleared:{queue}", repr(time.time()), _MAX_PUSH_DELAY)])
-        locks = bool(_state().entries("unique:"))
+        locks = bool(self.state_store().entries("unique:"))
 
         def purge(connection):
             pika, count = sys.modules["pika"], 0
@@ -3663,7 +3772,7 @@ class AMQPDriver(Driver):
                         if method is None:
                             break
                         count += 1
-                        _free_unique_locks([body])
+                        _free_unique_locks(self.state_store(), [body])
                 except pika.exceptions.ChannelClosedByBroker:
                     pass  # no such queue
             return count
@@ -4128,7 +4237,7 @@ class MemoryDriver(Driver):
             payloads = [self._jobs[job_id].payload for job_id in gone]
             for job_id in gone:
                 del self._jobs[job_id], self._entry[job_id]
-        _free_unique_locks(payloads)
+        _free_unique_locks(self.state_store(), payloads)
         return len(gone)
 
     def stats(self, queues=None):
@@ -4537,9 +4646,7 @@ class Worker:
         self._paused.update(paused)
 
     def _prune(self):
-        store = self.driver.failed_store()
-        if store is not None:
-            store.prune(retry=False)
+        self.driver.state_store().prune(retry=False)
 
     # one job: deciding, attempting, settling
     def process(self, message, outcome=None):
@@ -4547,13 +4654,17 @@ class Worker:
         elsewhere); return 'done', 'released', 'failed' or 'deleted'. A unique job's lock is
         freed once it has ended."""
         started, began = time.monotonic(), self.driver.clock.time()
-        status, header = self._process(message, outcome)
+        kept, _here.state = getattr(_here, "state", None), self.driver.state_store()  # the job's flow control
+        try:
+            status, header = self._process(message, outcome)
+        finally:
+            _here.state = kept
         ready = (header or {}).get("ready")
         self.tally.record(message.name, status, time.monotonic() - started,
                           began - ready if isinstance(ready, (int, float)) else None, began)
         unique = (header or {}).get("unique")
         if unique and status != "released":
-            _, exc, _ = _guard(lambda: _state().unlock(*unique))
+            _, exc, _ = _guard(lambda: self.driver.state_store().unlock(*unique))
             if exc is not None:
                 log.warning("%s #%s: its unique lock stays until it expires: %s", message.name, message.id, _summary(exc))
         return status
@@ -4768,8 +4879,7 @@ class Worker:
     def _count_exception(self, message):
         """How many attempts of this job raised, this one included (for max_exceptions): a counter
         in the state table of the failed store's database, seen by every worker."""
-        store = self.driver.failed_store() or _driver("database")
-        return store.add_to(f"exceptions:{self.driver.name}:{message.queue}:{message.id}", 1, 7 * 86400)
+        return self.driver.state_store().add_to(f"exceptions:{self.driver.name}:{message.queue}:{message.id}", 1, 7 * 86400)
 
     def _fail(self, message, body, exc, text, started, envelope=None, header=None, load_for_failed=False):
         """Fail a message for good: first into the failed store and acked (so that failed() runs
@@ -5053,8 +5163,9 @@ def _die_with_parent():
 # Operating it #################################################################################
 # What the commands (and a dashboard, or your own code) do, as functions that return data.
 def _failed_store(connection=None):
-    store = _driver("database", connection)
-    if not store.failed_table:
+    """The failed store of a database connection, else the default driver's."""
+    store = _driver("database", connection).failed_store() if connection else _driver().failed_store()
+    if store is None:
         raise QueueError("failed jobs are not kept: DRIVERS['database']['failed_table'] is None")
     return store
 

@@ -104,7 +104,7 @@ def table_empty(project):
 
 def failed_rows():
     """The rows of the failed store, as queue.py's database driver reads them."""
-    return queue.driver("database").failed_jobs()
+    return queue.driver("database").failed_store().failed_jobs()
 
 
 # Commands #####################################################################################
@@ -193,7 +193,7 @@ class DriverCase:
         self.project = project
         self.broker = project.backend == "amqp"
         self.driver = queue.driver()
-        self.store = queue.driver("database")     # the failed store of every driver
+        self.store = self.driver.failed_store()     # the failed store of the driver under test
         base = getattr(project, "queue", None) or unique("q")
         self.q = base
         self.queues = [base]

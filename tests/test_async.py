@@ -193,7 +193,7 @@ def test_blocking_job_over_its_timeout_is_failed_and_the_program_goes_on(make_as
     result = run_python(project, f"""
         import queue, testjobs
         queue.push(testjobs.Slow({record!r}, 5))
-        print("still here", queue.driver("database").failed_jobs()[0]["exception"].splitlines()[0])
+        print("still here", queue.driver("database").failed_store().failed_jobs()[0]["exception"].splitlines()[0])
     """)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
     assert "still here" in result.stdout and "JobTimeout" in result.stdout

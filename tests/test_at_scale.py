@@ -13,11 +13,12 @@ pytestmark = backends("sqlite", "mysql", "postgres")
 
 
 def fail_some(count):
-    store = queue.driver("database")
-    [message] = store.messages([testjobs.Noop()])
+    driver = queue.driver("database")
+    store = driver.failed_store()
+    [message] = driver.messages([testjobs.Noop()])
     for i in range(count):
         message.id = None
-        store.add_failed("database", store.connection, message, f"boom {i}")
+        store.add_failed("database", driver.connection, message, f"boom {i}")
     return store
 
 

@@ -322,7 +322,7 @@ def test_failed_lists_id_driver_queue_job_time_and_first_error_line(project, tmp
     assert "Traceback" not in out
     ((job_id, where, queue_name, job, failed_at, error),) = failed_listing(project)
     assert (where, queue_name, job, error) == ("database/sqlite", "mail", "FailOnce", "ValueError: boom x")
-    assert job_id == queue.driver().failed_jobs()[0]["id"]
+    assert job_id == queue.driver().failed_store().failed_jobs()[0]["id"]
     assert testjobs.failures(str(tmp_path / "out")) == ["ValueError: boom x"]  # failed(exc) ran once
 
 
@@ -356,7 +356,7 @@ def test_failed_shows_the_first_line_of_the_error_of_a_multi_line_message(projec
     work(project, "--stop-when-empty")
     errors = {job: error for _, _, _, job, _, error in failed_listing(project)}
     assert errors == {"Multi": "ValueError: boom first", "Noted": "KeyError: 'missing'"}
-    stored = {r["name"]: r["exception"] for r in queue.driver().failed_jobs()}
+    stored = {r["name"]: r["exception"] for r in queue.driver().failed_store().failed_jobs()}
     assert stored["Multi"].startswith("ValueError: boom first\n")
     assert "second line" in stored["Multi"]  # the whole message and traceback are kept
 

@@ -398,7 +398,7 @@ def test_flush_hours_deletes_only_older_failed_jobs(sqlite_project, tmp_path):
     finally:
         db.close()
     ok(sqlite_project.cli("flush", "--hours", "1"))
-    [row] = queue.driver("database").failed_jobs()
+    [row] = queue.driver("database").failed_store().failed_jobs()
     assert str(row["exception"]).startswith("ValueError: boom new")
 
 

@@ -127,10 +127,10 @@ def test_every_lane_renews_its_reservation_and_enforces_its_timeout(project, tmp
     assert values(held).count("gate") == 2, "a reservation lapsed: a job ran twice"
 
     queue.push(testjobs.Busy(busy, 30, "b1", timeout=1, tries=1), testjobs.Busy(busy, 30, "b2", timeout=1, tries=1))
-    wait_for(lambda: len(queue.driver("database").failed_jobs()) == 2, 20,
+    wait_for(lambda: len(queue.driver("database").failed_store().failed_jobs()) == 2, 20,
              message=f"the busy jobs were not stopped at their timeout:\n{worker.output}")
     assert sorted(values(busy)) == ["b1", "b2"]
-    assert all(row["exception"].startswith("JobTimeout") for row in queue.driver("database").failed_jobs())
+    assert all(row["exception"].startswith("JobTimeout") for row in queue.driver("database").failed_store().failed_jobs())
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait(20) == 0, worker.output
 
@@ -206,7 +206,7 @@ def test_an_async_job_past_its_timeout_is_cancelled(project, tmp_path, lanes):
                testjobs.AsyncSleep(path, 60, "a2", timeout=0.5, tries=1))
     done = project.cli("work", "--concurrency", lanes, "--stop-when-empty", timeout=30)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = queue.driver("database").failed_jobs()
+    rows = queue.driver("database").failed_store().failed_jobs()
     assert len(rows) == 2 and all(row["exception"].startswith("JobTimeout") for row in rows), rows
     assert sorted(values(path)) == ["a1", "a2"], "a cancelled job went on"
 
@@ -228,4 +228,4 @@ def test_an_alarm_a_job_sets_goes_off_harmlessly(project, tmp_path, lanes):
     assert done.returncode == 0, f"the worker died of the job's alarm:\n{done.stdout}{done.stderr}"
     assert values(out) == ["alarm", "alarm-done"]
     assert sorted(v for v in values(other) if v.endswith("-done")) == [f"s{i}-done" for i in range(4)]
-    assert queue.driver("database").failed_jobs() == []
+    assert queue.driver("database").failed_store().failed_jobs() == []

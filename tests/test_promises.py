@@ -259,9 +259,9 @@ def test_a_job_whose_module_stays_missing_is_failed_after_its_tries(sqlite_proje
 def failed_on_amqp(record):
     """A failed-store row as the amqp driver writes it (driver amqp, connection the broker's
     address), with a real payload of a Record job; returns its id."""
-    store = queue.driver("database")
-    payload = store.messages([testjobs.Record(record, "back")])[0].payload
-    store.add_failed("amqp", "127.0.0.1:5672", queue.Message(None, "default", "Record", payload), "boom")
+    driver = queue.driver("database")
+    payload = driver.messages([testjobs.Record(record, "back")])[0].payload
+    driver.failed_store().add_failed("amqp", "127.0.0.1:5672", queue.Message(None, "default", "Record", payload), "boom")
     [row] = failed_rows()
     assert (row["driver"], row["connection"]) == ("amqp", "127.0.0.1:5672")
     return row["id"]

@@ -48,7 +48,7 @@ def empty(project):
     driver = queue.driver()
     counts = driver.stats()
     assert all(c == {"ready": 0, "delayed": 0, "reserved": 0} for c in counts.values()), counts
-    assert driver.failed_jobs() == []
+    assert driver.failed_store().failed_jobs() == []
 
 
 @pytest.mark.parametrize("project, workers, jobs, within, fair_share", [

@@ -126,7 +126,7 @@ def test_a_worker_fails_a_forged_payload_without_unpickling_it(sqlite_project, t
     ok(sqlite_project.cli("work", "--stop-when-empty"))
     assert not marker.exists(), "the worker unpickled a forged payload"
     assert values(out) == ["after"]  # the worker went on with the next job
-    (failed,) = queue.driver().failed_jobs()
+    (failed,) = queue.driver().failed_store().failed_jobs()
     assert failed["name"] == "Record"
     first = failed["exception"].splitlines()[0]
     assert first.startswith("BadPayload: ") and ("signature" in first or "Q1" in first), first
@@ -231,7 +231,7 @@ def test_without_a_key_one_is_made_in_queue_key_with_mode_0600_and_reused(keyles
     keyless.configure()  # this process uses it as well
     payload = queue.pack(testjobs.Record(out, "c"))
     assert payload[2:34] == mac(key, payload[34:])
-    assert queue.driver().failed_jobs() == []
+    assert queue.driver().failed_store().failed_jobs() == []
 
 
 def test_first_pushes_racing_agree_on_one_key(keyless, tmp_path):
@@ -244,7 +244,7 @@ def test_first_pushes_racing_agree_on_one_key(keyless, tmp_path):
         assert pusher.returncode == 0, stderr
     ok(keyless.cli("work", "--stop-when-empty"))
     assert sorted(values(out)) == ["v0", "v1", "v2", "v3"]
-    assert queue.driver().failed_jobs() == []
+    assert queue.driver().failed_store().failed_jobs() == []
 
 
 def test_the_key_file_lives_beside_the_config_file(keyless, tmp_path):
@@ -300,7 +300,7 @@ def test_a_worker_with_another_key_fails_the_job_with_signature_in_the_reason(sq
     queue.push(testjobs.Record(out, "signed"))
     ok(sqlite_project.cli("work", "--stop-when-empty", QUEUE_KEY="not-the-pushers-key-0123456789"))
     assert values(out) == []
-    (failed,) = queue.driver().failed_jobs()
+    (failed,) = queue.driver().failed_store().failed_jobs()
     assert failed["name"] == "Record" and "signature" in failed["exception"].splitlines()[0]
     listed = ok(sqlite_project.cli("failed"))
     assert "signature" in listed and "Traceback" not in listed
@@ -308,7 +308,7 @@ def test_a_worker_with_another_key_fails_the_job_with_signature_in_the_reason(sq
     ok(sqlite_project.cli("retry", "all"))
     ok(sqlite_project.cli("work", "--stop-when-empty"))
     assert values(out) == ["signed"]
-    assert queue.driver().failed_jobs() == []
+    assert queue.driver().failed_store().failed_jobs() == []
 
 
 def test_a_job_holding_the_text_main_is_not_refused(sqlite_project):

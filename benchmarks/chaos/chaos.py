@@ -914,7 +914,7 @@ def our_process(pid, folder):
 def failed_rows(project):
     """The failed store, through queue.py (it is the store under test): [(name, payload, summary,
     record)], record being the whole exception text it keeps."""
-    store = queue.driver("database")
+    store = queue.driver().failed_store()
     return [(r["name"], bytes(r["payload"]) if isinstance(r["payload"], (bytes, bytearray, memoryview)) else r["payload"],
              str(r["exception"]).split("\n", 1)[0], str(r["exception"])) for r in store.failed_jobs()]
 
