@@ -1507,7 +1507,8 @@ class Driver:
     def _keeper(self):
         """The driver whose own stores keep this driver's failed jobs and state: itself where it
         can keep them (`failed` is its own name, or unset on a driver that keeps its own), else
-        the database driver on the DATABASES connection `failed` names (default: its own)."""
+        the database driver on the DATABASES connection `failed` names; unset, the default
+        driver's keeper where that driver keeps its own (a Redis-only app), else the database driver."""
         where = self.options.get("failed")
         if where == self.name or (where is None and self.own_stores):
             if not self.own_stores:
@@ -1516,7 +1517,9 @@ class Driver:
             return self
         if where is not None:
             self.config.database(where, f"DRIVERS[{self.name!r}]['failed'] (a DATABASES connection, or {self.name!r})")
-        return _driver("database", where)
+            return _driver("database", where)
+        default = _driver()  # unset: the default driver's stores where it keeps its own (redis), else the database's
+        return default._keeper() if default.own_stores and default is not self else _driver("database")
 
     def state_store(self):
         """The StateStore that keeps this driver's flow control, unique locks, pauses, workers and metrics."""
@@ -4250,6 +4253,570 @@ class MemoryDriver(Driver):
                 kind = "ready" if job.delay <= now else "delayed" if job.receipt is None else "reserved"
                 result.setdefault(job.queue, {"ready": 0, "delayed": 0, "reserved": 0})[kind] += 1
         return result
+
+
+# The redis driver #############################################################################
+# Every key of a queue carries the hash tag {queue} (Laravel's rule), so a queue lives in one slot
+# of a Redis Cluster: <prefix>{q} is the list of ready ids; :delayed (id -> when it is due) and
+# :reserved (id -> when its lease ends) are sorted sets; :jobs (id -> class name NUL payload) and
+# :tries (id -> attempts so far) are hashes; :notify wakes blocked workers (at most 16 tokens);
+# :pushed remembers the token of each push for an hour, so that a push sent again after a lost
+# reply is stored once. The state store lives under the tag {state}, the failed store under
+# {failed}. Every move is one Lua script, timed by the driver's clock (synced to the server's).
+_REDIS_POP = """
+local now, npop, a = ARGV[1], tonumber(ARGV[3]), 4
+for g = 0, #KEYS / 6 - 1 do
+  for i = 1, tonumber(ARGV[a]) do
+    local id = ARGV[a + i]
+    redis.call('ZREM', KEYS[g*6+3], id); redis.call('HDEL', KEYS[g*6+4], id); redis.call('HDEL', KEYS[g*6+5], id)
+  end
+  a = a + 1 + tonumber(ARGV[a])
+end
+local soonest = false
+for g = 0, npop - 1 do
+  local ready, reserved, jobs = KEYS[g*6+1], KEYS[g*6+3], KEYS[g*6+4]
+  for _, from in ipairs({KEYS[g*6+2], reserved}) do
+    local due = redis.call('ZRANGEBYSCORE', from, '-inf', now, 'LIMIT', 0, 100)
+    if #due > 0 then redis.call('ZREM', from, unpack(due)); redis.call('RPUSH', ready, unpack(due)) end
+  end
+  while true do
+    local id = redis.call('LPOP', ready)
+    if not id then break end
+    local job = redis.call('HGET', jobs, id)
+    if job then
+      redis.call('ZADD', reserved, ARGV[2], id)
+      return {g, id, job, redis.call('HINCRBY', KEYS[g*6+5], id, 1)}
+    end
+  end
+  for _, from in ipairs({KEYS[g*6+2], reserved}) do
+    local first = redis.call('ZRANGE', from, 0, 0, 'WITHSCORES')
+    if first[2] and (not soonest or tonumber(first[2]) < soonest) then soonest = tonumber(first[2]) end
+  end
+end
+return {-1, tostring(soonest or '')}
+"""
+_REDIS_PUSH = """
+if redis.call('ZSCORE', KEYS[7], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[7], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', tonumber(ARGV[1]) - 3600)
+local ready = 0
+for i = 3, #ARGV, 4 do
+  local id = ARGV[i]
+  redis.call('HSET', KEYS[4], id, ARGV[i+3])
+  if ARGV[i+2] ~= '0' then redis.call('HSET', KEYS[5], id, ARGV[i+2]) end
+  if ARGV[i+1] == '' then redis.call('RPUSH', KEYS[1], id); ready = ready + 1
+  else redis.call('ZADD', KEYS[2], ARGV[i+1], id) end
+end
+for i = 1, math.min(ready, 16 - redis.call('LLEN', KEYS[6])) do redis.call('RPUSH', KEYS[6], '1') end
+return 1
+"""
+_REDIS_RELEASE = """
+redis.call('ZREM', KEYS[3], ARGV[1])
+if not redis.call('HEXISTS', KEYS[4], ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]); return 1 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+if redis.call('LLEN', KEYS[6]) < 16 then redis.call('RPUSH', KEYS[6], '1') end
+return 1
+"""
+_REDIS_CLEAR = """
+local ids = redis.call('LPOP', KEYS[1], ARGV[1]) or {}
+local more = tonumber(ARGV[1]) - #ids
+if more > 0 then
+  local later = redis.call('ZRANGE', KEYS[2], 0, more - 1)
+  if #later > 0 then redis.call('ZREM', KEYS[2], unpack(later)) end
+  for _, id in ipairs(later) do ids[#ids + 1] = id end
+end
+local out = {}
+for _, id in ipairs(ids) do
+  out[#out + 1] = ARGV[2] == '1' and (redis.call('HGET', KEYS[4], id) or '') or ''
+  redis.call('HDEL', KEYS[4], id); redis.call('HDEL', KEYS[5], id)
+end
+return out
+"""
+
+
+class RedisDriver(Driver):
+    """Jobs in Redis through redis-py: at least once with a lease, as the database driver. A pop
+    is one script that also deletes the jobs this thread finished since its last pop, moves due
+    delayed jobs and lapsed leases to the ready list, and reserves the next job until now +
+    retry_after (keep() renews it while the job runs). An idle worker blocks on the queue's
+    notify list for up to block_for (never past poll, nor past the next delayed job's time)."""
+
+    name = "redis"
+    own_stores = True
+    defaults = dict(Driver.defaults, host="127.0.0.1", port=6379, db=0, password=None, username=None, url=None,
+                    retry_after=90, block_for=5, prefix="queues:", cluster=False)
+    kinds = dict(Driver.kinds, host=_string, port=_port, db=_kind(lambda v: type(v) is int and v >= 0, "a whole number"),
+                 password=_maybe_string, username=_maybe_string, url=_maybe_string, retry_after=_lease,
+                 block_for=_kind(lambda v: v is None or (_is_number(v) and 0 <= v <= 3600), "None or 0 to 3600 seconds"),
+                 prefix=_string, cluster=_flag)
+    limit_name = "Redis's proto-max-bulk-len"
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        o = options
+        self.retry_after, self.block_for = float(o["retry_after"]), float(o["block_for"] or 0)
+        self.prefix, self.cluster = o["prefix"], o["cluster"]
+        self.keep_every = max(0.05, self.retry_after / 3)
+        self.where = self._where()
+        self._client, self._scripts, self._local = None, {}, threading.local()
+        self._known, self._limit, self._synced = set(), None, 0.0
+        self.own_state, self.own_failed = _RedisState(self), _RedisFailed(self)
+
+    def _where(self):
+        url = self.options["url"]
+        if url:
+            from urllib.parse import urlsplit
+            parts = urlsplit(url)
+            return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}/{(parts.path or '/0').lstrip('/') or 0}"
+        return f"{self.options['host']}:{self.options['port']}/{self.options['db']}"
+
+    @property
+    def connection_name(self):
+        return self.where
+
+    # connecting, and the one place errors are read
+    def client(self):
+        """The process's redis-py client (thread-safe: a pool of connections), made on first use."""
+        if self._client is None:
+            redis, o = _import_optional("redis", "redis"), self.options
+            settings = dict(socket_timeout=max(self.block_for, float(o["poll"])) + 15, socket_connect_timeout=5,
+                            socket_keepalive=True, health_check_interval=30)
+            if self.cluster:
+                from redis.cluster import RedisCluster
+                self._client = (RedisCluster.from_url(o["url"], **settings) if o["url"] else
+                                RedisCluster(host=o["host"], port=int(o["port"]), password=o["password"],
+                                             username=o["username"], **settings))
+            else:
+                self._client = (redis.Redis.from_url(o["url"], **settings) if o["url"] else
+                                redis.Redis(host=o["host"], port=int(o["port"]), db=o["db"], password=o["password"],
+                                            username=o["username"], **settings))
+        return self._client
+
+    def run(self, work, retry=True):
+        """work(client)'s result. A lost connection (or a server still loading its data) is tried
+        again with the shared policy (30 s; "forever" for a worker; False: never); everything
+        else is one line."""
+        redis = _import_optional("redis", "redis")
+        errors = redis.exceptions
+        policy = _Retry(None if retry == "forever" else 30.0, self.interrupt) if retry else None
+        while True:
+            try:
+                if time.monotonic() - self._synced > 300:
+                    self._sync_clock()
+                return work(self.client())
+            except errors.AuthenticationError as exc:
+                raise ConnectionFailed(f"Redis at {self.where} refused the password: {exc}") from None
+            except (errors.ConnectionError, errors.TimeoutError, errors.ClusterError) as exc:
+                if "database" in str(exc).lower() or "db index" in str(exc).lower():
+                    raise ConfigError(f"DRIVERS['redis']['db'] = {self.options['db']!r}: Redis at {self.where} "
+                                      f"has no such database ({exc})") from None
+                if policy is None or not policy.again():
+                    raise ConnectionFailed(f"cannot reach Redis at {self.where}: {exc}") from None
+                log.warning("redis %s: %s; trying again", self.where, _summary(exc))
+            except errors.ResponseError as exc:
+                if "NOSCRIPT" in str(exc):
+                    self._scripts.clear()  # the server restarted without its scripts: load them again
+                    continue
+                raise QueueError(f"Redis at {self.where} refused: {exc}") from None
+
+    def _sync_clock(self):
+        self._synced = time.monotonic()
+        sent = self.clock.monotonic()
+        seconds, micros = self.client().time()
+        self.clock.sync(seconds + micros / 1e6, sent, self.clock.monotonic())
+
+    def script(self, client, name, keys, args):
+        """Run one of the Lua scripts above (loaded once per process, by its SHA)."""
+        return client.evalsha(self.sha(client, name), len(keys), *keys, *args)
+
+    def sha(self, client, name):
+        sha = self._scripts.get(name)
+        if sha is None:
+            sha = self._scripts[name] = client.script_load(globals()[name])
+        return sha
+
+    def keys(self, queue):
+        """The six keys of a queue: ready, delayed, reserved, jobs, tries, and notify."""
+        base = f"{self.prefix}{{{queue}}}"
+        return [base, base + ":delayed", base + ":reserved", base + ":jobs", base + ":tries", base + ":notify"]
+
+    def durability(self):
+        """One line on what the server keeps across a restart (None if it cannot be read)."""
+        def read(client):
+            config = client.config_get("appendonly")
+            config.update(client.config_get("appendfsync"), **client.config_get("save"))
+            return config
+        try:
+            config = self.run(read, retry=False)
+        except QueueError:
+            return None  # CONFIG is disabled on many managed servers
+        if config.get("appendonly") == "yes":
+            lost = "nothing" if config.get("appendfsync") == "always" else "up to the last second of pushes"
+            return f"Redis at {self.where} keeps its jobs on disk (appendonly, appendfsync {config.get('appendfsync')}): " \
+                   f"a restart loses {lost}"
+        if config.get("save"):
+            return f"Redis at {self.where} keeps only snapshots (save {config['save']!r}): a restart loses " \
+                   "the jobs pushed since the last one; set appendonly yes"
+        return f"Redis at {self.where} keeps nothing on disk: a restart loses every job; set appendonly yes"
+
+    def check_queue(self, queue):
+        if "{" in queue or "}" in queue:
+            raise QueueError(f"queue name {queue!r}: the redis driver's queue names have no braces "
+                             "(they mark a Redis Cluster hash tag)")
+        return queue
+
+    def max_payload(self):
+        if self._limit is None:
+            try:
+                self._limit = int(self.run(lambda c: c.config_get("proto-max-bulk-len"), retry=False)
+                                  .get("proto-max-bulk-len", 512 << 20)) - 256
+            except (QueueError, ValueError):
+                self._limit = (512 << 20) - 256
+        return self._limit
+
+    # the interface
+    def put(self, messages, also=None):
+        """One script per queue, each all or none; on a single server one transaction for all of
+        them (a cluster keeps queues in different slots: there each queue's part is all or none).
+        A push sent again after a lost reply is stored once (its token)."""
+        token, now, by_queue = os.urandom(12).hex(), self.clock.time(), {}
+        for m in messages:
+            job = m.name.encode() + b"\0" + m.payload
+            due = "" if m.delay <= 0 else repr(now + m.delay)
+            by_queue.setdefault(self.check_queue(m.queue), []).extend([m.id or _new_id(), due, str(m.attempts), job])
+        new = [q for q in by_queue if q not in self._known]
+
+        def push(client):
+            pipe = client.pipeline(transaction=not self.cluster)
+            for q, args in by_queue.items():
+                keys = self.keys(q) + [self.keys(q)[0] + ":pushed"]
+                pipe.evalsha(self.sha(client, "_REDIS_PUSH"), len(keys), *keys, repr(now), token, *args)
+            pipe.sadd(self.own_state.key("queues"), *new) if new else None
+            also(pipe) if also is not None else None  # a retry's delete from the failed store
+            pipe.execute()
+        self.run(push)
+        self._known.update(new)
+
+    def _acked(self):
+        """(queue, id) of the jobs this thread finished since its last pop (deleted by the next)."""
+        done = getattr(self._local, "done", None)
+        if done is None:
+            done = self._local.done = []
+        return done
+
+    def pop(self, queues, wait=0.0):
+        deadline = self.clock.monotonic() + wait
+        while True:
+            message, soonest = self._pop_once(list(queues))
+            if message is not None:
+                return message
+            left = deadline - self.clock.monotonic()
+            if soonest is not None:
+                left = min(left, max(0.0, soonest - self.clock.time()))
+            if left <= 0:
+                if deadline - self.clock.monotonic() <= 0:
+                    return None
+                continue  # a delayed job is due (or a lease lapsed): take it
+            if self.block_for <= 0 or not queues:
+                self.clock.sleep(left)
+                continue
+            notify = [self.keys(q)[5] for q in (queues[:1] if self.cluster else queues)]
+            self.run(lambda c: c.blpop(notify, timeout=max(0.01, min(left, self.block_for))), retry="forever")
+
+    def _pop_once(self, queues):
+        """(message or None, epoch of the soonest delayed job or lease end of `queues`)."""
+        done, now = self._acked(), self.clock.time()
+        until = repr(now + self.retry_after)
+        groups = queues + sorted({q for q, _ in done} - set(queues))
+        calls = [groups] if not self.cluster else [[q] for q in groups]
+        soonest = None
+        for group in calls:
+            pops = [q for q in group if q in queues]
+            keys, args = [], [repr(now), until, str(len(pops))]
+            for q in group:
+                ids = [i for name, i in done if name == q]
+                keys += self.keys(q)
+                args += [str(len(ids)), *ids]
+            reply = self.run(lambda c: self.script(c, "_REDIS_POP", keys, args), retry="forever")
+            done[:] = [(q, i) for q, i in done if q not in group]
+            if int(reply[0]) >= 0:
+                name, _, payload = reply[2].partition(b"\0")
+                return Message(reply[1].decode(), group[int(reply[0])], name.decode(), payload, int(reply[3]),
+                               receipt=until), None
+            if reply[1]:
+                soonest = min(float(reply[1]), soonest or float("inf"))
+        return None, soonest
+
+    def ack(self, message, failed=False):
+        self._acked().append((message.queue, message.id))
+        if failed:
+            self._pop_once([])
+
+    def release(self, message, delay=0.0):
+        due = "" if delay <= 0 else repr(self.clock.time() + delay)
+        self.run(lambda c: self.script(c, "_REDIS_RELEASE", self.keys(message.queue),
+                                       [message.id, str(message.attempts), due]), retry="forever")
+
+    def keep(self, message):
+        until = repr(self.clock.time() + self.retry_after)
+        self.run(lambda c: c.zadd(self.keys(message.queue)[2], {message.id: until}, xx=True), retry="forever")
+
+    def stats(self, queues=None):
+        now = repr(self.clock.time())
+
+        def count(client):
+            names = list(queues) if queues else sorted(n.decode() for n in client.smembers(self.own_state.key("queues")))
+            pipe = client.pipeline(transaction=False)
+            for q in names:
+                ready, delayed, reserved = self.keys(q)[:3]
+                pipe.llen(ready).zcount(delayed, "-inf", now).zcard(delayed)
+                pipe.zcount(reserved, "-inf", now).zcard(reserved)
+            values = pipe.execute()
+            return {q: {"ready": r + due + lapsed, "delayed": later - due, "reserved": held - lapsed}
+                    for q, (r, due, later, lapsed, held) in zip(names, zip(*[iter(values)] * 5))}
+        return self.run(count)
+
+    def clear(self, queue, batch=1000):
+        locks = bool(self.state_store().entries("unique:"))
+        count = 0
+        while True:
+            jobs = self.run(lambda c: self.script(c, "_REDIS_CLEAR", self.keys(self.check_queue(queue)),
+                                                  [str(batch), "1" if locks else "0"]))
+            _free_unique_locks(self.state_store(), (j.partition(b"\0")[2] for j in jobs)) if locks else None
+            count += len(jobs)
+            if len(jobs) < batch:
+                return count
+
+    def close(self):
+        if self._acked():
+            _guard(lambda: self._pop_once([]))
+        if self._client is not None:
+            _guard(self._client.close)
+            self._client = None
+
+
+_REDIS_STATE = """
+local names, values, expires, now, op = KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]), ARGV[2]
+local function live(name)
+  local e = redis.call('ZSCORE', expires, name)
+  if e and tonumber(e) >= now then return redis.call('HGET', values, name) end
+  return false
+end
+local function set(name, value, untl)
+  redis.call('ZADD', names, 0, name); redis.call('HSET', values, name, value); redis.call('ZADD', expires, untl, name)
+end
+local function drop(name)
+  redis.call('ZREM', names, name); redis.call('HDEL', values, name); redis.call('ZREM', expires, name)
+end
+if op == 'get' then return live(ARGV[3])
+elseif op == 'lock' then
+  local held = live(ARGV[3])
+  if held and held ~= ARGV[4] then return 0 end
+  set(ARGV[3], ARGV[4], ARGV[5]); return 1
+elseif op == 'unlock' then
+  if ARGV[4] and redis.call('HGET', values, ARGV[3]) ~= ARGV[4] then return 0 end
+  drop(ARGV[3]); return 1
+elseif op == 'take' then
+  for i = 5, #ARGV do
+    if not live(ARGV[i]) then set(ARGV[i], ARGV[3], ARGV[4]); return ARGV[i] end
+  end
+  return false
+elseif op == 'free_in' then
+  local first = false
+  for i = 3, #ARGV do
+    local e = redis.call('ZSCORE', expires, ARGV[i])
+    if not e or tonumber(e) < now then return '0' end
+    if not first or tonumber(e) < first then first = tonumber(e) end
+  end
+  return tostring(first - now)
+elseif op == 'hold' then
+  if redis.call('HGET', values, ARGV[3]) ~= ARGV[4] then return 0 end
+  if ARGV[5] == '' then drop(ARGV[3]) else redis.call('ZADD', expires, ARGV[5], ARGV[3]) end
+  return 1
+elseif op == 'put' then
+  local n, last = tonumber(ARGV[3]), false
+  for i = 4, 3 + 3 * n, 3 do set(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+  for i = 4 + 3 * n, #ARGV, 3 do
+    last = (tonumber(live(ARGV[i]) or '0') or 0) + tonumber(ARGV[i + 1])
+    set(ARGV[i], tostring(last), ARGV[i + 2])
+  end
+  return last and tostring(last) or false
+elseif op == 'entries' then
+  local out = {}
+  for _, name in ipairs(redis.call('ZRANGEBYLEX', names, '[' .. ARGV[3], '(' .. ARGV[4])) do
+    local value = live(name)
+    if value then out[#out + 1] = name; out[#out + 1] = value end
+  end
+  return out
+elseif op == 'prune' then
+  local gone = redis.call('ZRANGEBYSCORE', expires, '-inf', '(' .. ARGV[1], 'LIMIT', 0, 1000)
+  for _, name in ipairs(gone) do drop(name) end
+  return #gone
+end
+"""
+
+
+class _RedisState(StateStore):
+    """The state store in Redis: entries under the hash tag {state} (one slot of a cluster), each
+    with its expiry; every method is one script, timed by the driver's clock."""
+
+    def __init__(self, db):
+        self.db, self.retry_after = db, db.retry_after
+
+    @property
+    def clock(self):
+        return self.db.clock
+
+    def key(self, name):
+        return f"{self.db.prefix}{{state}}:{name}"
+
+    def _call(self, op, *args, retry=True):
+        keys = [self.key("names"), self.key("values"), self.key("expires")]
+        args = [repr(self.db.clock.time()), op, *map(str, args)]
+        value = self.db.run(lambda c: self.db.script(c, "_REDIS_STATE", keys, args), retry)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def _until(self, seconds):
+        return repr(self.db.clock.time() + seconds)
+
+    def take_slot(self, names, hold, holder):
+        return self._call("take", holder, self._until(hold + _SLOT_MARGIN), *names)
+
+    def slots_free_in(self, names):
+        return max(0.0, float(self._call("free_in", *names)))
+
+    def hold_slot(self, name, holder, hold):
+        self._call("hold", name, holder, self._until(hold) if hold > 0 else "")
+
+    def lock(self, name, holder, ttl):
+        return self._call("lock", name, holder, self._until(ttl)) == 1
+
+    def unlock(self, name, holder=None, retry=True):
+        self._call("unlock", name, *([holder] if holder is not None else []), retry=retry)
+
+    def value_of(self, name):
+        return self._call("get", name)
+
+    def add_to(self, name, amount=1, ttl=3600.0):
+        return int(float(self._call("put", 0, name, amount, self._until(ttl))))
+
+    def entries(self, prefix, retry=True):
+        flat = self._call("entries", prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1), retry=retry)
+        return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+    def put_entries(self, entries, adds=(), retry=True):
+        args = [v for name, value, ttl in entries for v in (name, value, self._until(ttl))]
+        args += [v for name, amount, ttl in adds for v in (name, amount, self._until(ttl))]
+        if args:
+            self._call("put", len(entries), *args, retry=retry)
+
+    def prune(self, retry=True):
+        while self._call("prune", retry=retry) == 1000:
+            pass
+
+
+_REDIS_FAIL = """
+if not redis.call('SET', KEYS[4], '1', 'NX', 'PX', ARGV[1]) then return 0 end
+local id = redis.call('INCR', KEYS[2])
+redis.call('HSET', ARGV[2] .. id, 'driver', ARGV[3], 'connection', ARGV[4], 'queue', ARGV[5], 'name', ARGV[6],
+           'payload', ARGV[7], 'exception', ARGV[8], 'failed_at', ARGV[9])
+redis.call('ZADD', KEYS[1], ARGV[10], id)
+redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
+return id
+"""
+_REDIS_FORGET = """
+local count = 0
+for i = 2, #ARGV do
+  local queue = redis.call('HGET', ARGV[1] .. ARGV[i], 'queue')
+  if queue then
+    redis.call('DEL', ARGV[1] .. ARGV[i]); redis.call('ZREM', KEYS[1], ARGV[i])
+    if redis.call('HINCRBY', KEYS[2], queue, -1) <= 0 then redis.call('HDEL', KEYS[2], queue) end
+    count = count + 1
+  end
+end
+return count
+"""
+
+
+class _RedisFailed(FailedStore):
+    """The failed store in Redis, under the hash tag {failed}: a hash per failed job, their ids
+    in a sorted set by the time they failed, and counts per queue."""
+
+    _fields = ("driver", "connection", "queue", "name", "exception", "failed_at", "payload")
+
+    def __init__(self, db):
+        self.db = db
+
+    def key(self, name):
+        return f"{self.db.prefix}{{failed}}:{name}"
+
+    def add_failed(self, driver_name, connection, message, exception):
+        """Keep a failed job once: a marker of its id (for a week) makes its second failure (its
+        worker died before the ack) return False."""
+        now = self.db.clock.time()
+        mark = self.key(f"mark:{driver_name}:{message.queue}:{message.id or os.urandom(8).hex()}")
+        keys = [self.key("ids"), self.key("next"), self.key("counts"), mark]
+        args = [str(7 * 86400 * 1000), self.key("job:"), driver_name, connection, message.queue, message.name,
+                message.payload, exception, _stamp(now), repr(now)]
+        return bool(self.db.run(lambda c: self.db.script(c, "_REDIS_FAIL", keys, args), retry="forever"))
+
+    def failed_jobs(self, ids=None, limit=None, newest_first=False, payloads=True):
+        def read(client):
+            chosen = [str(i) for i in ids] if ids else [
+                i.decode() for i in client.zrange(self.key("ids"), 0, (limit or 0) - 1, desc=newest_first)]
+            pipe = client.pipeline(transaction=False)
+            for i in chosen:
+                pipe.hgetall(self.key(f"job:{i}"))
+            return [(int(i), row) for i, row in zip(chosen, pipe.execute()) if row]
+        rows = []
+        for job_id, row in sorted(self.db.run(read), reverse=newest_first)[:limit]:
+            row = {k.decode(): v for k, v in row.items()}
+            rows.append(dict({k: row[k].decode("utf-8", "replace") for k in self._fields[:-1]}, id=job_id,
+                             **({"payload": row["payload"]} if payloads else {})))
+        return rows
+
+    def forget(self, ids=None, older_than=None, batch=10000):
+        if ids is not None:
+            return self._forget([str(i) for i in ids]) if ids else 0
+        cutoff = "+inf" if older_than is None else f"({self.db.clock.time() - older_than!r}"
+        count = 0
+        while True:
+            chosen = self.db.run(lambda c: c.zrangebyscore(self.key("ids"), "-inf", cutoff, start=0, num=batch))
+            count += self._forget([i.decode() for i in chosen]) if chosen else 0
+            if len(chosen) < batch:
+                return count
+
+    def _forget(self, ids, pipe=None):
+        keys, args = [self.key("ids"), self.key("counts")], [self.key("job:"), *ids]
+        if pipe is not None:
+            return pipe.evalsha(self.db.sha(self.db.client(), "_REDIS_FORGET"), 2, *keys, *args)
+        return self.db.run(lambda c: self.db.script(c, "_REDIS_FORGET", keys, args))
+
+    def failed_counts(self):
+        counts = self.db.run(lambda c: c.hgetall(self.key("counts")))
+        return {q.decode(): int(n) for q, n in sorted(counts.items()) if int(n) > 0}
+
+    def retry_failed(self, ids=None, queue=None, target=None, batch=200):
+        """Put failed jobs back on their queue (or `queue`), oldest first; yield each row moved.
+        Onto this Redis (not a cluster) a batch moves in one transaction; onto another driver a
+        row leaves the failed store once that driver has it: a kill in between may put it back twice."""
+        while True:
+            rows = self.failed_jobs(ids, limit=None if ids else batch)
+            for row in rows:
+                row["queue"] = queue or row["queue"]
+                payload = readdress(row["payload"], row["queue"]) if queue else row["payload"]
+                row["target"] = target(row) if target else self.db
+                message = Message(None, row["queue"], row["name"], payload, 0, 0.0)
+                if row["target"] is self.db and not self.db.cluster:
+                    self.db.put([message], also=lambda pipe: self._forget([str(row["id"])], pipe))
+                else:
+                    row["target"].put([message])
+                    self._forget([str(row["id"])])
+                yield row
+            if not rows or ids:
+                return
 
 
 # Worker #######################################################################################

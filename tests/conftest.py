@@ -35,13 +35,14 @@ restarts_a_server = pytest.mark.skipif(os.environ.get("QUEUE_TEST_RESTARTS") != 
 MYSQL = {"driver": "mysql", "host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
 AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest",
         "vhost": f"queue-py-tests-{os.getpid()}-{uuid.uuid4().hex[:6]}"}  # made and deleted by the run
+REDIS = {"host": "127.0.0.1", "port": 6379, "db": 0}
 POSTGRES = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "",
             "database": "test"}
 
 # The backends a test can run on (the `project` fixture's), and groups of them.
-BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp")
+BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp", "redis")
 SQL_BACKENDS = ("sqlite", "mysql", "postgres")     # the database driver on each dialect
-CLOCKED = ("sqlite", "mysql", "postgres", "memory")  # reservations lapse on the driver's injectable clock
+CLOCKED = ("sqlite", "mysql", "postgres", "memory", "redis")  # reservations lapse on the driver's injectable clock
 
 
 def backends(*names):
@@ -279,6 +280,35 @@ def amqp_project(tmp_path):
     yield project
     queue.driver("amqp").delete_queues(name)  # before closing: the publisher knows its delay queues
     queue._close_drivers()
+
+
+def redis_keys(prefix, delete=False):
+    """The keys of a test's own prefix in the shared Redis (deleted with delete=True): nothing
+    else of the server is read or touched."""
+    import redis
+    client = redis.Redis(host=REDIS["host"], port=REDIS["port"], db=REDIS["db"])
+    try:
+        keys = list(client.scan_iter(match=prefix.replace("[", "\\[") + "*", count=1000))
+        if delete and keys:
+            client.delete(*keys)
+        return keys
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_project(tmp_path):
+    """A project on the redis driver, on keys of a prefix of its own, deleted afterwards; its
+    failed jobs and state in Redis too (no SQLite file)."""
+    require("Redis", REDIS["host"], REDIS["port"])
+    prefix = f"{unique('qpt')}:"
+    drivers = {"default": "redis", "redis": dict(REDIS, prefix=prefix, attempts=3, poll=0.05, retry_after=2)}
+    project = Project(tmp_path, drivers, {}, backend="redis")
+    project.prefix = prefix
+    project.configure()
+    yield project
+    queue._close_drivers()
+    redis_keys(prefix, delete=True)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from testjobs import values, wait_for
 parser = pytest.importorskip("prometheus_client.parser")
 
 
-@backends("sqlite", "mysql")
+@backends("sqlite", "mysql", "redis")
 def test_status_lists_live_workers_and_a_dead_one_drops_out(project, tmp_path, spawn):
     gate, held = str(tmp_path / "gate"), str(tmp_path / "held")
     queue.push(testjobs.Gate(held, gate, "held"))
@@ -32,7 +32,7 @@ def test_status_lists_live_workers_and_a_dead_one_drops_out(project, tmp_path, s
     worker.proc.send_signal(signal.SIGKILL)
     worker.wait(10)
     assert any(w["pid"] == worker.proc.pid for w in queue.workers()), "a beat lives 30 s"
-    queue.driver("database").clock.advance(31)  # no beat for 31 s: it dropped out
+    queue.driver().state_store().clock.advance(31)  # no beat for 31 s: it dropped out
     assert not any(w["pid"] == worker.proc.pid for w in queue.workers())
 
 

@@ -18,7 +18,7 @@ from helpers import push_records, table_empty
 from test_cli import JOB_FILES
 from testjobs import lines, runs, values, wait_for
 
-pytestmark = backends(*SQL_BACKENDS)
+pytestmark = backends(*SQL_BACKENDS, "redis")
 
 BARRIER = '''
 import os
@@ -80,7 +80,7 @@ def test_workers_share_a_queue_and_run_every_job_exactly_once(project, tmp_path,
 
 
 def test_a_worker_killed_mid_job_loses_nothing(project, tmp_path, spawn):
-    retry_after = project.drivers["database"]["retry_after"]
+    retry_after = project.drivers[project.drivers["default"]]["retry_after"]
     with open(os.path.join(project.folder, "jobs", "Block.py"), "w") as f:
         f.write(JOB_FILES["Block.py"])
     long, gate, quick = str(tmp_path / "long"), str(tmp_path / "gate"), str(tmp_path / "quick")
@@ -113,7 +113,7 @@ def test_a_worker_killed_mid_job_loses_nothing(project, tmp_path, spawn):
 @pytest.mark.parametrize("warm_stop", [False, True], ids=["running", "after SIGTERM"])
 def test_a_live_long_job_is_not_run_by_a_second_worker(project, tmp_path, spawn, warm_stop):
     """The reservation is renewed while the job runs, also after a SIGTERM asked its worker to stop."""
-    retry_after = project.drivers["database"]["retry_after"]
+    retry_after = project.drivers[project.drivers["default"]]["retry_after"]
     long, probe = str(tmp_path / "long"), str(tmp_path / "probe")
     queue.push(testjobs.Sleep(long, 3 * retry_after, "long"))
 
