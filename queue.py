@@ -135,7 +135,7 @@ signal = _Lazy("signal", "signal")
 traceback = _Lazy("traceback", "traceback")
 log = _Lazy("log", "logging", _logger)
 
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 __all__ = list(_stdlib_queue.__all__) + [
     "Queueable", "push", "chain", "before", "after", "failing", "looping", "configure",
     "driver", "Worker", "Message", "Driver", "FailedStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
@@ -1493,6 +1493,10 @@ class Driver:
     def oldest_ready(self):
         """{queue: seconds the oldest ready message has waited}, where the backend can tell."""
         return {}
+
+    def durability(self):
+        """One line when the server keeps pushed jobs only in memory (a restart loses them), else None."""
+        return None
 
     def close(self):
         """Finish pending acks and close this thread's connections."""
@@ -4260,8 +4264,8 @@ class MemoryDriver(Driver):
 # of a Redis Cluster: <prefix>{q} is the list of ready ids; :delayed (id -> when it is due) and
 # :reserved (id -> when its lease ends) are sorted sets; :jobs (id -> class name NUL payload) and
 # :tries (id -> attempts so far) are hashes; :notify wakes blocked workers (at most 16 tokens);
-# :pushed remembers the token of each push for an hour, so that a push sent again after a lost
-# reply is stored once. The state store lives under the tag {state}, the failed store under
+# :pushed remembers the token of each push for two minutes (a push is tried again for at most 30 s),
+# so that a push sent again after a lost reply is stored once. The state store lives under the tag {state}, the failed store under
 # {failed}. Every move is one Lua script, timed by the driver's clock (synced to the server's).
 _REDIS_POP = """
 local now, npop, a = ARGV[1], tonumber(ARGV[3]), 4
@@ -4298,7 +4302,7 @@ return {-1, tostring(soonest or '')}
 _REDIS_PUSH = """
 if redis.call('ZSCORE', KEYS[7], ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[7], ARGV[1], ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', tonumber(ARGV[1]) - 3600)
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', tonumber(ARGV[1]) - 120)
 local ready = 0
 for i = 3, #ARGV, 4 do
   local id = ARGV[i]
@@ -4443,7 +4447,7 @@ class RedisDriver(Driver):
         return [base, base + ":delayed", base + ":reserved", base + ":jobs", base + ":tries", base + ":notify"]
 
     def durability(self):
-        """One line on what the server keeps across a restart (None if it cannot be read)."""
+        """One line when the server keeps its jobs only in memory or in snapshots (None: on disk, or unknown)."""
         def read(client):
             config = client.config_get("appendonly")
             config.update(client.config_get("appendfsync"), **client.config_get("save"))
@@ -4453,9 +4457,7 @@ class RedisDriver(Driver):
         except QueueError:
             return None  # CONFIG is disabled on many managed servers
         if config.get("appendonly") == "yes":
-            lost = "nothing" if config.get("appendfsync") == "always" else "up to the last second of pushes"
-            return f"Redis at {self.where} keeps its jobs on disk (appendonly, appendfsync {config.get('appendfsync')}): " \
-                   f"a restart loses {lost}"
+            return None  # appendfsync always: a restart loses nothing; everysec: up to the last second of pushes
         if config.get("save"):
             return f"Redis at {self.where} keeps only snapshots (save {config['save']!r}): a restart loses " \
                    "the jobs pushed since the last one; set appendonly yes"
@@ -4489,10 +4491,12 @@ class RedisDriver(Driver):
         new = [q for q in by_queue if q not in self._known]
 
         def push(client):
+            calls = [(self.keys(q) + [self.keys(q)[0] + ":pushed"], [repr(now), token, *args]) for q, args in by_queue.items()]
+            if len(calls) == 1 and not new and also is None:  # the common case: one command
+                return self.script(client, "_REDIS_PUSH", *calls[0])
             pipe = client.pipeline(transaction=not self.cluster)
-            for q, args in by_queue.items():
-                keys = self.keys(q) + [self.keys(q)[0] + ":pushed"]
-                pipe.evalsha(self.sha(client, "_REDIS_PUSH"), len(keys), *keys, repr(now), token, *args)
+            for keys, args in calls:
+                pipe.evalsha(self.sha(client, "_REDIS_PUSH"), len(keys), *keys, *args)
             pipe.sadd(self.own_state.key("queues"), *new) if new else None
             also(pipe) if also is not None else None  # a retry's delete from the failed store
             pipe.execute()
@@ -5020,6 +5024,7 @@ class Worker:
             if not announced:  # after the first pop: a worker that cannot start says only why
                 log.info("worker %d: %s driver, queues %s%s", os.getpid(), self.driver.name, ",".join(self.queues),
                          f", {self.concurrency} jobs at once" if self.concurrency > 1 else "")
+                _guard(lambda: self.driver.durability() and log.warning("%s", self.driver.durability()))
                 announced = True
             if message is None:
                 if self.once or self.stop_when_empty:
@@ -6590,6 +6595,8 @@ def _cmd_resume(args, config):
 def _cmd_status(args, config):
     queues = [q.strip() for q in args.queue.split(",")] if args.queue else None
     counts = status(args.driver, queues, connection=args.connection)
+    warning = _driver(args.driver, args.connection).durability()
+    print(f"warning: {warning}") if warning else None
     print(f"{'queue':<20} {'ready':>8} {'delayed':>8} {'reserved':>8} {'failed':>8}")
     for name, c in counts.items():
         shown = ["-" if c[k] is None else f"~{c[k]}" if isinstance(c[k], _Estimate) else c[k]

@@ -8,13 +8,14 @@ need, so that one command installs it:
     pip install ".[mysql]"     # the MySQL/MariaDB dialect (pymysql)
     pip install ".[amqp]"      # the RabbitMQ driver (pika)
     pip install ".[postgres]"  # the PostgreSQL dialect (psycopg 3)
+    pip install ".[redis]"     # the Redis driver (redis-py)
     pip install ".[test]"      # everything the test suite needs
 """
 from setuptools import setup
 
 setup(
     name="queue.py",
-    version="1.1.0",
+    version="1.2.0",
     description="Background jobs for Python applications, in one file (copy queue.py into your project).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
@@ -24,7 +25,8 @@ setup(
         "mysql": ["pymysql>=1.0"],
         "amqp": ["pika>=1.2"],
         "postgres": ["psycopg[binary]>=3.1"],
-        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "hypothesis>=6",
+        "redis": ["redis>=4.2"],
+        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "redis>=4.2", "hypothesis>=6",
                  # real apps started by their launchers (tests/test_launchers.py)
                  "flask>=2", "gunicorn>=21", "uvicorn>=0.20", "fastapi>=0.100", "django>=4",
                  # the dashboard in a real browser, and /metrics read by Prometheus' own parser
