@@ -1056,8 +1056,8 @@ def chain(*jobs, driver=None, queue=None, delay=None, connection=None):
 
 def run_now(job):
     """Run a job at once in this process (Laravel's dispatchNow), with its tries (retried at once,
-    without backoff), failed() and the failed store; return 'done' or 'failed'."""
-    return _driver("async").run_now(job)
+    without backoff), failed() and the failed store; return 'done' or 'failed'. The sync driver's path."""
+    return _driver("sync").run_now(job)
 
 
 class _Call(Queueable):
@@ -3162,17 +3162,22 @@ class _SQLFailed(FailedStore):
         a kill in between may put it back twice."""
         d, sql = self.dialect, self._sql
         ids = list(ids) if ids else None
-        while True:
-            where = f" WHERE id IN ({d.marks(len(ids))})" if ids else ""
+        last = self.db._execute(lambda cur: (cur.execute(sql["failed"].format(columns="id", where="", order="DESC",
+                                                                              limit=1)), cur.fetchall())[1])
+        while last:  # those failed before it began: a job retried onto sync may fail again meanwhile
+            where = f" WHERE id IN ({d.marks(len(ids))})" if ids else f" WHERE id <= {int(last[0][0])}"
             select = sql["failed"].format(columns="id, driver, connection, queue, name, payload", where=where,
                                           order="ASC", limit=batch) + d.skip_locked
+            later = []  # onto a driver that runs jobs in this process (sync, async): after the commit
             moved = self.db._execute(lambda cur: self.db._transaction(
-                cur, lambda c: self._move(c, select, ids, queue, target)))
+                cur, lambda c: self._move(c, select, ids, queue, target, later)))
+            for driver, message in later:
+                driver.put([message])
             yield from moved
             if not moved or ids:
                 return
 
-    def _move(self, cur, select, ids, queue, target):
+    def _move(self, cur, select, ids, queue, target, later):
         cur.execute(select, list(ids or ()))
         rows = [dict(zip(("id", "driver", "connection", "queue", "name", "payload"), r)) for r in cur.fetchall()]
         mine, now = [], self.clock.now()
@@ -3184,6 +3189,8 @@ class _SQLFailed(FailedStore):
             message = Message(None, row["queue"], row["name"], payload, 0, 0.0)
             if driver is self.db:
                 mine.append((row["name"], row["queue"], payload, 0, now, now))
+            elif not driver.shared:
+                later[len(later):] = [(driver, message)]
             else:
                 driver.put([message])
             row["target"] = driver
@@ -3217,7 +3224,9 @@ class AsyncDriver(Driver):
         self._idle = threading.Condition()
         self._timers = set()
         self._in_children, self._waiting = 0, collections.deque()  # multiprocess: in the pool, waiting for it
-        self._held_back = {}  # blocking: id -> the delay a middleware released the job for
+        self._inline = SyncDriver({k: options[k] for k in SyncDriver.defaults}, config) if self.blocking else None
+        if self._inline is not None:
+            self._inline.name = self.name  # its failed jobs are the async driver's (retry pushes them here)
         if not self.blocking:
             atexit.register(self.join)
 
@@ -3231,32 +3240,11 @@ class AsyncDriver(Driver):
         return self._pool
 
     def put(self, messages):
+        if self.blocking:  # the sync driver's path, with this driver's settings
+            return self._inline.put(messages)
         for message in messages:
             message.id = message.id or _new_id()
-            if self.blocking:
-                self._run_inline(message)
-            else:
-                self._schedule(message, message.delay)
-
-    def _run_inline(self, message):
-        """Every attempt of a message now, in this thread, without backoff; the last status. A
-        release by middleware (which spends no try) waits its delay: it would come back at once
-        for ever."""
-        while True:
-            message.attempts += 1
-            tried = message.attempts
-            status = self.worker.process(message)
-            if status != "released":
-                return status
-            if message.attempts < tried:
-                self.clock.sleep(self._held_back.pop(message.id, 1.0))
-
-    def run_now(self, job):
-        """Run a job at once in this thread (queue.run_now); 'done' or 'failed' (or 'deleted')."""
-        inline = self if self.blocking else AsyncDriver(dict(self.options, blocking=True), self.config)
-        [message] = inline.messages([job])
-        message.id = _new_id()
-        return inline._run_inline(message)
+            self._schedule(message, message.delay)
 
     def _schedule(self, message, delay):
         with self._idle:
@@ -3362,10 +3350,7 @@ class AsyncDriver(Driver):
         pass
 
     def release(self, message, delay=0.0):
-        if self.blocking:  # _run_inline runs it again: at once, or after a middleware's delay
-            self._held_back[message.id] = delay
-        else:
-            self._schedule(message, delay)
+        self._schedule(message, delay)
 
     def clear(self, queue):
         count = 0
@@ -4806,8 +4791,9 @@ class _RedisFailed(FailedStore):
         """Put failed jobs back on their queue (or `queue`), oldest first; yield each row moved.
         Onto this Redis (not a cluster) a batch moves in one transaction; onto another driver a
         row leaves the failed store once that driver has it: a kill in between may put it back twice."""
-        while True:
-            rows = self.failed_jobs(ids, limit=None if ids else batch)
+        last = int(self.db.run(lambda c: c.get(self.key("next"))) or 0)
+        while True:  # those failed before it began: a job retried onto sync may fail again meanwhile
+            rows = [row for row in self.failed_jobs(ids, limit=None if ids else batch) if row["id"] <= last]
             for row in rows:
                 row["queue"] = queue or row["queue"]
                 payload = readdress(row["payload"], row["queue"]) if queue else row["payload"]
@@ -4821,6 +4807,86 @@ class _RedisFailed(FailedStore):
                 yield row
             if not rows or ids:
                 return
+
+
+# The sync and null drivers ####################################################################
+class SyncDriver(Driver):
+    """Laravel's sync connection: push() runs each job at once, in the pushing thread, by a
+    worker's own attempt path: its tries (retried at once: a push never waits out a backoff),
+    timeout, middleware, hooks, failed() and the failed store. queue.run_now() and the async
+    driver's `blocking: True` are this driver."""
+
+    name = "sync"
+    shared = False
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.worker = Worker(self, attempts=options["attempts"], callback=options["callback"])
+        self._held_back = {}  # id -> the delay a middleware released the job for
+
+    def put(self, messages):
+        for message in messages:
+            message.id = message.id or _new_id()
+            self.run(message)
+
+    def run(self, message):
+        """Every attempt of a message now, in this thread, without backoff; the last status. A
+        release by middleware (which spends no try) waits its delay: it would come back at once
+        for ever."""
+        while True:
+            message.attempts += 1
+            tried = message.attempts
+            status = self.worker.process(message)
+            if status != "released":
+                return status
+            if message.attempts < tried:
+                self.clock.sleep(self._held_back.pop(message.id, 1.0))
+
+    def run_now(self, job):
+        """Run a job at once in this thread (queue.run_now); 'done' or 'failed' (or 'deleted')."""
+        [message] = self.messages([job])
+        message.id = _new_id()
+        return self.run(message)
+
+    def pop(self, queues, wait=0.0):
+        raise QueueError(f"the {self.name} driver runs each job inside push(): there is nothing for "
+                         "`python queue.py work` to do (use the database, redis or amqp driver)")
+
+    def ack(self, message, failed=False):
+        pass
+
+    def release(self, message, delay=0.0):
+        self._held_back[message.id] = delay  # run() runs it again: at once, or after a middleware's delay
+
+    def stats(self, queues=None):
+        return {}
+
+    def clear(self, queue):
+        return 0
+
+
+class NullDriver(Driver):
+    """Laravel's null connection: discards every job; push() returns True. A worker on it waits."""
+
+    name = "null"
+
+    def put(self, messages):
+        pass
+
+    def pop(self, queues, wait=0.0):
+        self.clock.sleep(wait)
+
+    def ack(self, message, failed=False):
+        pass
+
+    def release(self, message, delay=0.0):
+        pass
+
+    def stats(self, queues=None):
+        return {}
+
+    def clear(self, queue):
+        return 0
 
 
 # Worker #######################################################################################
@@ -6401,8 +6467,8 @@ def _cmd_work(args, config):
     queues = [q.strip() for q in args.queue.split(",") if q.strip()] if args.queue else None
     name, _ = config.driver(args.driver)
     if not Driver.registry[name].shared:
-        raise QueueError(f"the {name} driver keeps jobs inside the program that pushes them: "
-                         "`work` needs the database or amqp driver")
+        raise QueueError(f"the {name} driver runs jobs inside the program that pushes them: "
+                         "`work` needs the database, redis or amqp driver")
     if args.processes > 1:
         return Supervisor(_work_argv(args), args.processes, replace=not (args.once or args.stop_when_empty)).run()
     _import_jobs(config)
