@@ -2414,38 +2414,11 @@ def _in_order(rows, queue_name):
     return [(row[0], queue_name, row[1], row[2], row[3]) for row in sorted(rows, key=lambda row: row[0])]
 
 
-class DatabaseDriver(Driver):
-    """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
-    worker finished since its last claim, selects the next ready jobs in queue priority order (up
-    to `prefetch` short ones) and reserves them by moving `available_at` to now + retry_after. A
-    job whose worker died becomes ready again when that moment passes; keep() renews the
-    reservations of a running job and of the jobs claimed with it.
-    The same connection keeps the failed store (failed_table) and the state table (markers
-    that make writes exactly once)."""
-
-    name = "database"
-    defaults = dict(Driver.defaults, connection="sqlite", table="jobs", failed_table="failed_jobs",
-                    state_table="queue_state", retry_after=90, prefetch=20)
-    kinds = dict(Driver.kinds, connection=_string, table=_table, failed_table=_maybe_table, state_table=_table,
-                 retry_after=_lease, prefetch=_whole)
-
-    def __init__(self, options, config):
-        super().__init__(options, config)
-        self.connection = options["connection"]
-        db = config.database(self.connection, "DRIVERS['database']['connection']")
-        self.dialect = _Dialect.registry[db["driver"]](db, config.folder)
-        self.table = options["table"]
-        self.failed_table = options["failed_table"]
-        self.state_table = options["state_table"]
-        self.retry_after = float(options["retry_after"])
-        self.prefetch = options["prefetch"]
-        self.keep_every = max(0.05, self.retry_after / 3)
-        self.limit_name = self.dialect.limit_name
-        self._local = threading.local()
-        self._reconnecting = False
-        self._sql = self._statements()
-        self.own_state = _SQLState(self)
-        self.own_failed = _SQLFailed(self) if self.failed_table else None
+class _SQLDatabase:
+    """A SQL database through one dialect, shared by its three stores (the jobs table, the
+    failed table and the state table): every statement, this thread's connection, the one place
+    errors are read and connections retried, transactions, writes made exactly once, and the
+    tables. DatabaseDriver (the jobs), _SQLFailed and _SQLState use it."""
 
     def _statements(self):
         """Every SQL statement of the driver, in one place."""
@@ -2709,6 +2682,61 @@ class DatabaseDriver(Driver):
         finally:
             cur.close()
 
+    def _inserts(self, rows):
+        """Multi-row INSERTs of the rows: up to 100 rows, or a quarter of the largest query, each."""
+        d, statements, chunk, size = self.dialect, [], [], 0
+        budget = getattr(d, "packet", 1 << 30) // 4
+        for row in rows + [None]:
+            if chunk and (row is None or len(chunk) == 100 or size + d.payload_size(row[2]) > budget):
+                values = ", ".join([f"({d.marks(6)})"] * len(chunk))
+                statements.append((self._sql["insert"] + values, [v for r in chunk for v in r]))
+                chunk, size = [], 0
+            if row is not None:
+                chunk.append(row)
+                size += d.payload_size(row[2])
+        return statements
+
+    def _past_cap(self, cur, counted, rows, params):
+        """A count as it was counted, or, past the dialect's count_cap, the server's estimate."""
+        cap = self.dialect.count_cap
+        if not cap or counted <= cap:
+            return int(counted)
+        return _Estimate(max(cap + 1, self.dialect.estimate(cur, self._sql[rows], params)))
+
+
+class DatabaseDriver(_SQLDatabase, Driver):
+    """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
+    worker finished since its last claim, selects the next ready jobs in queue priority order (up
+    to `prefetch` short ones) and reserves them by moving `available_at` to now + retry_after. A
+    job whose worker died becomes ready again when that moment passes; keep() renews the
+    reservations of a running job and of the jobs claimed with it.
+    The same connection keeps the failed store (failed_table) and the state table (markers
+    that make writes exactly once)."""
+
+    name = "database"
+    defaults = dict(Driver.defaults, connection="sqlite", table="jobs", failed_table="failed_jobs",
+                    state_table="queue_state", retry_after=90, prefetch=20)
+    kinds = dict(Driver.kinds, connection=_string, table=_table, failed_table=_maybe_table, state_table=_table,
+                 retry_after=_lease, prefetch=_whole)
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.connection = options["connection"]
+        db = config.database(self.connection, "DRIVERS['database']['connection']")
+        self.dialect = _Dialect.registry[db["driver"]](db, config.folder)
+        self.table = options["table"]
+        self.failed_table = options["failed_table"]
+        self.state_table = options["state_table"]
+        self.retry_after = float(options["retry_after"])
+        self.prefetch = options["prefetch"]
+        self.keep_every = max(0.05, self.retry_after / 3)
+        self.limit_name = self.dialect.limit_name
+        self._local = threading.local()
+        self._reconnecting = False
+        self._sql = self._statements()
+        self.own_state = _SQLState(self)
+        self.own_failed = _SQLFailed(self) if self.failed_table else None
+
     # the interface
     def max_payload(self):
         if not getattr(self, "_checked", False):
@@ -2759,20 +2787,6 @@ class DatabaseDriver(Driver):
         finally:
             cur.close()
         return len(kept) == len(messages)
-
-    def _inserts(self, rows):
-        """Multi-row INSERTs of the rows: up to 100 rows, or a quarter of the largest query, each."""
-        d, statements, chunk, size = self.dialect, [], [], 0
-        budget = getattr(d, "packet", 1 << 30) // 4
-        for row in rows + [None]:
-            if chunk and (row is None or len(chunk) == 100 or size + d.payload_size(row[2]) > budget):
-                values = ", ".join([f"({d.marks(6)})"] * len(chunk))
-                statements.append((self._sql["insert"] + values, [v for r in chunk for v in r]))
-                chunk, size = [], 0
-            if row is not None:
-                chunk.append(row)
-                size += d.payload_size(row[2])
-        return statements
 
     def pop(self, queues, wait=0.0):
         """The next job this thread claimed ahead, or a claim in one transaction that also
@@ -2914,13 +2928,6 @@ class DatabaseDriver(Driver):
                                 "reserved": int(reserved), "oldest": _epoch(first) if ready and first is not None else None}
             return result
         return self._execute(count)
-
-    def _past_cap(self, cur, counted, rows, params):
-        """A count as it was counted, or, past the dialect's count_cap, the server's estimate."""
-        cap = self.dialect.count_cap
-        if not cap or counted <= cap:
-            return int(counted)
-        return _Estimate(max(cap + 1, self.dialect.estimate(cur, self._sql[rows], params)))
 
     def clear(self, queue, batch=1000):
         now, count = self.clock.now(), 0

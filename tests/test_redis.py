@@ -484,8 +484,8 @@ def test_a_restarted_redis_with_appendfsync_always_keeps_every_pushed_job(own_pr
     assert queue.status()["default"] == {"ready": 50, "delayed": 5, "reserved": 0, "failed": 0}
 
     server.kill()  # SIGKILL: no shutdown save
-    queue._close_drivers()
     server.start()
+    queue._close_drivers()  # (a process that ran across the restart: the tests below)
 
     worker = spawn(project, "work")
     wait_worker(worker, lambda: len(values(path)) >= 55, 30, "the jobs pushed before the restart did not all run")
@@ -564,3 +564,44 @@ def test_redis_cluster_runs_queues_in_different_slots(cluster, own_project, tmp_
         with queue.throttle(key, allow=2, every=60) as free:
             taken.append(free)
     assert taken == [True, True, False]
+
+
+
+def push_elsewhere(project, path, value):
+    """Push Record(path, value) from a new process of the app (its own driver, scripts not loaded yet)."""
+    code = ("import queue, testjobs\nqueue.configure('config.py')\n"
+            f"queue.push(testjobs.Record({path!r}, {value!r}))\n")
+    pushed = subprocess.run([sys.executable, "-c", code], cwd=project.folder, env=project.env(),
+                            capture_output=True, text=True, timeout=60)
+    assert pushed.returncode == 0, pushed.stderr
+
+
+def test_a_worker_running_when_redis_restarts_goes_on(own_project, redis_server, tmp_path, spawn):
+    server = redis_server(*ALWAYS)
+    project = own_project(server, block_for=1, poll=0.2)
+    path = str(tmp_path / "record")
+    worker = spawn(project, "work")
+    push_elsewhere(project, path, "before")
+    wait_worker(worker, lambda: values(path) == ["before"], 15, "the job pushed before the restart did not run")
+
+    server.kill()
+    server.start()  # its script cache is empty: the worker's driver must load its scripts again
+    push_elsewhere(project, path, "after")
+    wait_worker(worker, lambda: values(path) == ["before", "after"] or worker.proc.poll() is not None, 30,
+                "the worker that ran before the restart did not run a job pushed after it")
+    assert worker.proc.poll() is None, f"the worker exited when Redis restarted:\n{worker.output}"
+    assert values(path) == ["before", "after"]
+    stop(worker)
+
+
+def test_an_app_pushes_on_after_redis_restarts(own_project, redis_server, tmp_path):
+    server = redis_server(*ALWAYS)
+    project = own_project(server)
+    path = str(tmp_path / "record")
+    queue.push(testjobs.Record(path, "before"))  # this process's driver has loaded its push script
+    server.kill()
+    server.start()
+    queue.push(testjobs.Record(path, "after"))  # it reconnects, and loads the script again
+    assert queue.status()["default"]["ready"] == 2
+    ok(project.cli("work", "--stop-when-empty"))
+    assert values(path) == ["before", "after"]

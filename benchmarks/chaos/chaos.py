@@ -5,16 +5,19 @@ from a record that the jobs keep themselves (not through queue.py).
     python benchmarks/chaos/chaos.py --driver database --connection sqlite --jobs 10000
     python benchmarks/chaos/chaos.py --driver database --connection mysql --jobs 10000
     python benchmarks/chaos/chaos.py --driver amqp --jobs 10000
+    python benchmarks/chaos/chaos.py --driver redis --jobs 10000
     python benchmarks/chaos/chaos.py --driver database --connection mysql --jobs 0 --bad 1000
     python benchmarks/chaos/chaos.py --driver database --connection sqlite --jobs 300 --poison 60
 
 What one run does, in a temporary project (queue.py copied in, config.py with a short
-retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed afterwards):
+retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed afterwards; on
+redis, a redis-server of its own, see below):
 1. pushes N uniquely numbered jobs (benchmarks/chaos/chaosjobs.py): mostly short sleeps, plus jobs that
    raise once, always raise, run past their timeout once or always, and a few that run longer than
    retry_after (the database reservation, or amqp heartbeats, must not lapse while they live);
 2. with --bad B, injects B forged, wrongly signed, truncated, bit-flipped, extended and random
-   payloads straight into the backend (INSERT into the jobs table, or a raw publish with pika),
+   payloads straight into the backend (INSERT into the jobs table, a raw publish with pika, or
+   HSET + RPUSH into the redis driver's keys),
    plus correctly signed jobs whose class is missing, whose unpickling or __init__ raises, that
    call sys.exit() or os._exit(); every forged pickle would create a marker file if unpickled,
    and one correctly signed marker (the control) proves that the markers work;
@@ -39,8 +42,9 @@ retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed af
    and a death explains a rerun of any job its process completed) and one more for the long jobs; every
    --kill-every seconds SIGKILLs a random worker and starts a replacement, and starts a new
    worker for any worker that exits, as a supervisor would;
-4. once, when 40% of the jobs are done, restarts the server (MariaDB or RabbitMQ) or, on SQLite,
-   SIGKILLs every worker at once (--no-restart: neither);
+4. once, when 40% of the jobs are done, restarts the server (MariaDB, PostgreSQL or RabbitMQ;
+   Redis is SIGKILLed and started again on the same port and dir) or, on SQLite, SIGKILLs every
+   worker at once (--no-restart: neither);
 5. waits (bounded) until every job is done or in the failed store, stops the workers with
    SIGTERM, and counts.
 
@@ -65,6 +69,16 @@ unacked deliveries with it), or an attempt that raised ended within a second of 
 release, a confirmed publish and an ack, overlapped it). The table is printed on stdout; the exit status is 1 if any
 "must be" limit is exceeded (loss, unexplained double run, concurrent runs, an unpickled forgery,
 a worker death without recovery, ...), else 0.
+
+On redis (--driver redis) the run starts a redis-server of its own, never the shared one on 6379:
+on a free port below the ephemeral range, with a temporary --dir in the project folder and
+`--appendonly yes --appendfsync always --save ""`. DRIVERS names only redis (its failed jobs and
+state in Redis, no DATABASES); the server is killed at the end and its dir goes with the project
+folder (kept with --keep). The restart is a SIGKILL of that server and a start on the same port and
+dir (recovery from the AOF); the workers must reconnect on their own. With appendfsync always no
+acknowledged write is lost, so the restart explains no double run: a finished job's delete travels
+with its worker's next pop (as on the database driver), so a job whose worker was killed after it
+and before that pop runs again after its lease, which a worker death explains.
 
 Why each worker ended: SIGKILLed by the harness (it knows which), os._exit() by the jobs that do
 so on purpose (exit status 77), exit 1 at start while the server was down, or else on its own: a
@@ -110,6 +124,7 @@ queue = common.import_queue(HERE)  # ROOT first: `import queue` must find our qu
 import chaosjobs  # noqa: E402
 
 SERVER_NAMES = {"sqlite": "SQLite", "mysql": "MariaDB", "postgres": "PostgreSQL"}
+REDIS_PREFIX = "queues:"  # the redis driver's key prefix (its default), written into config.py
 WRONG_KEY = b"not-the-chaos-key-0123456789abcdef"
 BATCH = 500
 POISON_COLUMNS = ("pushed", "done", "failed", "lost", "wrong", "cut", "failed in a lane", "done twice", "failed twice",
@@ -130,6 +145,29 @@ def say(*parts):
 
 def port_open(port, host="127.0.0.1"):
     return common.server_up(host, port, timeout=1)
+
+
+def free_port(host="127.0.0.1"):
+    """A TCP port nothing listens on, below the ephemeral range (ip_local_port_range): a
+    restarted server must get its port back, which a client's outgoing connection could hold
+    for a while were it an ephemeral one."""
+    import socket
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, max(20001, min(low, 32768)))
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        if not port_open(port, host):
+            return port
+    raise RuntimeError("no free TCP port found for redis-server")
 
 
 def stamp():
@@ -165,13 +203,22 @@ class Project:
         else:
             self.queue, self.long_queue = "chaos", "chaos-long"
         r = args.retry_after
-        drivers = {"default": args.driver,
-                   "database": {"connection": args.connection, "table": self.table,
-                                "failed_table": self.table + "_failed", "state_table": self.table + "_state",
-                                "attempts": 5, "poll": 0.1, "retry_after": r},
-                   "amqp": dict(AMQP, queue=self.queue, prefetch=10, poll=0.1, attempts=5,
-                                heartbeat=max(2, int(r)))}
-        databases = {name: common.database(name) for name in ("sqlite", "mysql", "postgres")}
+        if args.driver == "redis":  # a server of its own (RedisBackend starts it), failed jobs and state in it
+            self.redis_port = free_port()
+            self.redis_dir = os.path.join(self.folder, "redis")
+            os.makedirs(self.redis_dir)
+            drivers = {"default": "redis",
+                       "redis": {"host": "127.0.0.1", "port": self.redis_port, "retry_after": r, "attempts": 5,
+                                 "prefix": REDIS_PREFIX, "failed": "redis"}}
+            databases = {}
+        else:
+            drivers = {"default": args.driver,
+                       "database": {"connection": args.connection, "table": self.table,
+                                    "failed_table": self.table + "_failed", "state_table": self.table + "_state",
+                                    "attempts": 5, "poll": 0.1, "retry_after": r},
+                       "amqp": dict(AMQP, queue=self.queue, prefetch=10, poll=0.1, attempts=5,
+                                    heartbeat=max(2, int(r)))}
+            databases = {name: common.database(name) for name in ("sqlite", "mysql", "postgres")}
         common.make_project(drivers, databases, folder=self.folder)  # queue.py, config.py, an empty jobs/
         self.config_path = os.path.join(self.folder, "config.py")
 
@@ -558,6 +605,93 @@ class AMQPBackend(Backend):
                     pass
         finally:
             conn.close()
+
+
+class RedisBackend(Backend):
+    """A redis-server of the run's own (never the shared one on 6379): the project's port, a
+    temporary --dir in the project folder, every write fsynced to the AOF before it is answered.
+    The restart is a crash: SIGKILL, a second down, a start on the same port and dir."""
+
+    def __init__(self, project):
+        super().__init__(project)
+        self.port, self.dir = project.redis_port, project.redis_dir
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        """Start the server (port and dir of the project) and wait until it answers PING (its
+        AOF loaded)."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        self.starts += 1
+        log = open(os.path.join(self.dir, f"server-{self.starts}.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--appendonly", "yes",
+             "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "no",
+             "--logfile", ""], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)  # a ^C to chaos.py reaches it only through close()
+        log.close()
+        self.wait_until_it_answers("Redis", seconds=60)
+
+    def connect(self):
+        import redis
+        if self.proc is None or self.proc.poll() is not None:
+            raise ConnectionError("our redis-server is not running")
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=2)
+        client.ping()  # raises while the server loads its AOF (BusyLoadingError)
+        return client
+
+    def keys(self, queue_name):
+        """The redis driver's keys of a queue (README, "### Redis"; queue.py's RedisDriver.keys):
+        <prefix>{queue} the ready list, :jobs the hash id -> class name NUL payload, :notify."""
+        base = f"{REDIS_PREFIX}{{{queue_name}}}"
+        return base, base + ":jobs", base + ":notify"
+
+    def inject(self, bads):
+        """Each bad payload as a ready job: HSET <jobs> id 'name NUL payload', RPUSH <ready> id."""
+        ready, jobs, notify = self.keys(self.project.queue)
+        client = self.connect()
+        try:
+            pipe = client.pipeline(transaction=True)
+            for b in bads:
+                job_id = uuid.uuid4().hex
+                payload = b.payload if isinstance(b.payload, bytes) else str(b.payload).encode()
+                pipe.hset(jobs, job_id, b.name.encode() + b"\0" + payload)
+                pipe.rpush(ready, job_id)
+            pipe.rpush(notify, "1")
+            pipe.execute()
+        finally:
+            client.close()
+
+    def stop(self, sig=signal.SIGKILL):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self):
+        down = time.time()
+        self.stop(signal.SIGKILL)  # a crash: only what is in the AOF survives
+        time.sleep(1.0)  # down for a moment: workers must notice
+        self.start()
+        return down, time.time()
+
+    def ensure_up(self):
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        else:
+            self.wait_until_it_answers("Redis", seconds=60)
+
+    def cleanup(self):
+        """Kill the server; its dir goes with the project folder (kept with --keep)."""
+        self.stop(signal.SIGKILL)
 
 
 def broker_queue_names(timeout=15):
@@ -967,7 +1101,8 @@ class Chaos:
         self.rng = random.Random(args.seed)
         self.project = Project(args)
         backend = {"sqlite": SQLiteBackend, "mysql": MySQLBackend, "postgres": PostgresBackend}[args.connection]
-        self.backend = AMQPBackend(self.project) if args.driver == "amqp" else backend(self.project)
+        backend = {"amqp": AMQPBackend, "redis": RedisBackend}.get(args.driver, backend)
+        self.backend = backend(self.project)
         self.restart_window = [None, None]
         self.supervisor = Supervisor(self.project, self.rng, args.concurrency)
         self.timings = {}
@@ -978,7 +1113,10 @@ class Chaos:
     def run(self):
         args, project = self.args, self.project
         queue.configure(project.config_path)
-        if args.connection in ("mysql", "postgres"):
+        if args.driver == "redis":
+            self.backend.start()
+            say(f"redis-server {self.backend.proc.pid} on 127.0.0.1:{self.backend.port}, dir {self.backend.dir}")
+        elif args.connection in ("mysql", "postgres"):
             queue.driver("database").create_tables()
         else:
             queue.driver("database").stats()  # creates the SQLite tables
@@ -1117,7 +1255,7 @@ class Chaos:
             return thread
 
         def restart():
-            name = "RabbitMQ" if args.driver == "amqp" else SERVER_NAMES[args.connection]
+            name = {"amqp": "RabbitMQ", "redis": "Redis"}.get(args.driver) or SERVER_NAMES[args.connection]
             say(f"restarting {name}")
             self.restart_window[0] = time.time()
             try:
@@ -1209,7 +1347,9 @@ class Chaos:
         def across_restart(start, end):
             """amqp: the run overlapped the broker restart (its connection, and deliveries, lost);
             PostgreSQL: it ended within a second before the crash, whose lost asynchronous commits
-            (a worker's, by design: synchronous_commit off) took its ack, so it ran again."""
+            (a worker's, by design: synchronous_commit off) took its ack, so it ran again.
+            Redis (appendfsync always): never; no answered write is lost in its crash, and a
+            finished job's delete rides on its worker's next pop, so a rerun needs a worker death."""
             if window is None:
                 return False
             if crash:
@@ -1693,10 +1833,13 @@ class Chaos:
 
     def report(self, out=sys.stdout):
         args = self.args
-        target = f"{args.driver}/{args.connection}" if args.driver == "database" else f"amqp (failed store: {args.connection})"
+        target = (f"{args.driver}/{args.connection}" if args.driver == "database" else
+                  "redis (failed store and state in Redis, appendfsync always)" if args.driver == "redis" else
+                  f"amqp (failed store: {args.connection})")
         restart = ("none" if args.no_restart else
                    "every worker killed at once" if args.driver == "database" and args.connection == "sqlite" else
-                   f"{SERVER_NAMES[args.connection]} restarted" if args.driver == "database" else "RabbitMQ restarted")
+                   f"{SERVER_NAMES[args.connection]} restarted" if args.driver == "database" else
+                   "Redis SIGKILLed and restarted" if args.driver == "redis" else "RabbitMQ restarted")
         if self.restart_window[0] is not None and self.restart_window[1] is not None and restart.endswith("restarted"):
             restart += f" ({self.restart_window[1] - self.restart_window[0]:.1f} s down)"
         print(f"queue.py chaos: {target}, {args.jobs} jobs, {args.bad} bad payloads, {args.poison} poison jobs, "
@@ -1783,15 +1926,17 @@ class Chaos:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--driver", choices=("database", "amqp"), default="database")
+    p.add_argument("--driver", choices=("database", "amqp", "redis"), default="database",
+                   help="database (--connection), amqp (RabbitMQ), or redis (a redis-server of the run's own)")
     p.add_argument("--vhost", default="", help="amqp: the RabbitMQ vhost to run in (default /)")
     p.add_argument("--connection", choices=("sqlite", "mysql", "postgres"), default="sqlite",
-                   help="database connection (for amqp: where the failed store lives)")
+                   help="database connection (for amqp: where the failed store lives; redis: not used)")
     p.add_argument("--jobs", type=int, default=10000, help="numbered jobs to push (default 10000)")
     p.add_argument("--workers", type=int, default=3, help="worker processes (default 3; one more runs the long jobs)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once in each worker (`work --concurrency`)")
     p.add_argument("--kill-every", type=float, default=1.0, help="seconds between SIGKILLs (0: none; default 1)")
-    p.add_argument("--no-restart", action="store_true", help="no server restart (SQLite: no kill-all)")
+    p.add_argument("--no-restart", action="store_true",
+                   help="no server restart (SQLite: no kill-all; Redis: no SIGKILL of its server)")
     p.add_argument("--bad", type=int, default=0, help="hostile payloads to inject (the bad-input run; default 0)")
     p.add_argument("--poison", type=int, default=None,
                    help="poison jobs to push among the others (default: 2%% of --jobs; 0: none); kinds: "
@@ -1806,7 +1951,8 @@ def parse_args(argv=None):
                    help="jobs that raise or time out get random backoffs of their own, and 5%% of the short "
                    "jobs are pushed with a random delay (default: on for amqp, off otherwise)")
     p.add_argument("--json", help="also write the figures to this file")
-    p.add_argument("--keep", action="store_true", help="keep the temporary project folder")
+    p.add_argument("--keep", action="store_true",
+                   help="keep the temporary project folder (with redis: the server's dir, its AOF and logs)")
     args = p.parse_args(argv)
     if args.poison is None:
         args.poison = max(0, round(0.02 * args.jobs))
