@@ -1585,7 +1585,12 @@ class StateStore:
     entry whose time is up, whether or not prune() has deleted it. Each method is atomic across
     every process and host that shares the store. `retry_after`: the default hold of a funnel."""
 
-    retry_after = 90.0
+    def __init__(self, driver):
+        self.db, self.retry_after = driver, driver.retry_after  # the driver that keeps it, and its lease
+
+    @property
+    def clock(self):
+        return self.db.clock  # the driver's (a test may put in a clock of its own)
 
     def take_slot(self, names, hold, holder):
         """Lease to `holder` for `hold` seconds the first of the slots `names` that is free (never
@@ -2980,12 +2985,8 @@ class _SQLState(StateStore):
     host that shares the database. Its writes go through the job driver's connections."""
 
     def __init__(self, db):
-        self.db, self.dialect, self._sql = db, db.dialect, db._sql
-        self.retry_after = db.retry_after
-
-    @property
-    def clock(self):
-        return self.db.clock  # the driver's (a test may put in a clock of its own)
+        super().__init__(db)
+        self.dialect, self._sql = db.dialect, db._sql
 
     def prune(self, retry=True):
         """Delete expired entries of the state table (a worker does it every minute)."""
@@ -4153,6 +4154,7 @@ class MemoryDriver(Driver):
 
     name = "memory"
     shared = False
+    own_stores = True  # its failed jobs and state in memory too (`failed`: a DATABASES connection instead)
     defaults = dict(Driver.defaults, retry_after=90)
     kinds = dict(Driver.kinds, retry_after=_lease)
 
@@ -4166,6 +4168,7 @@ class MemoryDriver(Driver):
         super().__init__(options, config)
         self.retry_after = float(options["retry_after"])
         self.keep_every = max(0.05, self.retry_after / 3)
+        self.own_state, self.own_failed = _MemoryState(self), _MemoryFailed(self)
 
     def put(self, messages):
         now = self.clock.time()
@@ -4251,14 +4254,137 @@ class MemoryDriver(Driver):
         return result
 
 
+class _MemoryState(StateStore):
+    """The state store in this process's memory (the memory driver's): the smallest complete
+    one. Entries are [value, expires at]; one lock makes every method atomic."""
+
+    _entries, _lock = {}, threading.RLock()  # shared by every instance of the process, as the jobs are
+
+    def _live(self, name):
+        entry = self._entries.get(name)
+        return entry if entry is not None and entry[1] >= self.clock.time() else None
+
+    def take_slot(self, names, hold, holder):
+        with self._lock:
+            for name in names:
+                if self._live(name) is None:
+                    self._entries[name] = [holder, self.clock.time() + hold + _SLOT_MARGIN]
+                    return name
+        return None
+
+    def slots_free_in(self, names):
+        with self._lock:
+            held = [self._live(name) for name in names]
+            return 0.0 if None in held else max(0.0, min(e[1] for e in held) - self.clock.time())
+
+    def hold_slot(self, name, holder, hold):
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and entry[0] == holder:
+                entry[1] = self.clock.time() + hold if hold > 0 else float("-inf")
+
+    def lock(self, name, holder, ttl):
+        with self._lock:
+            entry = self._live(name)
+            if entry is not None and entry[0] != holder:
+                return False
+            self._entries[name] = [holder, self.clock.time() + ttl]
+            return True
+
+    def unlock(self, name, holder=None, retry=True):
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and (holder is None or entry[0] == holder):
+                del self._entries[name]
+
+    def value_of(self, name):
+        entry = self._live(name)
+        return None if entry is None else entry[0]
+
+    def add_to(self, name, amount=1, ttl=3600.0):
+        with self._lock:
+            entry = self._live(name)
+            value = (float(entry[0]) if entry is not None else 0) + amount
+            self._entries[name] = [int(value) if value == int(value) else value, self.clock.time() + ttl]
+            return int(value)
+
+    def entries(self, prefix, retry=True):
+        with self._lock:
+            return {name: str(e[0]) for name, e in list(self._entries.items())
+                    if name.startswith(prefix) and self._live(name) is not None}
+
+    def put_entries(self, entries, adds=(), retry=True):
+        with self._lock:
+            for name, value, ttl in entries:
+                self._entries[name] = [value, self.clock.time() + ttl]
+            for name, amount, ttl in adds:
+                self.add_to(name, amount, ttl)
+
+    def prune(self, retry=True):
+        with self._lock:
+            for name in [n for n in self._entries if self._live(n) is None]:
+                del self._entries[name]
+
+
+class _MemoryFailed(FailedStore):
+    """The failed store in this process's memory (the memory driver's)."""
+
+    _rows, _marks, _lock = {}, set(), threading.RLock()
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def add_failed(self, driver_name, connection, message, exception):
+        with self._lock:
+            mark = (driver_name, message.queue, message.id)
+            if message.id and mark in self._marks:
+                return False
+            self._marks.add(mark) if message.id else None
+            job_id = max(self._rows, default=0) + 1
+            self._rows[job_id] = {"id": job_id, "driver": driver_name, "connection": connection,
+                                  "queue": message.queue, "name": message.name, "exception": exception,
+                                  "failed_at": _stamp(self.driver.clock.time()), "payload": message.payload}
+            return True
+
+    def failed_jobs(self, ids=None, limit=None, newest_first=False, payloads=True):
+        with self._lock:
+            chosen = sorted(set(ids) & set(self._rows) if ids else self._rows, reverse=newest_first)[:limit]
+            return [{k: v for k, v in self._rows[i].items() if payloads or k != "payload"} for i in chosen]
+
+    def forget(self, ids=None, older_than=None):
+        with self._lock:
+            cutoff = None if older_than is None else _stamp(self.driver.clock.time() - older_than)
+            gone = [i for i, row in self._rows.items() if (ids is None or i in ids)
+                    and (cutoff is None or row["failed_at"] < cutoff)]
+            for i in gone:
+                del self._rows[i]
+            return len(gone)
+
+    def failed_counts(self):
+        with self._lock:
+            return dict(collections.Counter(row["queue"] for row in self._rows.values()))
+
+    def retry_failed(self, ids=None, queue=None, target=None):
+        for row in self.failed_jobs(ids):  # those failed before it began
+            row["queue"] = queue or row["queue"]
+            payload = readdress(row["payload"], row["queue"]) if queue else row["payload"]
+            row["target"] = target(row) if target else self.driver
+            row["target"].put([Message(None, row["queue"], row["name"], payload, 0, 0.0)])
+            self.forget([row["id"]])
+            yield row
+
+
 # The redis driver #############################################################################
 # Every key of a queue carries the hash tag {queue} (Laravel's rule), so a queue lives in one slot
 # of a Redis Cluster: <prefix>{q} is the list of ready ids; :delayed (id -> when it is due) and
 # :reserved (id -> when its lease ends) are sorted sets; :jobs (id -> class name NUL payload) and
 # :tries (id -> attempts so far) are hashes; :notify wakes blocked workers (at most 16 tokens);
-# :pushed remembers the token of each push for two minutes (a push is tried again for at most 30 s),
-# so that a push sent again after a lost reply is stored once. The state store lives under the tag {state}, the failed store under
-# {failed}. Every move is one Lua script, timed by the driver's clock (synced to the server's).
+# :pushed remembers the token of each push for two minutes (a push is tried again for at most 30 s).
+# The state store lives under the tag {state}, the failed store under {failed}. Every move is one
+# Lua script, timed by the driver's clock (synced to the server's). A script may run twice (redis-py
+# sends a command again after a lost reply): a push is stored once (its token), a release moves only
+# a job still reserved, deletes are deletes; a pop sent twice reserves a second job, and the first
+# runs when its lease lapses (one attempt more counted).
 _REDIS_POP = """
 local now, npop, a = ARGV[1], tonumber(ARGV[3]), 4
 for g = 0, #KEYS / 6 - 1 do
@@ -4307,7 +4433,7 @@ for i = 1, math.min(ready, 16 - redis.call('LLEN', KEYS[6])) do redis.call('RPUS
 return 1
 """
 _REDIS_RELEASE = """
-redis.call('ZREM', KEYS[3], ARGV[1])
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
 if not redis.call('HEXISTS', KEYS[4], ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]); return 1 end
@@ -4357,7 +4483,7 @@ class RedisDriver(Driver):
         self.keep_every = max(0.05, self.retry_after / 3)
         self.where = self._where()
         self._client, self._scripts, self._local = None, {}, threading.local()
-        self._known, self._limit, self._synced = set(), None, 0.0
+        self._known, self._limit, self._synced, self._connected = set(), None, 0.0, False
         self.own_state, self.own_failed = _RedisState(self), _RedisFailed(self)
 
     def _where(self):
@@ -4392,8 +4518,9 @@ class RedisDriver(Driver):
 
     def run(self, work, retry=True):
         """work(client)'s result. A lost connection (or a server still loading its data) is tried
-        again with the shared policy (30 s; "forever" for a worker; False: never); everything
-        else is one line."""
+        again with the shared policy (30 s; "forever" for a worker; False: never), once this
+        process has reached the server (a server that never answered is one line at once, as on
+        every driver); everything else is one line."""
         redis = _import_optional("redis", "redis")
         errors = redis.exceptions
         policy = _Retry(None if retry == "forever" else 30.0, self.interrupt) if retry else None
@@ -4401,21 +4528,27 @@ class RedisDriver(Driver):
             try:
                 if time.monotonic() - self._synced > 300:
                     self._sync_clock()
-                return work(self.client())
+                result = work(self.client())
+                self._connected = True
+                return result
             except errors.AuthenticationError as exc:
                 raise ConnectionFailed(f"Redis at {self.where} refused the password: {exc}") from None
             except (errors.ConnectionError, errors.TimeoutError, errors.ClusterError) as exc:
-                if "database" in str(exc).lower() or "db index" in str(exc).lower():
-                    raise ConfigError(f"DRIVERS['redis']['db'] = {self.options['db']!r}: Redis at {self.where} "
-                                      f"has no such database ({exc})") from None
-                if policy is None or not policy.again():
+                self._no_such_db(exc)
+                if policy is None or not self._connected or not policy.again():
                     raise ConnectionFailed(f"cannot reach Redis at {self.where}: {exc}") from None
                 log.warning("redis %s: %s; trying again", self.where, _summary(exc))
             except errors.ResponseError as exc:
-                if "NOSCRIPT" in str(exc):
-                    self._scripts.clear()  # the server restarted without its scripts: load them again
+                if isinstance(exc, errors.NoScriptError) or "NOSCRIPT" in str(exc):
+                    self._scripts.clear()  # the server restarted (or failed over) without our scripts: load them again
                     continue
+                self._no_such_db(exc)
                 raise QueueError(f"Redis at {self.where} refused: {exc}") from None
+
+    def _no_such_db(self, exc):
+        if "db index" in str(exc).lower() or "invalid database" in str(exc).lower():
+            raise ConfigError(f"DRIVERS['redis']['db'] = {self.options['db']!r}: Redis at {self.where} "
+                              f"has no such database ({exc})") from None
 
     def _sync_clock(self):
         self._synced = time.monotonic()
@@ -4488,7 +4621,7 @@ class RedisDriver(Driver):
                 return self.script(client, "_REDIS_PUSH", *calls[0])
             pipe = client.pipeline(transaction=not self.cluster)
             for keys, args in calls:
-                pipe.evalsha(self.sha(client, "_REDIS_PUSH"), len(keys), *keys, *args)
+                pipe.eval(_REDIS_PUSH, len(keys), *keys, *args)  # the text: a NOSCRIPT inside MULTI would not undo the rest
             pipe.sadd(self.own_state.key("queues"), *new) if new else None
             also(pipe) if also is not None else None  # a retry's delete from the failed store
             pipe.execute()
@@ -4658,13 +4791,6 @@ class _RedisState(StateStore):
     """The state store in Redis: entries under the hash tag {state} (one slot of a cluster), each
     with its expiry; every method is one script, timed by the driver's clock."""
 
-    def __init__(self, db):
-        self.db, self.retry_after = db, db.retry_after
-
-    @property
-    def clock(self):
-        return self.db.clock
-
     def key(self, name):
         return f"{self.db.prefix}{{state}}:{name}"
 
@@ -4787,7 +4913,7 @@ class _RedisFailed(FailedStore):
     def _forget(self, ids, pipe=None):
         keys, args = [self.key("ids"), self.key("counts")], [self.key("job:"), *ids]
         if pipe is not None:
-            return pipe.evalsha(self.db.sha(self.db.client(), "_REDIS_FORGET"), 2, *keys, *args)
+            return pipe.eval(_REDIS_FORGET, 2, *keys, *args)
         return self.db.run(lambda c: self.db.script(c, "_REDIS_FORGET", keys, args))
 
     def failed_counts(self):

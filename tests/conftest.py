@@ -150,13 +150,16 @@ def sqlite_project(tmp_path):
 
 @pytest.fixture
 def memory_project(tmp_path):
-    """A project on the in-memory driver; failed jobs go to SQLite."""
+    """A project on the in-memory driver; its failed jobs and state in memory too."""
     drivers = {"default": "memory", "memory": {"poll": 0.05, "retry_after": 2},
                "database": {"connection": "sqlite", "poll": 0.05, "retry_after": 2}}
     project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}},
                       backend="memory")
     project.configure()
-    queue.MemoryDriver._jobs.clear()  # the jobs of the process: none left by an earlier test
+    queue.MemoryDriver._jobs.clear()  # the jobs, failed jobs and state of the process: none left by an earlier test
+    queue._MemoryState._entries.clear()
+    queue._MemoryFailed._rows.clear()
+    queue._MemoryFailed._marks.clear()
     yield project
     queue._close_drivers()
 

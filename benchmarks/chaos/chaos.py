@@ -75,10 +75,14 @@ on a free port below the ephemeral range, with a temporary --dir in the project 
 `--appendonly yes --appendfsync always --save ""`. DRIVERS names only redis (its failed jobs and
 state in Redis, no DATABASES); the server is killed at the end and its dir goes with the project
 folder (kept with --keep). The restart is a SIGKILL of that server and a start on the same port and
-dir (recovery from the AOF); the workers must reconnect on their own. With appendfsync always no
-acknowledged write is lost, so the restart explains no double run: a finished job's delete travels
-with its worker's next pop (as on the database driver), so a job whose worker was killed after it
-and before that pop runs again after its lease, which a worker death explains.
+dir (recovery from the AOF); the workers must reconnect on their own: no worker is SIGKILLed from
+the crash until 3 s after the server answers again (QUIET_AFTER_RESTART), since a replacement would
+load the driver's Lua scripts into the new server (they do not survive a restart) before the old
+workers use theirs, and hide a worker that cannot reload its own. On every driver, a main worker
+that lived through the restart must begin jobs again while the others do (a row of the table). With
+appendfsync always no acknowledged write is lost, so the restart explains no double run: a finished
+job's delete travels with its worker's next pop (as on the database driver), so a job whose worker
+was killed after it and before that pop runs again after its lease, which a worker death explains.
 
 Why each worker ended: SIGKILLed by the harness (it knows which), os._exit() by the jobs that do
 so on purpose (exit status 77), exit 1 at start while the server was down, or else on its own: a
@@ -136,6 +140,7 @@ MUST_BE_ZERO = ("lost", "wrong", "failed twice", "failed() > 1", "worker deaths"
 OVERRUN = 3.0      # seconds past its timeout within which an attempt of a poison kind with a timeout must end
 TERM_LIMIT = 10.0  # seconds within which a worker SIGTERMed during a sigignrun job must exit
 STALL_STARTS = 50  # a worker that began nothing after a poison job while the others began this many: stalled
+QUIET_AFTER_RESTART = 3.0  # redis: no SIGKILL from the crash until this long after the server answers again
 
 
 def say(*parts):
@@ -1183,8 +1188,9 @@ class Chaos:
             for line in signals_tail.read():
                 sup.term(int(line.split()[2]))
             sup.check_termed()
-            # the kills; they stop once everything is accounted for (then only late reruns are awaited)
-            if args.kill_every and now >= next_kill and all_accounted_at is None:
+            # the kills; they stop once everything is accounted for (then only late reruns are awaited);
+            # on redis, none during its restart and QUIET_AFTER_RESTART s after it (see _kills_paused)
+            if args.kill_every and now >= next_kill and all_accounted_at is None and not self._kills_paused(restarter):
                 sup.kill_random()
                 next_kill = now + args.kill_every
             # the restart (on SQLite: every worker killed at once), once, when 40% of the jobs are done
@@ -1242,6 +1248,17 @@ class Chaos:
             return False
         return all(b.name in names or b.payload in payloads for b in self.bads
                    if b.number is None and b.category != "control")
+
+    def _kills_paused(self, restarter):
+        """redis: True from the crash until QUIET_AFTER_RESTART s after the server answers again.
+        The workers that live through the crash must reconnect on their own: a replacement
+        started meanwhile would load the driver's Lua scripts into the new server (they do not
+        survive a restart) before the old workers use theirs again, and hide a worker that cannot
+        reload its own."""
+        if self.args.driver != "redis" or restarter is None:
+            return False
+        up = self.restart_window[1]
+        return restarter.is_alive() or up is None or time.time() < up + QUIET_AFTER_RESTART
 
     def _restart(self):
         args, sup = self.args, self.supervisor
@@ -1618,6 +1635,24 @@ class Chaos:
                        for w in later):
                 unrecovered += 1
                 problems["worker deaths not followed by recovery"].append((pid, cause))
+        # the main workers that lived through the server restart (started before it went down, still
+        # alive QUIET_AFTER_RESTART s after it answered): each must take jobs again on its own
+        through, silent = [], []
+        if window is not None and window[1] is not None and window[1] > window[0]:
+            for w in sup.workers:
+                end = w.ended or self.ended
+                if w.role != "main" or w.started >= window[0] or end < window[1] + QUIET_AFTER_RESTART:
+                    continue
+                through.append(w.pid)
+                if any(s > window[1] for s in starts_by_pid.get(w.pid, ())):
+                    continue
+                first = bisect.bisect_right(start_times, window[1])
+                last = bisect.bisect_left(start_times, end)
+                others = sum(1 for _, other in main_starts[first:last] if other != w.pid)
+                if others >= STALL_STARTS:
+                    silent.append(w.pid)
+                    problems["workers that began no job after the restart while the others went on"].append(
+                        (w.pid, w.cause, round(end - window[1], 1), others, self._tail(w.log, 2)))
         # the workers that exited on their own while not asked to stop (not SIGKILLed by us, not
         # os._exit by the jobs that do it on purpose, not "server down"): caused by a job when the
         # record names one (see culprit()), else other exits; exits at the stop are other exits
@@ -1748,6 +1783,8 @@ class Chaos:
              ("    stopped after it (exit 0)", causes["termed"], None),
              (f"    still running {TERM_LIMIT:g} s after the SIGTERM (then SIGKILLed)", len(sup.term_hung), 0),
              ("worker deaths not followed by recovery", unrecovered, 0),
+             ("main workers that lived through the server restart", len(through), None),
+             ("  began no job after it while the others went on", len(silent), 0),
              ("worker logs with a traceback through queue.py", len(tracebacks), 0),
              ("worker logs with ERROR records (pika's own)", noisy, None)]
         if self.bads:
