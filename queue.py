@@ -4617,9 +4617,10 @@ class RedisDriver(Driver):
 
         def push(client):
             calls = [(self.keys(q) + [self.keys(q)[0] + ":pushed"], [repr(now), token, *args]) for q, args in by_queue.items()]
-            if len(calls) == 1 and not new and also is None:  # the common case: one command
-                return self.script(client, "_REDIS_PUSH", *calls[0])
-            pipe = client.pipeline(transaction=not self.cluster)
+            if (len(calls) == 1 and not new and also is None) or self.cluster:  # one command each
+                [self.script(client, "_REDIS_PUSH", *call) for call in calls]
+                return client.sadd(self.own_state.key("queues"), *new) if new else None
+            pipe = client.pipeline(transaction=True)
             for keys, args in calls:
                 pipe.eval(_REDIS_PUSH, len(keys), *keys, *args)  # the text: a NOSCRIPT inside MULTI would not undo the rest
             pipe.sadd(self.own_state.key("queues"), *new) if new else None
