@@ -138,8 +138,8 @@ log = _Lazy("log", "logging", _logger)
 __version__ = "1.2.0"
 __all__ = list(_stdlib_queue.__all__) + [
     "Queueable", "push", "chain", "before", "after", "failing", "looping", "configure",
-    "driver", "Worker", "Message", "Driver", "FailedStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
-    "MemoryDriver", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload", "CodeMissing",
+    "driver", "Worker", "Message", "Driver", "FailedStore", "StateStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
+    "MemoryDriver", "RedisDriver", "SyncDriver", "NullDriver", "Cron", "schedule", "scheduled", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload", "CodeMissing",
     "JobTimeout", "MaxAttemptsExceeded", "JobFailed", "status", "failed_jobs", "retry", "forget", "flush", "clear",
     "restart", "run_now", "call", "task", "released", "stopping", "throttle", "funnel", "RateLimited",
     "WithoutOverlapping", "ThrottlesExceptions", "pause", "resume", "paused", "workers", "metrics",
@@ -1310,7 +1310,8 @@ def _unique_lock(job):
     if not _is_number(seconds_) or seconds_ <= 0:
         raise QueueError(f"{_job_name(job)}.unique_for must be seconds above 0, not {seconds_!r}")
     unique_id = getattr(job, "unique_id", None)
-    return f"unique:{_job_name(job)}:{_text(unique_id() if callable(unique_id) else '')}", _holder(), float(seconds_)
+    return f"unique:{_job_name(job)}:{_text(unique_id() if callable(unique_id) else unique_id or '')}", _holder(), \
+        float(seconds_)
 
 
 # Drivers ######################################################################################
@@ -5074,8 +5075,9 @@ class Worker:
 
     def __init__(self, driver, queues=None, *, attempts=None, timeout=None, poll=None, callback=None,
                  once=False, stop_when_empty=False, max_jobs=None, max_time=None, backoff=None, memory=None,
-                 concurrency=1):
+                 concurrency=1, schedule=True):
         self.driver = driver
+        self.keeps_schedule = schedule      # keep the schedule (queue.schedule) on a thread of its own
         self.concurrency = 1 if once else max(1, int(concurrency or 1))
         options = driver.options
         self.queues = [_check_queue_name(q, "--queue") for q in queues or [options["queue"]]]
@@ -5122,6 +5124,7 @@ class Worker:
         _guard(self._refresh_paused)  # before the first claim; then every second, on the keeper
         keeper = threading.Thread(target=self._keep, name="queue-keeper", daemon=True)
         keeper.start()
+        _Scheduler(self.stopping).start() if self.keeps_schedule and _schedule else None
         switching = sys.getswitchinterval()
         threads = self._start_lanes()
         reason = "error"
@@ -5932,6 +5935,253 @@ def _die_with_parent():
         pass
 
 
+# Periodic jobs ################################################################################
+# queue.schedule() registers an entry (in jobs/__init__.py or config.py); every worker keeps the
+# schedule on a thread of its own (`work --no-schedule` opts one out): there is no scheduler
+# process to run. A due slot is claimed in the StateStore of the entry's driver, which every worker
+# and host sharing it sees: a lease on the slot (60 s), then the push, then a mark that the slot is
+# done (the same entry, kept until after the next slot). A worker killed before its push leaves the
+# slot to another once the lease ends (it is pushed late); one killed between its push and its mark
+# (one round trip) may let the slot be pushed twice. Slots are UTC epochs; a cron's fields are read
+# on the wall clock of its tz, so a daily 02:30 runs once on both days of a daylight-saving change.
+_MONTHS = "JAN FEB MAR APR MAY JUN JUL AUG SEP OCT NOV DEC".split()
+_WEEKDAYS = "SUN MON TUE WED THU FRI SAT".split()
+_MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+           "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+_SLOT_LEASE = 60.0  # seconds a worker holds a slot it claimed before another may push it instead
+_SLOT_LATE = 3.0    # seconds after which a slot not pushed yet was missed (catch_up=False skips it)
+
+
+class Cron:
+    """A five-field cron expression: minute, hour, day of month, month, day of week, each `*`, a
+    number, a range `a-b`, a step `*/n` or `a-b/n`, or a list of them; months and days by name
+    (JAN, MON-FRI), Sunday as 0 or 7; or one of @hourly, @daily, @weekly, @monthly, @yearly. As in
+    Vixie cron, when both day fields are restricted a day that matches either one runs."""
+
+    _fields = (("minute", 0, 59, None, 0), ("hour", 0, 23, None, 0), ("day of month", 1, 31, None, 0),
+               ("month", 1, 12, _MONTHS, 1), ("day of week", 0, 7, _WEEKDAYS, 0))
+
+    def __init__(self, expression):
+        self.expression = expression
+        text = _MACROS.get(expression.strip().lower(), expression) if isinstance(expression, str) else ""
+        parts = text.split()
+        if len(parts) != 5:
+            raise QueueError(f"cron {expression!r}: write five fields (minute hour day month weekday), "
+                             "or @hourly, @daily, @weekly, @monthly or @yearly")
+        fields = [sorted(self._field(expression, part, *spec)) for part, spec in zip(parts, self._fields)]
+        self.minutes, self.hours, self.days, self.months, weekdays = fields
+        self.weekdays = {day % 7 for day in weekdays}
+        self.every_day, self.every_weekday = parts[2].startswith("*"), parts[4].startswith("*")
+        self.next_after(0.0, _dt.timezone.utc)  # one that can never run (31 February) is refused here
+
+    @staticmethod
+    def _field(expression, part, name, low, high, names, base):
+        values = set()
+        for item in part.split(","):
+            span, _, step = item.partition("/")
+            try:
+                for word in sorted(names or (), key=len, reverse=True):
+                    span = re.sub(word, str(names.index(word) + base), span, flags=re.I)
+                first, _, last = span.partition("-")
+                first, last = (low, high) if span == "*" else (int(first), int(last or (high if step else first)))
+                step = int(step) if step else 1
+            except ValueError:
+                raise QueueError(f"cron {expression!r}: the {name} field {item!r} is not a number, range or step") from None
+            if not (low <= first <= last <= high) or step < 1:
+                raise QueueError(f"cron {expression!r}: the {name} field {item!r} is outside {low}-{high}")
+            values.update(range(first, last + 1, step))
+        return values
+
+    def _runs_on(self, day):
+        if day.month not in self.months:
+            return False
+        by_date, by_weekday = day.day in self.days, day.isoweekday() % 7 in self.weekdays
+        if self.every_day or self.every_weekday:
+            return (self.every_day or by_date) and (self.every_weekday or by_weekday)
+        return by_date or by_weekday
+
+    def next_after(self, when, tz):
+        """The first slot after `when` (seconds since the epoch), as seconds since the epoch."""
+        local = _dt.datetime.fromtimestamp(when, tz).replace(tzinfo=None)
+        earliest = local - _dt.timedelta(hours=3)  # room for a daylight-saving change
+        day = earliest.date()
+        for _ in range(366 * 9):  # 29 February on a Monday recurs within 28 years; a match, within 8
+            if self._runs_on(day):
+                for hour in self.hours:
+                    for minute in self.minutes:
+                        naive = _dt.datetime(day.year, day.month, day.day, hour, minute)
+                        if naive >= earliest:
+                            slot = _wall_time(naive, tz)
+                            if slot > when:
+                                return slot
+            day += _dt.timedelta(days=1)
+        raise QueueError(f"cron {self.expression!r} never runs")
+
+    def __str__(self):
+        return self.expression
+
+
+def _wall_time(naive, tz):
+    """Seconds since the epoch of a wall-clock time of tz: of the first of two (the clocks went
+    back), or of the first valid minute after it if the clocks skipped it."""
+    for _ in range(24 * 60):
+        epoch = naive.replace(tzinfo=tz).timestamp()
+        if _dt.datetime.fromtimestamp(epoch, tz).replace(tzinfo=None) == naive:
+            return epoch
+        naive += _dt.timedelta(minutes=1)
+    raise QueueError(f"no valid time near {naive} in {tz}")
+
+
+class _Every:
+    """Slots every `seconds`, on whole multiples of it since the epoch (so every worker agrees)."""
+
+    def __init__(self, every):
+        self.seconds = seconds(every)
+        if self.seconds < 1:
+            raise QueueError(f"schedule(every={every!r}): at least 1 second")
+
+    def next_after(self, when, tz):
+        return (math.floor(when / self.seconds) + 1) * self.seconds
+
+    def __str__(self):
+        return f"every {self.seconds:g} s"
+
+
+class _Entry:
+    """One entry of the schedule: when its job is pushed, and where."""
+
+    def __init__(self, name, job, timing, tz, queue, driver, catch_up, overlap):
+        self.name, self.job, self.timing, self.tz_name = name, job, timing, tz
+        self.queue, self.driver, self.catch_up, self.overlap = queue, driver, catch_up, overlap
+
+    @property
+    def tz(self):
+        return _timezone(self.tz_name) if self.tz_name else _driver(self.driver).clock.tz
+
+    def store(self):
+        return _driver(self.driver).state_store()
+
+    def key(self, what):
+        return f"schedule:{what}:{self.name}"
+
+    def latest(self, due, now):
+        """The last slot at or before `now`, `due` being a slot at or before it (missed slots
+        collapse into it: one push for them all)."""
+        slot = max(due, now - 2 * 86400)  # more than two days missed: the last of the last two days
+        slot = due if slot == due else self.timing.next_after(slot - 1e-6, self.tz)
+        following = self.timing.next_after(slot, self.tz)
+        while following <= now:
+            slot, following = following, self.timing.next_after(following, self.tz)
+        return slot
+
+    def push(self, slot):
+        """Push the job of a slot; False if overlap=False and the last one is still queued or running."""
+        job = self.job
+        if not self.overlap:
+            job = copy.copy(job)
+            job.unique_for, job.unique_id = 7 * 86400.0, self.key("run")
+        return push(job, driver=self.driver, queue=self.queue)
+
+
+_schedule = {}  # name -> _Entry
+
+
+def schedule(cron=None, job=None, *, every=None, tz=None, queue=None, driver=None, catch_up=True, overlap=True,
+             name=None):
+    """Push `job` on a cron expression (`schedule("*/15 * * * *", Digest())`, in `tz` or the
+    driver's tz) or `every` seconds (a number, a timedelta or "10 minutes"). Every worker keeps
+    the schedule and each slot is pushed once across all of them; slots missed while no worker
+    ran are pushed once when one comes back (catch_up=False: not at all); overlap=False skips a
+    slot while the last run is still queued or running. Registering the same name again replaces it."""
+    if (cron is None) == (every is None):
+        raise QueueError("schedule() takes a cron expression or every=..., one of them")
+    if job is None or not callable(getattr(job, "handle", None) or getattr(job, "__call__", None)):
+        raise QueueError(f"schedule(): job must be a job to push (a Queueable), not {job!r}")
+    timing = Cron(cron) if cron is not None else _Every(every)
+    if tz is not None:
+        _timezone(tz, "schedule(tz=...)")
+    name = name or f"{_job_name(job)} {timing}{'' if queue is None else ' on ' + queue}"
+    if not isinstance(name, str) or not 0 < len(name) <= _MAX_NAME:
+        raise QueueError(f"schedule(name={name!r}): a name of 1 to {_MAX_NAME} characters")
+    _schedule[name] = _Entry(name, job, timing, tz, queue, driver, catch_up, overlap)
+    return _schedule[name]
+
+
+class _Scheduler:
+    """The schedule as one worker keeps it: a thread that looks at every entry each second."""
+
+    def __init__(self, stopping, clock=None):
+        self.stopping, self.clock = stopping, clock or time.time
+        self.due = {}  # name -> the next slot this worker will try
+        self.holder = _holder()
+
+    def start(self):
+        thread = threading.Thread(target=self._run, name="queue-schedule", daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self):
+        while not self.stopping.wait(1.0 - self.clock() % 1.0 + 0.005):  # just after each whole second
+            self.tick()
+
+    def tick(self, now=None):
+        """Push what is due now; return the names pushed."""
+        now, pushed = self.clock() if now is None else now, []
+        for entry in list(_schedule.values()):
+            done, exc, _ = _guard(lambda: self._check(entry, now))
+            if exc is not None:
+                log.warning("schedule %s: %s", entry.name, _summary(exc))
+            elif done:
+                pushed.append(entry.name)
+        return pushed
+
+    def _check(self, entry, now):
+        due = self.due.get(entry.name)
+        if due is None:
+            due = self.due[entry.name] = self._first(entry, now)
+        if due > now:
+            return False
+        slot = entry.latest(due, now)
+        self.due[entry.name] = entry.timing.next_after(slot, entry.tz)
+        if not entry.catch_up and now - slot > _SLOT_LATE:
+            return False  # missed while no worker ran (a running worker looks every second)
+        return self._claim(entry, slot)
+
+    def _first(self, entry, now):
+        """The first slot to try: after the last slot pushed, or after the entry was first seen."""
+        store = entry.store()
+        store.lock(entry.key("seen"), repr(now), _MAX_PUSH_DELAY)  # the first worker to see it says when
+        seen, last = store.value_of(entry.key("seen")), store.value_of(entry.key("last"))
+        return entry.timing.next_after(max(float(seen or now), float(last or 0)), entry.tz)
+
+    def _claim(self, entry, slot):
+        store, key = entry.store(), entry.key(f"slot:{slot!r}")
+        if not store.lock(key, self.holder, _SLOT_LEASE):
+            return False  # another worker has it (or had it)
+        pushed = entry.push(slot)
+        keep = entry.timing.next_after(slot, entry.tz) - slot + 2 * 86400
+        store.put_entries([(key, "done", keep), (entry.key("last"), repr(slot), _MAX_PUSH_DELAY)],
+                          [(entry.key("runs"), 1, _MAX_PUSH_DELAY)] if pushed else [])
+        log.info("schedule %s: %s the job of %s", entry.name, "pushed" if pushed else "skipped (still running)",
+                 time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(slot)))
+        return pushed
+
+
+def scheduled():
+    """Every entry of the schedule as dicts: name, when (its cron or interval), tz, queue, driver,
+    last (the last slot pushed, epoch, or None), next (epoch), runs (how many were pushed)."""
+    rows, now = [], time.time()
+    for entry in _schedule.values():
+        store = entry.store()
+        last, runs = store.value_of(entry.key("last")), store.value_of(entry.key("runs"))
+        due = entry.timing.next_after(max(float(last or 0), float(store.value_of(entry.key("seen")) or now)), entry.tz)
+        rows.append({"name": entry.name, "when": str(entry.timing), "tz": str(entry.tz), "queue": entry.queue,
+                     "driver": entry.driver, "last": float(last) if last else None,
+                     "next": due if due > now or entry.catch_up else entry.timing.next_after(now, entry.tz),
+                     "runs": int(float(runs or 0))})
+    return rows
+
+
 # Operating it #################################################################################
 # What the commands (and a dashboard, or your own code) do, as functions that return data.
 def _failed_store(connection=None):
@@ -6062,10 +6312,22 @@ def dashboard_state(driver=None, connection=None):
                            "connection": row["connection"], "failed_at": str(row["failed_at"]),
                            "error": (text.strip().splitlines() or [""])[0], "exception": text})
     return {"queues": queues, "workers": live, "failed": failed, "series": _series(target.state_store()),
+            "schedule": _schedule_state(target.state_store()),
             "now": time.time()}
 
 
 _PREVIEW = 8 * 1024  # characters of a failed job's traceback that the dashboard's state carries
+
+
+def _schedule_state(store):
+    """The periodic jobs pushed so far, as the state store has them: [{name, last, runs, when,
+    next}] (when and next where this process has the entry registered)."""
+    last, runs = store.entries("schedule:last:"), store.entries("schedule:runs:")
+    known = {row["name"]: row for row in scheduled()}
+    names = sorted({name[len("schedule:last:"):] for name in last} | set(known))
+    return [dict(known.get(n, {"when": None, "next": None}), name=n,
+                 last=float(last[f"schedule:last:{n}"]) if f"schedule:last:{n}" in last else None,
+                 runs=int(float(runs.get(f"schedule:runs:{n}", 0)))) for n in names]
 
 
 def _series(store):
@@ -6097,6 +6359,11 @@ def metrics(driver=None, connection=None):
            [(_labels(queue=q, count=k), 1) for q, c in counts.items() for k, v in c.items() if isinstance(v, _Estimate)])
     family("queue_oldest_ready_age_seconds", "gauge", "Age of the oldest ready job per queue.",
            [(_labels(queue=q), round(age, 3)) for q, age in oldest.items()])
+    entries = _schedule_state(target.state_store())
+    family("queue_schedule_runs_total", "counter", "Periodic jobs pushed per schedule entry.",
+           [(_labels(entry=e["name"]), e["runs"]) for e in entries])
+    family("queue_schedule_last_run_timestamp_seconds", "gauge", "The slot of the last push per schedule entry.",
+           [(_labels(entry=e["name"]), e["last"]) for e in entries if e["last"] is not None])
     totals = target.state_store().entries("metric:")
     classes = sorted({name.split(":")[1] for name in totals})
     for kind in ("done", "failed"):
@@ -6320,11 +6587,13 @@ button:hover{background:#eef2f6}button.danger{color:#a3261e;border-color:#e3aaa5
 <table id="workers"><thead><tr><th>Host</th><th class="num">PID</th><th>Driver</th><th>Queues</th><th>Current job</th><th class="num">Done</th><th class="num">Failed</th><th>Last beat</th></tr></thead><tbody></tbody></table></section>
 <section><h2>Failed jobs <span class="count" id="failed-count"></span><span class="tools"><button id="retry-all" type="button">Retry all</button><button id="flush" class="danger" type="button">Flush</button></span></h2>
 <table id="failed"><thead><tr><th class="num">ID</th><th>Queue</th><th>Job</th><th>Failed at</th><th>Error (click a row for the traceback)</th><th></th></tr></thead><tbody></tbody></table></section>
+<section><h2>Schedule <span class="count" id="schedule-count"></span></h2>
+<table id="schedule"><thead><tr><th>Entry</th><th>When</th><th>Last run</th><th>Next run</th><th class="num">Runs</th></tr></thead><tbody></tbody></table></section>
 </main>
 <script>
 "use strict";
 const $ = (s) => document.querySelector(s), SVG = "http://www.w3.org/2000/svg";
-const token = $("#token"), rows = {queues: new Map(), workers: new Map(), failed: new Map()}, open = new Set();
+const token = $("#token"), rows = {queues: new Map(), workers: new Map(), failed: new Map(), schedule: new Map()}, open = new Set();
 let last = null, timer = null, seq = 0;
 try { token.value = sessionStorage.getItem("queue-token") || ""; } catch (e) {}
 token.addEventListener("input", () => { try { sessionStorage.setItem("queue-token", token.value); } catch (e) {} });
@@ -6402,6 +6671,17 @@ function renderWorkers(workers, now) {
   put($("#workers-count"), workers.length ? "(" + workers.length + ")" : "");
   place($("#workers tbody"), nodes, rows.workers, keys, "No worker is running.", 8);
 }
+function renderSchedule(entries) {
+  const keys = new Set(), nodes = [], at = (t) => t == null ? "never" : new Date(t * 1000).toLocaleString();
+  for (const e of entries) {
+    const tr = row(rows.schedule, e.name, "data-entry", ["name", "when", "last", "next", "runs num"]);
+    keys.add(e.name); nodes.push(tr);
+    put(cell(tr, "name"), e.name); put(cell(tr, "when"), e.when || ""); put(cell(tr, "last"), at(e.last));
+    put(cell(tr, "next"), e.next == null ? "" : at(e.next)); put(cell(tr, "runs"), e.runs);
+  }
+  put($("#schedule-count"), entries.length ? "(" + entries.length + ")" : "");
+  place($("#schedule tbody"), nodes, rows.schedule, keys, "No periodic job (queue.schedule).", 5);
+}
 function renderFailed(failed) {
   const keys = new Set(), nodes = [];
   for (const f of failed) {
@@ -6465,7 +6745,7 @@ function renderChart(series, now) {
   $("#chart").replaceChildren(...out);
 }
 function render(s) {
-  renderQueues(s.queues || []); renderWorkers(s.workers || [], s.now); renderFailed(s.failed || []); renderChart(s.series || [], s.now);
+  renderQueues(s.queues || []); renderWorkers(s.workers || [], s.now); renderFailed(s.failed || []); renderSchedule(s.schedule || []); renderChart(s.series || [], s.now);
 }
 async function refresh() {
   const mine = ++seq, started = performance.now();
@@ -6609,7 +6889,7 @@ def _cmd_work(args, config):
     worker = Worker(_driver(args.driver, args.connection), queues, attempts=args.attempts, timeout=args.timeout,
                     poll=args.poll, once=args.once, stop_when_empty=args.stop_when_empty,
                     max_jobs=args.max_jobs, max_time=args.max_time, backoff=args.backoff, memory=args.memory,
-                    concurrency=args.concurrency)
+                    concurrency=args.concurrency, schedule=not args.no_schedule)
     status = worker.run()
     _exit_past_left_threads(status)
     return status
@@ -6636,7 +6916,21 @@ def _work_argv(args):
                         ("--memory", args.memory), ("--timeout", args.timeout), ("--max-jobs", args.max_jobs),
                         ("--max-time", args.max_time), ("--concurrency", args.concurrency)):
         argv += [flag, str(value)] if value is not None else []
-    return argv + ["--once"] * args.once + ["--stop-when-empty"] * args.stop_when_empty
+    return argv + ["--once"] * args.once + ["--stop-when-empty"] * args.stop_when_empty + ["--no-schedule"] * args.no_schedule
+
+
+def _cmd_schedule(args, config):
+    _import_jobs(config)
+    rows = scheduled()
+    if not rows:
+        print("no periodic jobs (register them with queue.schedule() in jobs/__init__.py or config.py)")
+        return 0
+    when = lambda epoch: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "never"  # noqa: E731
+    print(f"{'entry':<40} {'when':<18} {'last run':<19} {'next run':<19} {'runs':>6}")
+    for row in rows:
+        print(f"{row['name'][:40]:<40} {row['when'][:18]:<18} {when(row['last']):<19} {when(row['next']):<19} "
+              f"{row['runs']:>6}")
+    return 0
 
 
 def _import_jobs(config):
@@ -6855,7 +7149,9 @@ _COMMANDS = [  # name, function, help, arguments
         _arg("--processes", type=_positive(int), default=1, metavar="N",
              help="keep N worker processes running (a supervisor restarts one that exits)"),
         _arg("--concurrency", type=_positive(int), default=1, metavar="N",
-             help="run N jobs at once in each worker, on threads")]),
+             help="run N jobs at once in each worker, on threads"),
+        _arg("--no-schedule", action="store_true", help="do not push the periodic jobs of queue.schedule()")]),
+    ("schedule", _cmd_schedule, "list the periodic jobs (queue.schedule) with their last and next run", []),
     ("job", _cmd_job, "write jobs/Name.py with a job skeleton", [_arg("name", help="class name of the job")]),
     ("push", _cmd_push, "push a job class from jobs/ (arguments are Python literals, or key=value)", [
         _arg("name", help="job class name"), _arg("args", nargs="*", help="arguments of the job's constructor"),
