@@ -4944,6 +4944,199 @@ class _RedisFailed(FailedStore):
                 return
 
 
+# The beanstalkd driver ########################################################################
+# Tube = queue. A job's body is its class name, the attempts it had before this push and its queue,
+# then the payload (NUL-separated). Delays and the reservation (TTR = retry_after, whole seconds)
+# are the server's; a running job is touched so its TTR never lapses. Attempts = the body's + the
+# server's count of reserves, so a job that kills its worker ends in the failed store. Each thread
+# has its own connections (a reserved job belongs to the connection that reserved it: the keeper
+# touches it through that connection, under its lock).
+_TUBE = r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()-]{0,199}$"
+
+
+class BeanstalkdDriver(Driver):
+    """Jobs in beanstalkd through greenstalk. A worker of several queues looks at each tube in
+    order (strict priority), then waits on all of them."""
+
+    name = "beanstalkd"
+    defaults = dict(Driver.defaults, host="127.0.0.1", port=11300, retry_after=90)
+    kinds = dict(Driver.kinds, host=_string, port=_port, retry_after=_lease)
+    limit_name = "beanstalkd's max-job-size (its -z option)"
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.retry_after = max(1, math.ceil(options["retry_after"]))
+        self.keep_every = max(0.5, self.retry_after / 3)
+        self.where = f"{options['host']}:{options['port']}"
+        self._local, self._limit, self._connected = threading.local(), None, False
+
+    @property
+    def connection_name(self):
+        return self.where
+
+    def client(self, watch=()):
+        """[this thread's greenstalk client watching `watch` (a tuple of tubes), its lock]."""
+        clients = self._local.__dict__.setdefault("clients", {})
+        if watch not in clients:
+            greenstalk = _import_optional("greenstalk", "beanstalkd")
+            try:
+                client = greenstalk.Client((self.options["host"], int(self.options["port"])), encoding=None,
+                                           watch=list(watch) or "default")
+            except OSError as exc:
+                raise ConnectionFailed(f"cannot reach beanstalkd at {self.where}: {exc}") from None
+            clients[watch] = [client, threading.Lock()]
+        return clients[watch]
+
+    def run(self, work, retry=True):
+        """work()'s result; a lost connection is tried again with the shared policy once this
+        process has reached the server (one that never answered is one line at once)."""
+        greenstalk = _import_optional("greenstalk", "beanstalkd")
+        policy = _Retry(None if retry == "forever" else 30.0, self.interrupt) if retry else None
+        while True:
+            try:
+                result = work()
+                self._connected = True
+                return result
+            except (ConnectionFailed, OSError, greenstalk.UnknownResponseError) as exc:
+                self._drop()
+                if policy is None or not self._connected or not policy.again():
+                    if isinstance(exc, ConnectionFailed):
+                        raise
+                    raise ConnectionFailed(f"lost the connection to beanstalkd at {self.where}: {exc}") from None
+                log.warning("beanstalkd %s: %s; trying again", self.where, _summary(exc))
+            except greenstalk.JobTooBigError:
+                raise QueueError(f"beanstalkd at {self.where} refused a job over its max-job-size") from None
+            except greenstalk.Error as exc:
+                raise QueueError(f"beanstalkd at {self.where} refused: {type(exc).__name__} {exc}") from None
+
+    def _drop(self):
+        for client, _ in getattr(self._local, "clients", {}).values():
+            _guard(client.close)
+        self._local.clients = {}
+
+    def check_queue(self, queue):
+        if not re.match(_TUBE, queue):
+            raise QueueError(f"queue name {queue!r}: a beanstalkd tube name is 1 to 200 of A-Z a-z 0-9 + / ; . $ _ ( ) -, "
+                             "not starting with -")
+        return queue
+
+    def max_payload(self):
+        if self._limit is None:
+            self._limit = int(self.run(lambda: self.client()[0].stats()["max-job-size"])) - 512
+        return self._limit
+
+    # the interface
+    def put(self, messages):
+        """One put per message (beanstalkd has no transaction: a push of several that fails half
+        way deletes the ones it put, if the server still answers)."""
+        done = []
+        try:
+            for m in messages:
+                body = b"\0".join([m.name.encode(), str(m.attempts).encode(), self.check_queue(m.queue).encode(), m.payload])
+                done.append(self.run(lambda: self._put(m.queue, body, m.delay)))
+        except BaseException:
+            for job_id in done:
+                _guard(lambda: self.client()[0].delete(job_id))
+            raise
+
+    def _put(self, queue, body, delay):
+        client = self.client()[0]
+        if client.using() != queue:
+            client.use(queue)
+        return client.put(body, priority=1024, delay=math.ceil(max(0.0, delay)), ttr=self.retry_after)
+
+    def pop(self, queues, wait=0.0):
+        deadline = self.clock.monotonic() + wait
+        if len(queues) > 1:  # strict priority: each tube in order, then wait on all of them
+            for queue_name in queues:
+                message = self.run(lambda: self._reserve((queue_name,), 0), retry="forever")
+                if message is not None:
+                    return message
+        left = round(max(0.0, deadline - self.clock.monotonic()))
+        return self.run(lambda: self._reserve(tuple(queues), left), retry="forever")
+
+    def _reserve(self, watch, timeout):
+        greenstalk = _import_optional("greenstalk", "beanstalkd")
+        client, lock = self.client(watch)
+        with lock:
+            try:
+                job = client.reserve(timeout=timeout)
+            except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
+                return None
+            reserves = int(client.stats_job(job)["reserves"])
+        name, before, queue_name, payload = job.body.split(b"\0", 3)
+        attempts = int(before) + reserves
+        return Message(str(job.id), queue_name.decode(), name.decode(), payload, attempts,
+                       receipt=(client, lock, job, attempts))
+
+    def _with(self, message, action):
+        client, lock, job, _ = message.receipt
+        with lock:
+            return action(client, job)
+
+    def ack(self, message, failed=False):
+        try:
+            self.run(lambda: self._with(message, lambda c, job: c.delete(job)), retry=False)
+        except (ConnectionFailed, QueueError):
+            pass  # the connection (and with it the reservation) is gone: the job comes back, and runs again
+
+    def release(self, message, delay=0.0):
+        """At the server (its count of reserves goes on) when the attempts are those of the pop;
+        else (a middleware release, which spends no try) a new job with the attempts so far, then
+        the old one deleted."""
+        if message.attempts == message.receipt[3]:
+            self.run(lambda: self._with(message, lambda c, job: c.release(job, priority=1024,
+                                                                           delay=math.ceil(max(0.0, delay)))))
+            return
+        self.put([Message(None, message.queue, message.name, message.payload, message.attempts, delay)])
+        self.ack(message)
+
+    def keep(self, message):
+        self.run(lambda: self._with(message, lambda c, job: c.touch(job)), retry=False)
+
+    def stats(self, queues=None):
+        greenstalk = _import_optional("greenstalk", "beanstalkd")
+
+        def count():
+            client = self.client()[0]
+            names = list(queues) if queues else sorted(t.decode() if isinstance(t, bytes) else t for t in client.tubes())
+            result = {}
+            for name in names:
+                try:
+                    s = client.stats_tube(name)
+                except greenstalk.NotFoundError:
+                    s = {}
+                result[name] = {"ready": int(s.get("current-jobs-ready", 0)), "delayed": int(s.get("current-jobs-delayed", 0)),
+                                "reserved": int(s.get("current-jobs-reserved", 0))}
+            return result
+        return self.run(count)
+
+    def clear(self, queue, batch=1000):
+        greenstalk = _import_optional("greenstalk", "beanstalkd")
+        locks, count = bool(self.state_store().entries("unique:")), 0
+
+        def take():
+            client = self.client()[0]
+            client.use(self.check_queue(queue))
+            for peek in (client.peek_ready, client.peek_delayed):
+                try:
+                    job = peek()
+                except greenstalk.NotFoundError:
+                    continue
+                client.delete(job)
+                return job.body.split(b"\0", 3)[3]
+            return None
+        while True:
+            payload = self.run(take)
+            if payload is None:
+                return count
+            count += 1
+            _free_unique_locks(self.state_store(), [payload]) if locks else None
+
+    def close(self):
+        self._drop()
+
+
 # The sync and null drivers ####################################################################
 class SyncDriver(Driver):
     """Laravel's sync connection: push() runs each job at once, in the pushing thread, by a

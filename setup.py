@@ -9,6 +9,8 @@ need, so that one command installs it:
     pip install ".[amqp]"      # the RabbitMQ driver (pika)
     pip install ".[postgres]"  # the PostgreSQL dialect (psycopg 3)
     pip install ".[redis]"     # the Redis driver (redis-py)
+    pip install ".[beanstalkd]" # the beanstalkd driver (greenstalk)
+    pip install ".[sqs]"       # the Amazon SQS driver (boto3)
     pip install ".[test]"      # everything the test suite needs
 """
 from setuptools import setup
@@ -26,7 +28,10 @@ setup(
         "amqp": ["pika>=1.2"],
         "postgres": ["psycopg[binary]>=3.1"],
         "redis": ["redis>=4.2"],
-        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "redis>=4.2", "hypothesis>=6",
+        "beanstalkd": ["greenstalk>=2.0"],
+        "sqs": ["boto3>=1.26"],
+        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "redis>=4.2", "greenstalk>=2.0",
+                 "boto3>=1.26", "moto[server]>=5", "hypothesis>=6",
                  # real apps started by their launchers (tests/test_launchers.py)
                  "flask>=2", "gunicorn>=21", "uvicorn>=0.20", "fastapi>=0.100", "django>=4",
                  # the dashboard in a real browser, and /metrics read by Prometheus' own parser

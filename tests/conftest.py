@@ -40,7 +40,7 @@ POSTGRES = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "po
             "database": "test"}
 
 # The backends a test can run on (the `project` fixture's), and groups of them.
-BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp", "redis")
+BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp", "redis", "beanstalkd")
 SQL_BACKENDS = ("sqlite", "mysql", "postgres")     # the database driver on each dialect
 CLOCKED = ("sqlite", "mysql", "postgres", "memory", "redis")  # reservations lapse on the driver's injectable clock
 
@@ -312,6 +312,47 @@ def redis_project(tmp_path):
     yield project
     queue._close_drivers()
     redis_keys(prefix, delete=True)
+
+
+@pytest.fixture(scope="session")
+def beanstalkd_server(tmp_path_factory):
+    """The test run's own beanstalkd (Debian's package), on a free port with a binlog in a
+    temporary folder, stopped at the end of the run."""
+    import shutil as _shutil
+    import time as _time
+    binary = _shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
+    if not os.path.exists(binary):
+        message = "beanstalkd is not installed (apt-get install beanstalkd)"
+        pytest.fail(message) if CI else pytest.skip(message)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path_factory.mktemp("beanstalkd")
+    proc = subprocess.Popen([binary, "-l", "127.0.0.1", "-p", str(port), "-b", str(folder)])
+    deadline = _time.monotonic() + 10
+    while not server_up("127.0.0.1", port, 0.2):
+        assert _time.monotonic() < deadline, "beanstalkd did not start"
+        _time.sleep(0.05)
+    yield {"host": "127.0.0.1", "port": port}
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def beanstalkd_project(tmp_path, beanstalkd_server):
+    """A project on the beanstalkd driver, on a tube of its own; failed jobs and state in SQLite."""
+    name = unique("q")
+    drivers = {"default": "beanstalkd",
+               "beanstalkd": dict(beanstalkd_server, queue=name, attempts=3, poll=0.05, retry_after=2),
+               "database": {"connection": "sqlite", "poll": 0.05, "retry_after": 2}}
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}},
+                      backend="beanstalkd")
+    project.queue = name
+    project.configure()
+    yield project
+    project.configure()
+    queue.driver("beanstalkd").clear(name)  # the tube goes once it is empty and nobody watches it
+    queue._close_drivers()
 
 
 @pytest.fixture

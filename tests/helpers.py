@@ -205,8 +205,8 @@ class DriverCase:
                 delete(name)
 
     def lapse(self, message):
-        if self.broker:
-            self.driver.close()  # the broker requeues an unacked message when the consuming connection closes
+        if self.broker or self.project.backend == "beanstalkd":
+            self.driver.close()  # the server requeues an unacked message when the consuming connection closes
             return
         # the reservation expires retry_after seconds after pop (or the last keep()): move the
         # driver's clock past it (the injectable clock; no real wait)

@@ -33,7 +33,7 @@ from flowjobs import events, most_running, most_surely_within
 from helpers import dialect, log_lines, sql, stop, wait_worker
 from testjobs import wait_for
 
-pytestmark = backends("sqlite", "mysql", "amqp", "redis", "memory")
+pytestmark = backends("sqlite", "mysql", "amqp", "redis", "memory", "beanstalkd")
 on_the_databases = backends("sqlite", "mysql")  # the tests of the database driver only
 
 
@@ -61,6 +61,8 @@ def stored(project):
     """How many jobs the project's queues hold (RabbitMQ: messages ready in its queue)."""
     if project.backend == "amqp":
         return queue.driver("amqp").stats([project.queue])[project.queue]["ready"]
+    if project.backend == "beanstalkd":  # a server of the whole run: this test's tube only
+        return sum(queue.driver().stats([project.queue])[project.queue].values())
     return sum(sum(c.values()) for c in queue.driver().stats().values())
 
 

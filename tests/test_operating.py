@@ -18,7 +18,7 @@ from testjobs import values, wait_for
 parser = pytest.importorskip("prometheus_client.parser")
 
 
-@backends("sqlite", "mysql", "redis")
+@backends("sqlite", "mysql", "redis", "beanstalkd")
 def test_status_lists_live_workers_and_a_dead_one_drops_out(project, tmp_path, spawn):
     gate, held = str(tmp_path / "gate"), str(tmp_path / "held")
     queue.push(testjobs.Gate(held, gate, "held"))
@@ -26,7 +26,7 @@ def test_status_lists_live_workers_and_a_dead_one_drops_out(project, tmp_path, s
     wait_worker(worker, lambda: values(held), 30, "the worker did not start the job")
     live = wait_for(lambda: [w for w in queue.workers() if w["pid"] == worker.proc.pid and w["current"]], 15,
                     message="the worker did not report itself with its job")
-    assert live[0]["current"] == "Gate" and live[0]["queues"] == ["default"] and live[0]["since"] <= time.time()
+    assert live[0]["current"] == "Gate" and live[0]["queues"] == [queue.driver().default_queue] and live[0]["since"] <= time.time()
     out = project.cli("status").stdout
     assert f":{worker.proc.pid}" in out and "Gate since" in out, out
     worker.proc.send_signal(signal.SIGKILL)

@@ -18,7 +18,7 @@ from helpers import push_records, table_empty
 from test_cli import JOB_FILES
 from testjobs import lines, runs, values, wait_for
 
-pytestmark = backends(*SQL_BACKENDS, "redis")
+pytestmark = backends(*SQL_BACKENDS, "redis", "beanstalkd")
 
 BARRIER = '''
 import os
@@ -46,7 +46,7 @@ def block_events(path):
 def empty(project):
     """Nothing left in the jobs table of the project, nothing failed."""
     driver = queue.driver()
-    counts = driver.stats()
+    counts = driver.stats([project.queue] if project.backend == "beanstalkd" else None)  # a server of the whole run
     assert all(c == {"ready": 0, "delayed": 0, "reserved": 0} for c in counts.values()), counts
     assert driver.failed_store().failed_jobs() == []
 
@@ -104,7 +104,8 @@ def test_a_worker_killed_mid_job_loses_nothing(project, tmp_path, spawn):
     assert [what for what, _, _ in events] == ["start", "start", "end"], events
     assert events[0][1] == first.proc.pid and events[1][1] == second.proc.pid
     waited = events[1][2] - events[0][2]
-    assert waited >= retry_after - 0.25, f"the killed job ran again after {waited:.2f} s, before retry_after"
+    if project.backend != "beanstalkd":  # beanstalkd gives a closed connection's jobs back at once
+        assert waited >= retry_after - 0.25, f"the killed job ran again after {waited:.2f} s, before retry_after"
     counted = sorted(values(quick))
     assert counted == sorted(f"q{i}" for i in range(20)), "every quick job ran exactly once"
     empty(project)
@@ -129,7 +130,8 @@ def test_a_live_long_job_is_not_run_by_a_second_worker(project, tmp_path, spawn,
 
     # well past retry_after, the long job is still reserved, not ready again
     wait_for(lambda: time.time() > began + 1.5 * retry_after, 3 * retry_after)
-    assert queue.driver().stats()["default"] == {"ready": 0, "delayed": 0, "reserved": 1}
+    name = queue.driver().default_queue
+    assert queue.driver().stats([name])[name] == {"ready": 0, "delayed": 0, "reserved": 1}
 
     assert first.wait(6 * retry_after + 30) == 0, first.output
     second.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,80 @@
+"""What is the beanstalkd driver's own (SPEC section 8): a server that keeps its binlog keeps the
+jobs across a SIGKILL, tube names and job sizes the server would refuse are refused at push, a
+server that does not answer is one line."""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import queue
+import testjobs
+from conftest import Project, server_up, unique
+from helpers import free_port, ok, one_line_error, wait_for
+from testjobs import values
+
+
+def start_beanstalkd(port, folder, max_job=None):
+    args = ["beanstalkd", "-l", "127.0.0.1", "-p", str(port), "-b", str(folder)] + (["-z", str(max_job)] if max_job else [])
+    proc = subprocess.Popen(args)
+    wait_for(lambda: server_up("127.0.0.1", port, 0.2), 10, message="beanstalkd did not start")
+    return proc
+
+
+@pytest.fixture
+def own_server(tmp_path):
+    """A beanstalkd of this test's own with a binlog; (project, restart())."""
+    port, folder = free_port(), tmp_path / "binlog"
+    folder.mkdir()
+    procs = [start_beanstalkd(port, folder, max_job=20000)]
+    drivers = {"default": "beanstalkd", "beanstalkd": {"port": port, "queue": "jobs", "poll": 0.05, "retry_after": 2},
+               "database": {"connection": "sqlite"}}
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}}, backend="beanstalkd")
+    project.configure()
+
+    def restart():
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait()
+        procs[0] = start_beanstalkd(port, folder, max_job=20000)
+    yield project, restart
+    queue._close_drivers()
+    procs[0].kill()
+    procs[0].wait()
+
+
+def test_a_sigkilled_server_with_its_binlog_keeps_every_job(own_server, tmp_path):
+    project, restart = own_server
+    path = str(tmp_path / "record")
+    queue.push(*(testjobs.Record(path, f"r{i}") for i in range(20)))
+    queue.push(testjobs.Record(path, "later"), delay=1)
+    queue._close_drivers()
+    restart()
+    ok(project.cli("work", "--max-jobs", "21"))
+    assert sorted(values(path)) == sorted([f"r{i}" for i in range(20)] + ["later"])
+
+
+def test_a_pusher_and_a_worker_go_on_after_the_server_restarts(own_server, tmp_path):
+    project, restart = own_server
+    path = str(tmp_path / "record")
+    queue.push(testjobs.Record(path, "before"))
+    restart()
+    queue.push(testjobs.Record(path, "after"))  # this process's connection was lost: it connects again
+    ok(project.cli("work", "--max-jobs", "2"))
+    assert sorted(values(path)) == ["after", "before"]
+
+
+def test_tube_names_and_sizes_the_server_refuses_are_refused_at_push(own_server, tmp_path):
+    for name in ("-dash", "with space", "a,b", "ünï"):
+        with pytest.raises(queue.QueueError, match="tube name"):
+            queue.push(testjobs.Record(str(tmp_path / "r"), "x"), queue=name)
+    with pytest.raises(queue.QueueError, match="max-job-size") as info:
+        queue.push(testjobs.Record(str(tmp_path / "r"), "y" * 30000))
+    assert "\n" not in str(info.value)
+
+
+def test_a_server_that_does_not_answer_is_one_line(tmp_path):
+    drivers = {"default": "beanstalkd", "beanstalkd": {"port": free_port()}, "database": {"connection": "sqlite"}}
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}})
+    for command in (["status"], ["work"], ["clear", "--force"]):
+        one_line_error(project.cli(*command, timeout=20), "beanstalkd", "127.0.0.1")
