@@ -5137,6 +5137,224 @@ class BeanstalkdDriver(Driver):
         self._drop()
 
 
+# The sqs driver ###############################################################################
+# A queue is an SQS standard queue named prefix + queue, made on first use (14 days' retention, the
+# longest). The body is the payload in base64 (SQS bodies are text); the class name, the attempts
+# before this push, when it was pushed and when it is due are message attributes. A delay past SQS's
+# 15 minutes is delayed again on arrival until it is due. retry_after is the visibility timeout,
+# renewed while a job runs; attempts = the attribute's + SQS's ApproximateReceiveCount. `clear`
+# deletes the ready messages and leaves a clear mark in the state store: the delayed ones pushed
+# before it are dropped when they arrive (as on amqp).
+_SQS_NAME = r"^[A-Za-z0-9_-]{1,80}$"
+_SQS_MAX_DELAY = 900
+
+
+class SQSDriver(Driver):
+    """Jobs in Amazon SQS (standard queues) through boto3."""
+
+    name = "sqs"
+    defaults = dict(Driver.defaults, endpoint=None, region="us-east-1", prefix="", retry_after=90, key=None, secret=None)
+    kinds = dict(Driver.kinds, endpoint=_maybe_string, region=_string, prefix=_string, retry_after=_lease,
+                 key=_maybe_string, secret=_maybe_string)
+    limit_name = "the queue's MaximumMessageSize"
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.retry_after = min(43200, max(1, math.ceil(options["retry_after"])))
+        self.keep_every = max(0.5, self.retry_after / 3)
+        self.where = options["endpoint"] or f"SQS {options['region']}"
+        self._client, self._urls, self._limits, self._connected = None, {}, {}, False
+        self._client_lock, self._marks = threading.Lock(), {}  # queue -> (its clear mark, when read)
+
+    @property
+    def connection_name(self):
+        return self.where
+
+    def client(self):
+        with self._client_lock:
+            if self._client is None:
+                boto3, o = _import_optional("boto3", "sqs"), self.options
+                credentials = {"aws_access_key_id": o["key"], "aws_secret_access_key": o["secret"]} if o["key"] else {}
+                config = _import_optional("botocore.config", "sqs", "boto3").Config(
+                    retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30)
+                self._client = boto3.client("sqs", endpoint_url=o["endpoint"], region_name=o["region"], config=config,
+                                            **credentials)
+        return self._client
+
+    def run(self, work, retry=True):
+        """work(client)'s result; a lost connection is tried again with the shared policy once
+        this process has reached SQS; a refusal (credentials, a name) is one line."""
+        botocore = _import_optional("botocore.exceptions", "sqs", "boto3")
+        policy = _Retry(None if retry == "forever" else 30.0, self.interrupt) if retry else None
+        while True:
+            try:
+                result = work(self.client())
+                self._connected = True
+                return result
+            except (botocore.EndpointConnectionError, botocore.ConnectionClosedError, botocore.ReadTimeoutError) as exc:
+                if policy is None or not self._connected or not policy.again():
+                    raise ConnectionFailed(f"cannot reach {self.where}: {exc}") from None
+                log.warning("sqs %s: %s; trying again", self.where, _summary(exc))
+            except botocore.NoCredentialsError:
+                raise ConfigError("the sqs driver has no credentials: set DRIVERS['sqs']['key'] and ['secret'], "
+                                  "or boto3's usual AWS_ACCESS_KEY_ID / ~/.aws/credentials") from None
+            except botocore.ClientError as exc:
+                raise QueueError(f"{self.where} refused: {exc.response.get('Error', {}).get('Message') or exc}") from None
+            except botocore.BotoCoreError as exc:
+                raise QueueError(f"{self.where}: {exc}") from None
+
+    def url(self, queue):
+        """The queue's URL, made on first use."""
+        url = self._urls.get(queue)
+        if url is None:
+            name = self.options["prefix"] + queue
+            if not re.match(_SQS_NAME, name):
+                raise QueueError(f"queue name {name!r}: an SQS queue name is 1 to 80 of A-Z a-z 0-9 - _ (prefix included)")
+            attributes = {"VisibilityTimeout": str(self.retry_after), "MessageRetentionPeriod": "1209600"}
+            url = self._urls[queue] = self.run(lambda c: c.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"])
+        return url
+
+    def max_payload(self):
+        return None  # per queue: checked in put()
+
+    def _check(self, queue, body):
+        if queue not in self._limits:
+            self._limits[queue] = int(self.run(lambda c: c.get_queue_attributes(
+                QueueUrl=self.url(queue), AttributeNames=["MaximumMessageSize"])["Attributes"]["MaximumMessageSize"]))
+        if len(body) + 512 > self._limits[queue]:
+            raise QueueError(f"the job's payload takes {len(body):,} bytes in SQS, over the {self._limits[queue]:,} bytes "
+                             f"of the queue's MaximumMessageSize: keep large data elsewhere and put a reference on the job")
+
+    # the interface
+    def put(self, messages):
+        """Up to 10 messages a request (SQS has no transaction across requests)."""
+        import base64
+        now, batches = self.clock.time(), {}
+        for m in messages:
+            body = base64.b64encode(m.payload).decode()
+            self._check(m.queue, body)
+            attributes = {"name": m.name, "attempts": str(m.attempts), "pushed": repr(now), "due": repr(now + m.delay)}
+            batches.setdefault(m.queue, []).append({
+                "Id": str(len(batches.get(m.queue, ()))), "MessageBody": body,
+                "DelaySeconds": int(min(_SQS_MAX_DELAY, math.ceil(max(0.0, m.delay)))),
+                "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}})
+        for queue_name, entries in batches.items():
+            for i in range(0, len(entries), 10):
+                chunk = entries[i:i + 10]
+                failed = self.run(lambda c: c.send_message_batch(QueueUrl=self.url(queue_name), Entries=chunk)).get("Failed")
+                if failed:
+                    raise QueueError(f"{self.where} refused a message: {failed[0].get('Message')}")
+
+    def pop(self, queues, wait=0.0):
+        deadline = self.clock.monotonic() + wait
+        while True:
+            for i, queue_name in enumerate(queues):  # strict priority: each in order, long polling on the last
+                left = deadline - self.clock.monotonic()
+                waiting = int(min(20, max(0, round(left)))) if i == len(queues) - 1 else 0
+                message = self._receive(queue_name, waiting)
+                if message is not None:
+                    return message
+            if deadline - self.clock.monotonic() <= 0.5:
+                return None
+
+    def _receive(self, queue_name, waiting):
+        """The next message of the queue that is due (those put off are passed over), or None."""
+        import base64
+        while True:
+            reply = self.run(lambda c: c.receive_message(
+                QueueUrl=self.url(queue_name), MaxNumberOfMessages=1, WaitTimeSeconds=waiting,
+                AttributeNames=["ApproximateReceiveCount"], MessageAttributeNames=["All"]), retry="forever")
+            if not reply.get("Messages"):
+                return None
+            m = reply["Messages"][0]
+            attributes = {k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()}
+            if self._put_off(queue_name, m, attributes):
+                continue
+            attempts = int(attributes.get("attempts", 0)) + int(m["Attributes"]["ApproximateReceiveCount"])
+            return Message(m["MessageId"], queue_name, attributes.get("name", ""), base64.b64decode(m["Body"]),
+                           attempts, receipt=(m["ReceiptHandle"], attempts, m["Body"], attributes))
+
+    def _put_off(self, queue_name, m, attributes):
+        """A message not due yet (a delay past 15 minutes) is sent again with the delay left; one
+        pushed before a clear is deleted. True if it was."""
+        due, left = float(attributes.get("due", 0)), float(attributes.get("due", 0)) - self.clock.time()
+        cleared = self._cleared(queue_name)
+        if cleared is not None and float(attributes.get("pushed", 0)) < cleared:
+            self.run(lambda c: c.delete_message(QueueUrl=self.url(queue_name), ReceiptHandle=m["ReceiptHandle"]))
+            return True
+        if due and left > 1:
+            entry = {"DelaySeconds": int(min(_SQS_MAX_DELAY, math.ceil(left))), "MessageBody": m["Body"],
+                     "MessageAttributes": {k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}}
+            self.run(lambda c: c.send_message(QueueUrl=self.url(queue_name), **entry))
+            self.run(lambda c: c.delete_message(QueueUrl=self.url(queue_name), ReceiptHandle=m["ReceiptHandle"]))
+            return True
+        return False
+
+    def _cleared(self, queue_name):
+        """When the queue was last cleared (read again every 5 s), or None."""
+        mark = self._marks.get(queue_name)
+        if mark is None or time.monotonic() - mark[1] > 5:
+            mark = self._marks[queue_name] = (self.state_store().value_of(f"cleared:{self.name}:{queue_name}"),
+                                              time.monotonic())
+        return None if mark[0] is None else float(mark[0])
+
+    def ack(self, message, failed=False):
+        self.run(lambda c: c.delete_message(QueueUrl=self.url(message.queue), ReceiptHandle=message.receipt[0]),
+                 retry="forever")
+
+    def release(self, message, delay=0.0):
+        """At SQS (its receive count goes on) when the attempts are those of the pop and the delay
+        fits its 12 hours of visibility; else a new message with the attempts so far, then the
+        old one deleted."""
+        if message.attempts == message.receipt[1] and delay <= 43200:
+            self.run(lambda c: c.change_message_visibility(QueueUrl=self.url(message.queue),
+                                                           ReceiptHandle=message.receipt[0],
+                                                           VisibilityTimeout=int(math.ceil(max(0.0, delay)))),
+                     retry="forever")
+            return
+        self.put([Message(None, message.queue, message.name, message.payload, message.attempts, delay)])
+        self.ack(message)
+
+    def keep(self, message):
+        self.run(lambda c: c.change_message_visibility(QueueUrl=self.url(message.queue),
+                                                       ReceiptHandle=message.receipt[0],
+                                                       VisibilityTimeout=self.retry_after), retry=False)
+
+    def stats(self, queues=None):
+        prefix = self.options["prefix"]
+
+        def count(c):
+            names = list(queues) if queues else sorted(
+                url.rsplit("/", 1)[1][len(prefix):] for url in c.list_queues(QueueNamePrefix=prefix).get("QueueUrls", ()))
+            keys = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed", "ApproximateNumberOfMessagesNotVisible"]
+            result = {}
+            for name in names:
+                a = c.get_queue_attributes(QueueUrl=self.url(name), AttributeNames=keys)["Attributes"]
+                result[name] = {"ready": int(a[keys[0]]), "delayed": int(a[keys[1]]), "reserved": int(a[keys[2]])}
+            return result
+        return self.run(count)
+
+    def clear(self, queue):
+        """Delete the ready messages (received and deleted, 10 at a time) and mark the queue
+        cleared: its delayed messages pushed before now are dropped when they arrive."""
+        url, count = self.url(queue), 0
+        self.state_store().put_entries([(f"cleared:{self.name}:{queue}", repr(self.clock.time()), _MAX_PUSH_DELAY)])
+        self._marks.clear()
+        locks = bool(self.state_store().entries("unique:"))
+        delayed = self.stats([queue])[queue]["delayed"]
+        while True:
+            got = self.run(lambda c: c.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30,
+                                                       WaitTimeSeconds=0)).get("Messages", [])
+            if not got:
+                return count + delayed
+            self.run(lambda c: c.delete_message_batch(QueueUrl=url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(got)]))
+            count += len(got)
+            if locks:
+                import base64
+                _free_unique_locks(self.state_store(), [base64.b64decode(m["Body"]) for m in got])
+
+
 # The sync and null drivers ####################################################################
 class SyncDriver(Driver):
     """Laravel's sync connection: push() runs each job at once, in the pushing thread, by a

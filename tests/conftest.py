@@ -40,7 +40,7 @@ POSTGRES = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "po
             "database": "test"}
 
 # The backends a test can run on (the `project` fixture's), and groups of them.
-BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp", "redis", "beanstalkd")
+BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp", "redis", "beanstalkd", "sqs")
 SQL_BACKENDS = ("sqlite", "mysql", "postgres")     # the database driver on each dialect
 CLOCKED = ("sqlite", "mysql", "postgres", "memory", "redis")  # reservations lapse on the driver's injectable clock
 
@@ -352,6 +352,47 @@ def beanstalkd_project(tmp_path, beanstalkd_server):
     yield project
     project.configure()
     queue.driver("beanstalkd").clear(name)  # the tube goes once it is empty and nobody watches it
+    queue._close_drivers()
+
+
+@pytest.fixture(scope="session")
+def sqs_server():
+    """moto's standalone SQS server (`moto[server]`), the only SQS endpoint these machines reach,
+    on a free port for the run."""
+    import shutil as _shutil
+    import time as _time
+    binary = _shutil.which("moto_server")
+    if binary is None:
+        message = "moto_server is not installed (pip install 'moto[server]')"
+        pytest.fail(message) if CI else pytest.skip(message)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = _time.monotonic() + 30
+    while not server_up("127.0.0.1", port, 0.2):
+        assert _time.monotonic() < deadline, "moto_server did not start"
+        _time.sleep(0.1)
+    yield {"endpoint": f"http://127.0.0.1:{port}", "region": "us-east-1", "key": "test", "secret": "test"}
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def sqs_project(tmp_path, sqs_server):
+    """A project on the sqs driver (moto's server), its queues under a prefix of its own, deleted
+    afterwards; failed jobs and state in SQLite."""
+    prefix = unique("t") + "-"
+    drivers = {"default": "sqs", "sqs": dict(sqs_server, prefix=prefix, attempts=3, poll=0.05, retry_after=2),
+               "database": {"connection": "sqlite", "poll": 0.05, "retry_after": 2}}
+    project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}}, backend="sqs")
+    project.configure()
+    yield project
+    project.configure()
+    client = queue.driver("sqs").client()
+    for url in client.list_queues(QueueNamePrefix=prefix).get("QueueUrls", ()):
+        client.delete_queue(QueueUrl=url)
     queue._close_drivers()
 
 

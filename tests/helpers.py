@@ -205,6 +205,10 @@ class DriverCase:
                 delete(name)
 
     def lapse(self, message):
+        if self.project.backend == "sqs":  # what a lapsed visibility timeout does, at once
+            self.driver.client().change_message_visibility(QueueUrl=self.driver.url(message.queue),
+                                                           ReceiptHandle=message.receipt[0], VisibilityTimeout=0)
+            return
         if self.broker or self.project.backend == "beanstalkd":
             self.driver.close()  # the server requeues an unacked message when the consuming connection closes
             return
