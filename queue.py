@@ -138,7 +138,7 @@ log = _Lazy("log", "logging", _logger)
 __version__ = "1.2.0"
 __all__ = list(_stdlib_queue.__all__) + [
     "Queueable", "push", "chain", "before", "after", "failing", "looping", "configure",
-    "driver", "Worker", "Message", "Driver", "FailedStore", "StateStore", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
+    "driver", "Worker", "Message", "Driver", "FailedStore", "StateStore", "Settings", "DatabaseDriver", "AsyncDriver", "AMQPDriver",
     "MemoryDriver", "RedisDriver", "SyncDriver", "NullDriver", "Cron", "schedule", "scheduled", "Clock", "QueueError", "ConfigError", "ConnectionFailed", "MissingTable", "BadPayload", "CodeMissing",
     "JobTimeout", "MaxAttemptsExceeded", "JobFailed", "status", "failed_jobs", "retry", "forget", "flush", "clear",
     "restart", "run_now", "call", "task", "released", "stopping", "throttle", "funnel", "RateLimited",
@@ -257,6 +257,16 @@ _table = _kind(lambda v: re.match(_IDENT, v), f"a plain table name of at most {_
 _maybe_table = _kind(lambda v: v is None or re.match(_IDENT, v), f"None or {_table.must}")
 _zone = _kind(lambda v: _timezone(v), "a time zone name such as 'UTC' or 'Europe/Paris'")
 _queue_kind = _kind(lambda v: _check_queue_name(v), f"a queue name of at most {_MAX_QUEUE} bytes, without surrounding spaces")
+
+
+class Settings:
+    """The checks of a DRIVERS section's values, for a driver's `kinds` (README: Writing a
+    driver): each returns None for a right value, else what the value must be (a one-line error
+    names the key). Settings.kind(test, must) makes another."""
+
+    kind, choice = staticmethod(_kind), staticmethod(_choice)
+    string, maybe_string, flag, mapping, whole = _string, _maybe_string, _flag, _mapping, _whole
+    seconds, lease, port, table, zone, queue = _seconds, _lease, _port, _table, _zone, _queue_kind
 
 
 def _options(where, given, defaults, kinds):
@@ -1360,8 +1370,14 @@ class Driver:
     shared = True      # other processes (`python queue.py work`) see the jobs it stores
     interrupt = None   # a worker's stop flag: reconnect loops give up soon after it is set
 
+    required = ("put", "pop", "ack", "release", "stats", "clear")  # the interface below: no default
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        missing = [m for m in Driver.required if getattr(cls, m) is getattr(Driver, m)]
+        if missing and cls.name:  # a registered driver must be complete when its class is made, as abc would say
+            raise TypeError(f"driver {cls.__name__} ({cls.name!r}) does not define {', '.join(missing)}(): "
+                            "see Driver's interface (README: Writing a driver)")
         if cls.name:
             Driver.registry[cls.name] = cls
 
@@ -1702,6 +1718,235 @@ def _forget_drivers_after_fork():
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_drivers_after_fork)
+
+
+# The contract's worked example: the memory driver ###########################################
+class MemoryDriver(Driver):
+    """Jobs in this process's memory: the worked example of a driver (README: Writing a driver)
+    and a backend for tests and scripts that push and work in one process. Nothing survives
+    the process, and `python queue.py work` cannot see another process's jobs. A reservation
+    lapses after `retry_after` seconds unless keep() renews it, as on the database driver."""
+
+    name = "memory"
+    shared = False
+    own_stores = True  # its failed jobs and state in memory too (`failed`: a DATABASES connection instead)
+    defaults = dict(Driver.defaults, retry_after=90)
+    kinds = dict(Driver.kinds, retry_after=_lease)
+
+    _changed = threading.Condition()  # every instance of a process shares the jobs
+    _jobs = {}                        # id -> Message, its .delay holding when it is due
+    _due = {}                         # queue -> heap of (due, order, id), one entry per schedule:
+    _entry = {}                       # id -> the order of its job's entry that counts (the others
+    _order = [0]                      # are dropped when met, or when the heap is rebuilt)
+
+    def __init__(self, options, config):
+        super().__init__(options, config)
+        self.retry_after = float(options["retry_after"])
+        self.keep_every = max(0.05, self.retry_after / 3)
+        self.own_state, self.own_failed = _MemoryState(self), _MemoryFailed(self)
+
+    def put(self, messages):
+        now = self.clock.time()
+        with self._changed:
+            for m in messages:
+                job_id = _new_id()  # unique across processes (failed jobs outlive the process)
+                self._due_at(Message(job_id, m.queue, m.name, m.payload, m.attempts), now + m.delay)
+            self._changed.notify_all()
+
+    def _due_at(self, job, when):
+        """(Re)schedule a job (under the lock): ready at `when`, after the jobs scheduled before
+        it for the same moment. A heap grown past twice the jobs is rebuilt of its live entries."""
+        self._jobs[job.id], job.delay = job, when
+        self._order[0] += 1
+        self._entry[job.id] = self._order[0]
+        heap = self._due.setdefault(job.queue, [])
+        heapq.heappush(heap, (when, self._order[0], job.id))
+        if len(heap) > 2 * len(self._jobs) + 100:
+            heap[:] = [entry for entry in heap if self._live(entry)]
+            heapq.heapify(heap)
+
+    def _live(self, entry):
+        return entry[2] in self._jobs and self._entry.get(entry[2]) == entry[1]
+
+    def pop(self, queues, wait=0.0):
+        deadline = self.clock.monotonic() + wait
+        with self._changed:
+            while True:
+                now = self.clock.time()
+                for queue_name in queues:
+                    heap = self._due.get(queue_name, ())
+                    while heap and heap[0][0] <= now:
+                        entry = heapq.heappop(heap)
+                        if not self._live(entry):
+                            continue  # acked, or rescheduled (its newer entry is in the heap)
+                        job = self._jobs[entry[2]]
+                        job.attempts, job.receipt = job.attempts + 1, now
+                        self._due_at(job, now + self.retry_after)  # ready again if its reservation lapses
+                        return Message(job.id, job.queue, job.name, job.payload, job.attempts, receipt=now)
+                left = deadline - self.clock.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(min(left, 0.05))  # a delayed job comes due without a notify
+
+    def ack(self, message, failed=False):
+        with self._changed:
+            self._jobs.pop(message.id, None)
+            self._entry.pop(message.id, None)
+
+    def release(self, message, delay=0.0):
+        with self._changed:
+            job = self._jobs.get(message.id)
+            if job is not None:
+                job.attempts, job.receipt = message.attempts, None
+                self._due_at(job, self.clock.time() + delay)
+                self._changed.notify_all()
+
+    def keep(self, message):
+        with self._changed:
+            job = self._jobs.get(message.id)
+            if job is not None and job.receipt == message.receipt:
+                self._due_at(job, self.clock.time() + self.retry_after)
+
+    def clear(self, queue):
+        now = self.clock.time()
+        with self._changed:
+            gone = [i for i, job in self._jobs.items() if job.queue == queue and (job.receipt is None or job.delay <= now)]
+            payloads = [self._jobs[job_id].payload for job_id in gone]
+            for job_id in gone:
+                del self._jobs[job_id], self._entry[job_id]
+        _free_unique_locks(self.state_store(), payloads)
+        return len(gone)
+
+    def stats(self, queues=None):
+        now = self.clock.time()
+        result = {q: {"ready": 0, "delayed": 0, "reserved": 0} for q in queues or ()}
+        with self._changed:
+            for job in self._jobs.values():
+                if queues and job.queue not in queues:
+                    continue
+                kind = "ready" if job.delay <= now else "delayed" if job.receipt is None else "reserved"
+                result.setdefault(job.queue, {"ready": 0, "delayed": 0, "reserved": 0})[kind] += 1
+        return result
+
+
+class _MemoryState(StateStore):
+    """The state store in this process's memory (the memory driver's): the smallest complete
+    one. Entries are [value, expires at]; one lock makes every method atomic."""
+
+    _entries, _lock = {}, threading.RLock()  # shared by every instance of the process, as the jobs are
+
+    def _live(self, name):
+        entry = self._entries.get(name)
+        return entry if entry is not None and entry[1] >= self.clock.time() else None
+
+    def take_slot(self, names, hold, holder):
+        with self._lock:
+            for name in names:
+                if self._live(name) is None:
+                    self._entries[name] = [holder, self.clock.time() + hold + _SLOT_MARGIN]
+                    return name
+        return None
+
+    def slots_free_in(self, names):
+        with self._lock:
+            held = [self._live(name) for name in names]
+            return 0.0 if None in held else max(0.0, min(e[1] for e in held) - self.clock.time())
+
+    def hold_slot(self, name, holder, hold):
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and entry[0] == holder:
+                entry[1] = self.clock.time() + hold if hold > 0 else float("-inf")
+
+    def lock(self, name, holder, ttl):
+        with self._lock:
+            entry = self._live(name)
+            if entry is not None and entry[0] != holder:
+                return False
+            self._entries[name] = [holder, self.clock.time() + ttl]
+            return True
+
+    def unlock(self, name, holder=None, retry=True):
+        with self._lock:
+            entry = self._entries.get(name)
+            if entry is not None and (holder is None or entry[0] == holder):
+                del self._entries[name]
+
+    def value_of(self, name):
+        entry = self._live(name)
+        return None if entry is None else entry[0]
+
+    def add_to(self, name, amount=1, ttl=3600.0):
+        with self._lock:
+            entry = self._live(name)
+            value = (float(entry[0]) if entry is not None else 0) + amount
+            self._entries[name] = [int(value) if value == int(value) else value, self.clock.time() + ttl]
+            return int(value)
+
+    def entries(self, prefix, retry=True):
+        with self._lock:
+            return {name: str(e[0]) for name, e in list(self._entries.items())
+                    if name.startswith(prefix) and self._live(name) is not None}
+
+    def put_entries(self, entries, adds=(), retry=True):
+        with self._lock:
+            for name, value, ttl in entries:
+                self._entries[name] = [value, self.clock.time() + ttl]
+            for name, amount, ttl in adds:
+                self.add_to(name, amount, ttl)
+
+    def prune(self, retry=True):
+        with self._lock:
+            for name in [n for n in self._entries if self._live(n) is None]:
+                del self._entries[name]
+
+
+class _MemoryFailed(FailedStore):
+    """The failed store in this process's memory (the memory driver's)."""
+
+    _rows, _marks, _lock = {}, set(), threading.RLock()
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    def add_failed(self, driver_name, connection, message, exception):
+        with self._lock:
+            mark = (driver_name, message.queue, message.id)
+            if message.id and mark in self._marks:
+                return False
+            self._marks.add(mark) if message.id else None
+            job_id = max(self._rows, default=0) + 1
+            self._rows[job_id] = {"id": job_id, "driver": driver_name, "connection": connection,
+                                  "queue": message.queue, "name": message.name, "exception": exception,
+                                  "failed_at": _stamp(self.driver.clock.time()), "payload": message.payload}
+            return True
+
+    def failed_jobs(self, ids=None, limit=None, newest_first=False, payloads=True):
+        with self._lock:
+            chosen = sorted(set(ids) & set(self._rows) if ids else self._rows, reverse=newest_first)[:limit]
+            return [{k: v for k, v in self._rows[i].items() if payloads or k != "payload"} for i in chosen]
+
+    def forget(self, ids=None, older_than=None):
+        with self._lock:
+            cutoff = None if older_than is None else _stamp(self.driver.clock.time() - older_than)
+            gone = [i for i, row in self._rows.items() if (ids is None or i in ids)
+                    and (cutoff is None or row["failed_at"] < cutoff)]
+            for i in gone:
+                del self._rows[i]
+            return len(gone)
+
+    def failed_counts(self):
+        with self._lock:
+            return dict(collections.Counter(row["queue"] for row in self._rows.values()))
+
+    def retry_failed(self, ids=None, queue=None, target=None):
+        for row in self.failed_jobs(ids):  # those failed before it began
+            row["queue"] = queue or row["queue"]
+            payload = readdress(row["payload"], row["queue"]) if queue else row["payload"]
+            row["target"] = target(row) if target else self.driver
+            row["target"].put([Message(None, row["queue"], row["name"], payload, 0, 0.0)])
+            self.forget([row["id"]])
+            yield row
 
 
 # The database driver: SQLite, MySQL/MariaDB and PostgreSQL dialects ##########################
@@ -4144,235 +4389,6 @@ class _Consumer:
                     connection.close()
                 except Exception:
                     pass
-
-
-# The memory driver ############################################################################
-class MemoryDriver(Driver):
-    """Jobs in this process's memory: the worked example of a driver (README: Writing a driver)
-    and a backend for tests and scripts that push and work in one process. Nothing survives
-    the process, and `python queue.py work` cannot see another process's jobs. A reservation
-    lapses after `retry_after` seconds unless keep() renews it, as on the database driver."""
-
-    name = "memory"
-    shared = False
-    own_stores = True  # its failed jobs and state in memory too (`failed`: a DATABASES connection instead)
-    defaults = dict(Driver.defaults, retry_after=90)
-    kinds = dict(Driver.kinds, retry_after=_lease)
-
-    _changed = threading.Condition()  # every instance of a process shares the jobs
-    _jobs = {}                        # id -> Message, its .delay holding when it is due
-    _due = {}                         # queue -> heap of (due, order, id), one entry per schedule:
-    _entry = {}                       # id -> the order of its job's entry that counts (the others
-    _order = [0]                      # are dropped when met, or when the heap is rebuilt)
-
-    def __init__(self, options, config):
-        super().__init__(options, config)
-        self.retry_after = float(options["retry_after"])
-        self.keep_every = max(0.05, self.retry_after / 3)
-        self.own_state, self.own_failed = _MemoryState(self), _MemoryFailed(self)
-
-    def put(self, messages):
-        now = self.clock.time()
-        with self._changed:
-            for m in messages:
-                job_id = _new_id()  # unique across processes (failed jobs outlive the process)
-                self._due_at(Message(job_id, m.queue, m.name, m.payload, m.attempts), now + m.delay)
-            self._changed.notify_all()
-
-    def _due_at(self, job, when):
-        """(Re)schedule a job (under the lock): ready at `when`, after the jobs scheduled before
-        it for the same moment. A heap grown past twice the jobs is rebuilt of its live entries."""
-        self._jobs[job.id], job.delay = job, when
-        self._order[0] += 1
-        self._entry[job.id] = self._order[0]
-        heap = self._due.setdefault(job.queue, [])
-        heapq.heappush(heap, (when, self._order[0], job.id))
-        if len(heap) > 2 * len(self._jobs) + 100:
-            heap[:] = [entry for entry in heap if self._live(entry)]
-            heapq.heapify(heap)
-
-    def _live(self, entry):
-        return entry[2] in self._jobs and self._entry.get(entry[2]) == entry[1]
-
-    def pop(self, queues, wait=0.0):
-        deadline = self.clock.monotonic() + wait
-        with self._changed:
-            while True:
-                now = self.clock.time()
-                for queue_name in queues:
-                    heap = self._due.get(queue_name, ())
-                    while heap and heap[0][0] <= now:
-                        entry = heapq.heappop(heap)
-                        if not self._live(entry):
-                            continue  # acked, or rescheduled (its newer entry is in the heap)
-                        job = self._jobs[entry[2]]
-                        job.attempts, job.receipt = job.attempts + 1, now
-                        self._due_at(job, now + self.retry_after)  # ready again if its reservation lapses
-                        return Message(job.id, job.queue, job.name, job.payload, job.attempts, receipt=now)
-                left = deadline - self.clock.monotonic()
-                if left <= 0:
-                    return None
-                self._changed.wait(min(left, 0.05))  # a delayed job comes due without a notify
-
-    def ack(self, message, failed=False):
-        with self._changed:
-            self._jobs.pop(message.id, None)
-            self._entry.pop(message.id, None)
-
-    def release(self, message, delay=0.0):
-        with self._changed:
-            job = self._jobs.get(message.id)
-            if job is not None:
-                job.attempts, job.receipt = message.attempts, None
-                self._due_at(job, self.clock.time() + delay)
-                self._changed.notify_all()
-
-    def keep(self, message):
-        with self._changed:
-            job = self._jobs.get(message.id)
-            if job is not None and job.receipt == message.receipt:
-                self._due_at(job, self.clock.time() + self.retry_after)
-
-    def clear(self, queue):
-        now = self.clock.time()
-        with self._changed:
-            gone = [i for i, job in self._jobs.items() if job.queue == queue and (job.receipt is None or job.delay <= now)]
-            payloads = [self._jobs[job_id].payload for job_id in gone]
-            for job_id in gone:
-                del self._jobs[job_id], self._entry[job_id]
-        _free_unique_locks(self.state_store(), payloads)
-        return len(gone)
-
-    def stats(self, queues=None):
-        now = self.clock.time()
-        result = {q: {"ready": 0, "delayed": 0, "reserved": 0} for q in queues or ()}
-        with self._changed:
-            for job in self._jobs.values():
-                if queues and job.queue not in queues:
-                    continue
-                kind = "ready" if job.delay <= now else "delayed" if job.receipt is None else "reserved"
-                result.setdefault(job.queue, {"ready": 0, "delayed": 0, "reserved": 0})[kind] += 1
-        return result
-
-
-class _MemoryState(StateStore):
-    """The state store in this process's memory (the memory driver's): the smallest complete
-    one. Entries are [value, expires at]; one lock makes every method atomic."""
-
-    _entries, _lock = {}, threading.RLock()  # shared by every instance of the process, as the jobs are
-
-    def _live(self, name):
-        entry = self._entries.get(name)
-        return entry if entry is not None and entry[1] >= self.clock.time() else None
-
-    def take_slot(self, names, hold, holder):
-        with self._lock:
-            for name in names:
-                if self._live(name) is None:
-                    self._entries[name] = [holder, self.clock.time() + hold + _SLOT_MARGIN]
-                    return name
-        return None
-
-    def slots_free_in(self, names):
-        with self._lock:
-            held = [self._live(name) for name in names]
-            return 0.0 if None in held else max(0.0, min(e[1] for e in held) - self.clock.time())
-
-    def hold_slot(self, name, holder, hold):
-        with self._lock:
-            entry = self._entries.get(name)
-            if entry is not None and entry[0] == holder:
-                entry[1] = self.clock.time() + hold if hold > 0 else float("-inf")
-
-    def lock(self, name, holder, ttl):
-        with self._lock:
-            entry = self._live(name)
-            if entry is not None and entry[0] != holder:
-                return False
-            self._entries[name] = [holder, self.clock.time() + ttl]
-            return True
-
-    def unlock(self, name, holder=None, retry=True):
-        with self._lock:
-            entry = self._entries.get(name)
-            if entry is not None and (holder is None or entry[0] == holder):
-                del self._entries[name]
-
-    def value_of(self, name):
-        entry = self._live(name)
-        return None if entry is None else entry[0]
-
-    def add_to(self, name, amount=1, ttl=3600.0):
-        with self._lock:
-            entry = self._live(name)
-            value = (float(entry[0]) if entry is not None else 0) + amount
-            self._entries[name] = [int(value) if value == int(value) else value, self.clock.time() + ttl]
-            return int(value)
-
-    def entries(self, prefix, retry=True):
-        with self._lock:
-            return {name: str(e[0]) for name, e in list(self._entries.items())
-                    if name.startswith(prefix) and self._live(name) is not None}
-
-    def put_entries(self, entries, adds=(), retry=True):
-        with self._lock:
-            for name, value, ttl in entries:
-                self._entries[name] = [value, self.clock.time() + ttl]
-            for name, amount, ttl in adds:
-                self.add_to(name, amount, ttl)
-
-    def prune(self, retry=True):
-        with self._lock:
-            for name in [n for n in self._entries if self._live(n) is None]:
-                del self._entries[name]
-
-
-class _MemoryFailed(FailedStore):
-    """The failed store in this process's memory (the memory driver's)."""
-
-    _rows, _marks, _lock = {}, set(), threading.RLock()
-
-    def __init__(self, driver):
-        self.driver = driver
-
-    def add_failed(self, driver_name, connection, message, exception):
-        with self._lock:
-            mark = (driver_name, message.queue, message.id)
-            if message.id and mark in self._marks:
-                return False
-            self._marks.add(mark) if message.id else None
-            job_id = max(self._rows, default=0) + 1
-            self._rows[job_id] = {"id": job_id, "driver": driver_name, "connection": connection,
-                                  "queue": message.queue, "name": message.name, "exception": exception,
-                                  "failed_at": _stamp(self.driver.clock.time()), "payload": message.payload}
-            return True
-
-    def failed_jobs(self, ids=None, limit=None, newest_first=False, payloads=True):
-        with self._lock:
-            chosen = sorted(set(ids) & set(self._rows) if ids else self._rows, reverse=newest_first)[:limit]
-            return [{k: v for k, v in self._rows[i].items() if payloads or k != "payload"} for i in chosen]
-
-    def forget(self, ids=None, older_than=None):
-        with self._lock:
-            cutoff = None if older_than is None else _stamp(self.driver.clock.time() - older_than)
-            gone = [i for i, row in self._rows.items() if (ids is None or i in ids)
-                    and (cutoff is None or row["failed_at"] < cutoff)]
-            for i in gone:
-                del self._rows[i]
-            return len(gone)
-
-    def failed_counts(self):
-        with self._lock:
-            return dict(collections.Counter(row["queue"] for row in self._rows.values()))
-
-    def retry_failed(self, ids=None, queue=None, target=None):
-        for row in self.failed_jobs(ids):  # those failed before it began
-            row["queue"] = queue or row["queue"]
-            payload = readdress(row["payload"], row["queue"]) if queue else row["payload"]
-            row["target"] = target(row) if target else self.driver
-            row["target"].put([Message(None, row["queue"], row["name"], payload, 0, 0.0)])
-            self.forget([row["id"]])
-            yield row
 
 
 # The redis driver #############################################################################

@@ -2,6 +2,8 @@
 sync runs the job at once in the pushing thread, as a worker would; a push to null discards it."""
 import threading
 
+import pytest
+
 import queue
 import testjobs
 from testjobs import failures, values
@@ -56,3 +58,14 @@ def test_null_discards_every_job_and_status_shows_nothing(sqlite_project, tmp_pa
     assert "0 live worker(s)" in out
     ok(sqlite_project.cli("work", "--driver", "null", "--stop-when-empty"))
     ok(sqlite_project.cli("clear", "--driver", "null", "--force"))
+
+
+def test_a_driver_that_misses_a_required_method_fails_when_its_class_is_made():
+    with pytest.raises(TypeError) as info:
+        class Half(queue.Driver):
+            name = "half-written"
+
+            def put(self, messages):
+                pass
+    assert "pop, ack, release, stats, clear" in str(info.value)
+    assert "half-written" not in queue.Driver.registry
