@@ -3646,16 +3646,17 @@ def _attempt_in_child(message, callback):
     for the parent to settle."""
     worker = _driver("async").worker
     worker.callback = callback
+    lane = worker.lane
     try:
-        header, body = worker._open(message)
+        header, body = lane._open(message)
     except BadPayload as error:
         return error, None, None
-    spent = worker._spent(message, header)  # past its retry_until deadline: failed unrun
+    spent = lane._spent(message, header)  # past its retry_until deadline: failed unrun
     if spent is not None:
         return spent, None, None
     kept = _child_signals()
     try:
-        envelope, exc, text = worker._attempt(message, header, body)
+        envelope, exc, text = lane._attempt(message, header, body)
     finally:
         _child_signals(kept)  # what the job did to the child's signals must not reach the next job
     steer = getattr(envelope["job"], "_queue_steer", None) if envelope else None
@@ -5520,20 +5521,10 @@ class Worker:
         self._ended = threading.Event()     # set when the loop has ended: the keeper stops
         self.processed = 0
         self._total = [0]                   # jobs run by every lane (for max_jobs)
-        self._lanes = [self]                # this worker's loops (itself, or its lanes' threads)
-        self.error = None                   # what ended a lane's thread
-        self.reason = None                  # why a lane's loop ended
-        self.current = None                 # the _Running job
-        self._settling = None               # the job that ran last, until the next pop() settles it (hooks run)
-        self._in_job = False
-        self._limit = None                  # the timeout of the user code running
-        self._thread = None                 # the thread running it (raising its timeout, if not SIGALRM's)
-        self._armed = 0.0                   # when the job with a limit started (main thread)
-        self._alarm_lock = threading.Lock() # the keeper sets the alarm again only while the job runs
-        self._rearmed = False               # it did: the job's end clears it
         self.tally = _Tally()               # what it did since its last beat
         self._paused = set()                # its queues that are paused (refreshed every second)
-        self._told_paused = False           # it said that all of them are
+        self.lane = _Lane(self)             # the main thread's loop (process() runs one job on it)
+        self._lanes = [self.lane]           # this worker's loops: the main one, or N on threads of their own
         self.registry_key = f"worker:{os.uname().nodename}:{os.getpid()}"
         self.started_at = time.time()
         self._signals = []                  # the signals received, in order
@@ -5562,7 +5553,7 @@ class Worker:
                     "signal " + signal.Signals(self._signals[-1]).name + " (cold)"]
                 reason = next((r for r in reasons if r not in ("stopped", "empty")), reasons[0])
             else:
-                reason = self._loop()
+                reason = self.lane._loop()
         except _ColdShutdown:
             reason = "signal " + signal.Signals(self._signals[-1]).name + " (cold)"
         except ConnectionFailed as exc:
@@ -5574,7 +5565,7 @@ class Worker:
         finally:
             self.stopping.set()
             self._join(threads, raising=False)
-            self._close()  # settle the last jobs before the stopping hooks, however long they take
+            self.lane._close()  # settle the last jobs before the stopping hooks, however long they take
             self._ended.set()
             _call_hooks("stopping", reason)
             _, exc, _ = _guard(self._beat, True)
@@ -5590,35 +5581,20 @@ class Worker:
         """With concurrency N, N lanes on threads of their own while the main thread only waits,
         so that no job can change the process's signal handlers under the others (Python allows
         that in the main thread only); return the started threads ([]: one lane, the main one)."""
-        self._lanes = [self._lane() for _ in range(self.concurrency)] if self.concurrency > 1 else [self]
+        self._lanes = [_Lane(self) for _ in range(self.concurrency)] if self.concurrency > 1 else [self.lane]
         self.driver.lanes(self.concurrency)
         if self.concurrency > 1:
             sys.setswitchinterval(0.001)  # a lane whose job ended gets the GIL in 1 ms, not 5
         threads = [threading.Thread(target=lane._run_lane, args=(i == 0,), name=f"queue-lane-{i}", daemon=True)
-                   for i, lane in enumerate(self._lanes) if lane is not self]
+                   for i, lane in enumerate(self._lanes) if lane is not self.lane]
         for thread in threads:
             thread.start()
         return threads
 
-    def _lane(self):
-        """Another loop of this worker, for a thread of its own (shares all but the running job)."""
-        lane = copy.copy(self)
-        lane.current, lane._in_job, lane._limit, lane.error, lane._old_handlers = None, False, None, None, {}
-        lane._settling = None
-        return lane
-
-    def _run_lane(self, announce):
-        try:
-            self.reason = self._loop(announce=announce)
-            if self.reason != "empty":
-                self.stopping.set()  # a limit, `restart`: the whole worker stops
-        except _ColdShutdown:
-            pass
-        except BaseException as exc:
-            self.error = exc
-            self.stopping.set()
-        finally:
-            self._close()
+    def process(self, message, outcome=None):
+        """Run one message on the main lane (or settle the outcome of an attempt run elsewhere);
+        return 'done', 'released', 'failed' or 'deleted'."""
+        return self.lane.process(message, outcome)
 
     def _join(self, threads, raising=True):
         """Wait for the lanes' threads (in slices, so that signals are handled); raise what ended one."""
@@ -5628,65 +5604,6 @@ class Worker:
         errors = [lane.error for lane in self._lanes if lane.error is not None]
         if raising and errors:
             raise errors[0]
-
-    def _loop(self, announce=True):
-        """Take and run jobs until a limit or a signal says stop; return why it stopped."""
-        started = time.monotonic()
-        restart_path = os.path.join(self.driver.config.folder, ".queue.restart")
-        restart_mark = _restart_mark(restart_path)
-        announced = not announce
-        while not self.stopping.is_set():
-            if _restart_mark(restart_path) != restart_mark:  # one stat() per job
-                return "restart"
-            if self.max_time is not None and time.monotonic() - started >= self.max_time:
-                return "max-time"
-            if False in _call_hooks("looping"):
-                self.driver.close()
-                self.stopping.wait(self.poll)
-                continue
-            queues = self._unpaused()
-            if not queues:  # every queue of this worker is paused
-                self.stopping.wait(min(self.poll, 0.5))
-                continue
-            asked = time.monotonic()
-            message = self.driver.pop(queues, 0 if self.once or self.stop_when_empty else self.poll)
-            self._settling = None  # the job before is settled: its deletion went with this claim
-            if not announced:  # after the first pop: a worker that cannot start says only why
-                log.info("worker %d: %s driver, queues %s%s", os.getpid(), self.driver.name, ",".join(self.queues),
-                         f", {self.concurrency} jobs at once" if self.concurrency > 1 else "")
-                _guard(lambda: self.driver.durability() and log.warning("%s", self.driver.durability()))
-                announced = True
-            if message is None:
-                if self.once or self.stop_when_empty:
-                    return "empty"
-                self.stopping.wait(self.poll - (time.monotonic() - asked))  # drivers that do not wait
-                continue
-            if self.concurrency > 1:
-                self._reset_signals()  # a timer another lane's job set now must not reach this job
-            self.process(message)
-            self._reset_signals()
-            self.processed += 1
-            self._total[0] += 1
-            if self.once or (self.max_jobs and self._total[0] >= self.max_jobs):
-                return "max-jobs"
-            if self.memory and _rss_mb() > self.memory:
-                return "memory"
-        return "signal " + signal.Signals(self._signals[0]).name if self._signals else "stopped"
-
-    def _unpaused(self):
-        """This worker's queues that are not paused; the first time all are, it says so."""
-        queues = [q for q in self.queues if q not in self._paused] if self._paused else self.queues
-        if not queues and not self._told_paused:
-            log.info("worker %d: every queue it serves is paused (%s): waiting for `resume`", os.getpid(),
-                     ",".join(self.queues))
-        self._told_paused = not queues
-        return queues
-
-    def _close(self):
-        try:
-            self.driver.close()
-        except ConnectionFailed as exc:
-            log.warning("worker %d: could not finish its acks (%s): those jobs may run again", os.getpid(), _text(exc))
 
     # signals
     def _install_signals(self):
@@ -5699,7 +5616,7 @@ class Worker:
         import _signal
         self._c_signal = _signal
         # SIGALRM is ours while the worker runs: an alarm a job leaves behind is ignored, never fatal
-        self._alarm_handler = self._on_alarm
+        self._alarm_handler = self.lane._on_alarm
         self._old_alarm = signal.signal(signal.SIGALRM, self._alarm_handler)
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
         # a job that sets its own SIGTERM/SIGINT handler (SIG_IGN, say) gets it as a handler that the
@@ -5752,7 +5669,7 @@ class Worker:
         self._signals.append(signum)
         self.stopping.set()
         job_handler = self._job_handlers.get(signum)
-        if self._in_job and callable(job_handler):  # the running job's own, after the worker's
+        if self.lane._in_job and callable(job_handler):  # the running job's own, after the worker's
             self._in_signal = True
             try:
                 job_handler(signum, frame)
@@ -5760,22 +5677,10 @@ class Worker:
                 self._in_signal = False
         if len(self._signals) > 1:
             for lane in self._lanes:
-                if lane is not self:
+                if lane is not self.lane:
                     lane._interrupt(_ColdShutdown)
-            if self._in_job:
+            if self.lane._in_job:  # the main thread's job
                 raise _ColdShutdown()
-
-    def _interrupt(self, exc_type):
-        """Raise exc_type in this lane's thread if it runs a job (as SIGALRM does in the main one)."""
-        thread = self._thread
-        if self._in_job and thread is not None:
-            import ctypes
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc_type))
-
-    def _on_alarm(self, signum, frame):
-        # an alarm a job left behind (in another lane, say) does not time out this one
-        if self._in_job and self._limit and self._armed and time.monotonic() - self._armed >= self._limit - 0.01:
-            raise JobTimeout(f"the job ran past its timeout of {self._limit:g} s")
 
     def _keep(self):
         """Keeper thread: every driver.keep_every seconds of a running job, driver.keep() renews its
@@ -5849,265 +5754,6 @@ class Worker:
 
     def _prune(self):
         self.driver.state_store().prune(retry=False)
-
-    # one job: deciding, attempting, settling
-    def process(self, message, outcome=None):
-        """Run one message (or settle the outcome (exception, traceback) of an attempt run
-        elsewhere); return 'done', 'released', 'failed' or 'deleted'. A unique job's lock is
-        freed once it has ended."""
-        started, began = time.monotonic(), self.driver.clock.time()
-        kept, _here.state = getattr(_here, "state", None), self.driver.state_store()  # the job's flow control
-        try:
-            status, header = self._process(message, outcome)
-        finally:
-            _here.state = kept
-        ready = (header or {}).get("ready")
-        self.tally.record(message.name, status, time.monotonic() - started,
-                          began - ready if isinstance(ready, (int, float)) else None, began)
-        unique = (header or {}).get("unique")
-        if unique and status != "released":
-            _, exc, _ = _guard(lambda: self.driver.state_store().unlock(*unique))
-            if exc is not None:
-                log.warning("%s #%s: its unique lock stays until it expires: %s", message.name, message.id, _summary(exc))
-        return status
-
-    def _process(self, message, outcome):
-        started = time.monotonic()
-        envelope = None
-        try:
-            header, body = self._open(message)
-        except BadPayload as exc:
-            return self._fail(message, None, exc, None, started), None
-        if header is None or outcome is not None:
-            # a Q1 payload, whose settings are on the job, or an attempt that ran in another
-            # process (its chain and failed() are settled here): load the job first
-            envelope, exc, text = self._timed(self.timeout, load, body)
-            if exc is not None:
-                return self._fail(message, body, exc, text, started), header
-            if header is None:
-                header = dict(_guard(_settings, envelope["job"])[0] or {}, until=envelope.get("until"))
-        spent = self._spent(message, header) if outcome is None else None
-        if spent is not None:
-            return self._fail(message, body, spent, None, started, envelope, header, load_for_failed=True), header
-        if outcome is None:
-            envelope, exc, text = self._attempt(message, header, body, envelope)
-        else:
-            exc, text, steer = outcome
-            if steer:
-                _guard(setattr, envelope["job"], "_queue_steer", steer)
-        return self._settle(message, header, body, envelope, exc, text, started), header
-
-    def _open(self, message):
-        """Verify a message's payload; a payload signed for another queue or job is refused."""
-        header, body = open_payload(message.payload)
-        if header is not None:
-            for key, have in (("queue", message.queue), ("name", message.name)):
-                if header.get(key) not in (None, have) and have:
-                    raise BadPayload(f"the payload was signed for {key} {header[key]!r}, not {have!r}: "
-                                     "a moved or replayed payload is not run")
-        return header, body
-
-    def _spent(self, message, header):
-        """MaxAttemptsExceeded if the message may not run again (an attempt died with its worker)."""
-        tries = (header or {}).get("tries") or self.attempts
-        until = (header or {}).get("until")
-        if until is None and message.attempts > tries:
-            return MaxAttemptsExceeded(f"{message.name} was taken {message.attempts} times but may be tried {tries}: "
-                                       "an earlier attempt ended with its worker (killed, or the connection lost)")
-        if until is not None and self.driver.clock.time() > until + (_LATE if message.attempts > 1 else 0.0):
-            return MaxAttemptsExceeded(f"{message.name} came up for attempt {message.attempts} after its "
-                                       "retry_until deadline had passed")
-        return None
-
-    def _attempt(self, message, header, body, envelope=None):
-        """Unpickle and run the job once in this thread, with its timeout; return (envelope or
-        None, exception or None, traceback text or None)."""
-        own = timeout = (header or {}).get("timeout") or self.timeout
-        longest = self.driver.longest_job(message.queue)
-        if longest and (not timeout or timeout > longest[0]):
-            timeout = longest[0]
-        self.current = _Running(message, time.monotonic(), timeout)
-        loaded = []
-        try:
-            _, exc, text = self._timed(timeout, self._run, message, envelope or body, loaded, arm=bool(own))
-            if isinstance(exc, JobTimeout) and longest and timeout == longest[0]:
-                exc = JobTimeout(f"the job ran {timeout:g} s: {longest[1]}")
-                text = _format(exc)
-            elif exc is not None and timeout and time.monotonic() - self.current.started >= timeout and \
-                    not isinstance(exc, JobTimeout):  # stopped by the alarm the keeper set again, through the job's handler
-                exc, text = JobTimeout(f"the job ran past its timeout of {timeout:g} s; it ended with {_summary(exc)}"), text
-            self._settling = self.current  # renewed by the keeper until the next pop() deletes it
-            return (loaded[0] if loaded else None), exc, text
-        except _ColdShutdown:
-            message.attempts -= 1  # the interrupted attempt does not count
-            self.driver.release(message, 0)
-            log.info("%s #%s put back on %r: the worker was stopped", message.name, message.id, message.queue)
-            raise
-        finally:
-            self.current = None
-
-    def _timed(self, timeout, fn, *args, arm=True):
-        """_guard(fn, *args) under a timeout: SIGALRM raises JobTimeout inside it (main thread
-        only), and again every second until it gives up. arm=False: no alarm is set (the limit
-        is a backend's, far off: the keeper sets the alarm if the job gets there)."""
-        main = (self.concurrency == 1 and hasattr(signal, "setitimer")
-                and threading.current_thread() is threading.main_thread())
-        alarm = bool(timeout) and main and arm
-        if alarm:  # the C module's signal(): the signal module's converts each answer to an enum, slowly
-            import _signal
-            previous = _signal.signal(_signal.SIGALRM, self._on_alarm)
-            _signal.setitimer(_signal.ITIMER_REAL, timeout, 1.0)
-        self._thread = None if main else threading.get_ident()  # for the keeper's timeouts of a lane
-        self._armed = time.monotonic() if main and timeout else 0.0
-        self._in_job, self._limit = True, timeout
-        try:
-            return _guard(fn, *args)
-        except JobTimeout as late:  # raised in this thread by the keeper just as the job returned
-            return None, late, _format(late)
-        finally:
-            with self._alarm_lock:  # the keeper sets the alarm again only while the job runs
-                self._in_job = False
-                if alarm or self._rearmed:
-                    import _signal
-                    _signal.setitimer(_signal.ITIMER_REAL, 0)
-                    self._rearmed = False
-            if alarm:
-                _signal.signal(_signal.SIGALRM, previous)
-
-    def _run(self, message, body, loaded):
-        """The user code of one attempt: unpickling, the before hooks, the job's callback. The
-        job learns its attempt number and id (Queueable.attempts, job_id)."""
-        envelope = body if isinstance(body, dict) else load(body)
-        loaded.append(envelope)
-        job = envelope["job"]
-        try:
-            job.attempts, job.job_id, job._queue_steer = message.attempts, message.id, None
-        except Exception:
-            pass  # a job object that takes no attributes
-        if _hooks["before"]:
-            _call_hooks("before", job)
-        middleware = getattr(job, "middleware", None)
-        middleware = list(middleware() or ()) if callable(middleware) else []
-        if not middleware:
-            return self._call(job)
-        return self._through(job, middleware)
-
-    def _call(self, job):
-        """The job's callback; an `async def` one runs on this lane's own event loop, under the
-        job's timeout: a job that blocks its loop (time.sleep in a coroutine) holds up only its
-        own lane, whose keeper-raised timeout ends it."""
-        result = getattr(job, self.callback)()
-        if not (hasattr(result, "__await__") and hasattr(result, "send")):  # not a coroutine
-            return result
-        if _running_loop() is not None:  # called inside an event loop (run_now from async code): another thread's
-            return _in_a_thread(lambda: _lane_loop().run_until_complete(_bounded(result, self._limit)))
-        loop = _lane_loop()
-        try:
-            return loop.run_until_complete(_bounded(result, self._limit))
-        except Exception:
-            raise  # the job's own exception: the loop is as it was (clients bound to it go on working)
-        except BaseException:
-            _drop_lane_loop(loop)  # stopped from outside (a timeout, a cold shutdown): what it left must not run on
-            raise
-
-    def _through(self, job, middleware):
-        """Run the job through its middleware: one that says wait releases the job for that long."""
-        entered, error = [], None
-        try:
-            for step in middleware:
-                wait = step.enter(job)
-                if wait is not None:
-                    job._queue_steer = ("release", wait, "middleware")
-                    return None
-                entered.append(step)
-            return self._call(job)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            for step in reversed(entered):
-                step.exit(job, error)
-
-    def _settle(self, message, header, body, envelope, exc, text, started):
-        """Ack a job that succeeded (pushing the next link of its chain first), release one that
-        failed with tries left after its backoff, fail the others for good; a job that called
-        release(), fail() or delete() gets what it asked for."""
-        job = envelope["job"] if envelope else None
-        steer = getattr(job, "_queue_steer", None)
-        if steer:
-            return self._steer(message, header, body, envelope, steer, exc, text, started)
-        if exc is None:
-            links = envelope.get("chain")
-            if links:  # the next job of a chain, pushed before this one is acked (at least once)
-                self.driver.push(links[:1], chain=links[1:], chain_queue=header.get("chain_queue"))
-            self.driver.ack(message)
-            _call_hooks("after", job)
-            return self._finish(message, started, "done")
-        backoff = _backoff(header.get("backoff") or self.backoff, message.attempts)
-        if header.get("until") is not None:  # retry_until: fail now if the next attempt would start too late
-            exhausted = self.driver.clock.time() + backoff > header["until"]
-        else:
-            exhausted = message.attempts >= (header.get("tries") or self.attempts)
-        final = isinstance(exc, BadPayload) and not isinstance(exc, CodeMissing)  # nothing to try again
-        most = header.get("max_exceptions")
-        if most and not exhausted and not final:
-            exhausted = self._count_exception(message) >= most
-        if exhausted or final:
-            return self._fail(message, body, exc, text, started, envelope)
-        return self._release(message, job, backoff, started, exc)
-
-    def _steer(self, message, header, body, envelope, steer, exc, text, started):
-        """What a job asked for in handle(): release(delay), fail(exc) or delete()."""
-        action, value = steer[:2]
-        if exc is not None:
-            log.warning("%s #%s raised after it called %s(): %s", message.name, message.id, action, _summary(exc))
-        if action == "release":
-            delay, error, _ = _guard(seconds, value, self.driver.clock.tz)
-            if steer[2:] == ("middleware",):
-                message.attempts -= 1  # a job its middleware holds back spends none of its tries
-            return self._release(message, envelope["job"], delay or 0.0, started, error)
-        if action == "fail":
-            failure = value if isinstance(value, BaseException) else JobFailed(
-                f"{message.name} failed itself" + (f": {_text(value)}" if value is not None else ""))
-            return self._fail(message, body, failure, _format(failure), started, envelope)
-        self.driver.ack(message)
-        return self._finish(message, started, "deleted")
-
-    def _release(self, message, job, delay, started, exc=None):
-        self.driver.release(message, delay)
-        _call_hooks("released", job, delay)
-        return self._finish(message, started, "released", exc)
-
-    def _count_exception(self, message):
-        """How many attempts of this job raised, this one included (for max_exceptions): a counter
-        in the state table of the failed store's database, seen by every worker."""
-        return self.driver.state_store().add_to(f"exceptions:{self.driver.name}:{message.queue}:{message.id}", 1, 7 * 86400)
-
-    def _fail(self, message, body, exc, text, started, envelope=None, header=None, load_for_failed=False):
-        """Fail a message for good: first into the failed store and acked (so that failed() runs
-        at most once, even if it ends the worker), then failed(exc) and the failing hooks."""
-        summary = _summary(exc)
-        if not self.driver.fail(message, _record(summary, text)):
-            return self._finish(message, started, "failed", exc)  # failed before: failed() ran then
-        if envelope is None and load_for_failed:  # the job was not run: load it for failed()
-            envelope = self._timed((header or {}).get("timeout") or self.timeout, load, body)[0]
-        job = envelope["job"] if envelope else None
-        if job is not None:
-            _, failed_exc, failed_text = _guard(_call_failed, job, exc, self.callback)
-            if failed_exc is not None:
-                log.error("%s.failed() raised: %s", message.name, failed_text)
-            _call_hooks("failing", job, exc)
-        return self._finish(message, started, "failed", exc)
-
-    def _finish(self, message, started, status, exc=None):
-        ms = (time.monotonic() - started) * 1000
-        if status == "done":
-            log.info("%s #%s done in %.1f ms", message.name, message.id, ms)
-        else:
-            reason = f": {_summary(exc)}" if exc is not None else ""
-            log.warning("%s #%s %s after %.1f ms (attempt %d)%s", message.name, message.id, status, ms,
-                        message.attempts, reason)
-        return status
 
 
 async def _bounded(coroutine, timeout):
@@ -6192,6 +5838,372 @@ _BEAT_TTL = 30.0            # a worker that stopped beating drops out after this
 _METRIC_TTL = 400 * 86400   # totals of a job class that nothing updates are forgotten after this
 _SERIES_TTL = 2 * 3600      # per-minute figures are kept two hours
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)  # seconds, then +Inf
+
+
+class _Lane:
+    """One loop of a worker, one job at a time: the main thread's (concurrency 1) or one of the
+    threads of `--concurrency N`. What is its own is set here; everything else (the driver, the
+    settings, the stop flag, the counts, the signals) is its worker's, read through self.worker.
+    It decides (is the payload sound, are tries left?), attempts (unpickle and run, under the
+    timeout, inside the one guard for user code) and settles (ack, release or fail) each job."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.current = None                 # the _Running job
+        self._settling = None               # the job that ran last, until the next pop() settles it (hooks run)
+        self._in_job = False
+        self._limit = None                  # the timeout of the user code running
+        self._thread = None                 # the thread running it (raising its timeout, if not SIGALRM's)
+        self._armed = 0.0                   # when the job with a limit started (main thread)
+        self._alarm_lock = threading.Lock() # the keeper sets the alarm again only while the job runs
+        self._rearmed = False               # it did: the job's end clears it
+        self._told_paused = False           # it said that all of its queues are paused
+        self.processed = 0                  # jobs it ran
+        self.error = None                   # what ended its thread
+        self.reason = None                  # why its loop ended
+
+    def _run_lane(self, announce):
+        try:
+            self.reason = self._loop(announce=announce)
+            if self.reason != "empty":
+                self.worker.stopping.set()  # a limit, `restart`: the whole worker stops
+        except _ColdShutdown:
+            pass
+        except BaseException as exc:
+            self.error = exc
+            self.worker.stopping.set()
+        finally:
+            self._close()
+
+    def _loop(self, announce=True):
+        """Take and run jobs until a limit or a signal says stop; return why it stopped."""
+        started = time.monotonic()
+        restart_path = os.path.join(self.worker.driver.config.folder, ".queue.restart")
+        restart_mark = _restart_mark(restart_path)
+        announced = not announce
+        while not self.worker.stopping.is_set():
+            if _restart_mark(restart_path) != restart_mark:  # one stat() per job
+                return "restart"
+            if self.worker.max_time is not None and time.monotonic() - started >= self.worker.max_time:
+                return "max-time"
+            if False in _call_hooks("looping"):
+                self.worker.driver.close()
+                self.worker.stopping.wait(self.worker.poll)
+                continue
+            queues = self._unpaused()
+            if not queues:  # every queue of this worker is paused
+                self.worker.stopping.wait(min(self.worker.poll, 0.5))
+                continue
+            asked = time.monotonic()
+            message = self.worker.driver.pop(queues, 0 if self.worker.once or self.worker.stop_when_empty else self.worker.poll)
+            self._settling = None  # the job before is settled: its deletion went with this claim
+            if not announced:  # after the first pop: a worker that cannot start says only why
+                log.info("worker %d: %s driver, queues %s%s", os.getpid(), self.worker.driver.name, ",".join(self.worker.queues),
+                         f", {self.worker.concurrency} jobs at once" if self.worker.concurrency > 1 else "")
+                _guard(lambda: self.worker.driver.durability() and log.warning("%s", self.worker.driver.durability()))
+                announced = True
+            if message is None:
+                if self.worker.once or self.worker.stop_when_empty:
+                    return "empty"
+                self.worker.stopping.wait(self.worker.poll - (time.monotonic() - asked))  # drivers that do not wait
+                continue
+            if self.worker.concurrency > 1:
+                self.worker._reset_signals()  # a timer another lane's job set now must not reach this job
+            self.process(message)
+            self.worker._reset_signals()
+            self.processed += 1
+            self.worker._total[0] += 1
+            if self.worker.once or (self.worker.max_jobs and self.worker._total[0] >= self.worker.max_jobs):
+                return "max-jobs"
+            if self.worker.memory and _rss_mb() > self.worker.memory:
+                return "memory"
+        return "signal " + signal.Signals(self.worker._signals[0]).name if self.worker._signals else "stopped"
+
+    def _unpaused(self):
+        """This worker's queues that are not paused; the first time all are, it says so."""
+        queues = [q for q in self.worker.queues if q not in self.worker._paused] if self.worker._paused else self.worker.queues
+        if not queues and not self._told_paused:
+            log.info("worker %d: every queue it serves is paused (%s): waiting for `resume`", os.getpid(),
+                     ",".join(self.worker.queues))
+        self._told_paused = not queues
+        return queues
+
+    def _close(self):
+        try:
+            self.worker.driver.close()
+        except ConnectionFailed as exc:
+            log.warning("worker %d: could not finish its acks (%s): those jobs may run again", os.getpid(), _text(exc))
+
+    # one job: deciding, attempting, settling
+    def process(self, message, outcome=None):
+        """Run one message (or settle the outcome (exception, traceback) of an attempt run
+        elsewhere); return 'done', 'released', 'failed' or 'deleted'. A unique job's lock is
+        freed once it has ended."""
+        started, began = time.monotonic(), self.worker.driver.clock.time()
+        kept, _here.state = getattr(_here, "state", None), self.worker.driver.state_store()  # the job's flow control
+        try:
+            status, header = self._process(message, outcome)
+        finally:
+            _here.state = kept
+        ready = (header or {}).get("ready")
+        self.worker.tally.record(message.name, status, time.monotonic() - started,
+                          began - ready if isinstance(ready, (int, float)) else None, began)
+        unique = (header or {}).get("unique")
+        if unique and status != "released":
+            _, exc, _ = _guard(lambda: self.worker.driver.state_store().unlock(*unique))
+            if exc is not None:
+                log.warning("%s #%s: its unique lock stays until it expires: %s", message.name, message.id, _summary(exc))
+        return status
+
+    def _process(self, message, outcome):
+        started = time.monotonic()
+        envelope = None
+        try:
+            header, body = self._open(message)
+        except BadPayload as exc:
+            return self._fail(message, None, exc, None, started), None
+        if header is None or outcome is not None:
+            # a Q1 payload, whose settings are on the job, or an attempt that ran in another
+            # process (its chain and failed() are settled here): load the job first
+            envelope, exc, text = self._timed(self.worker.timeout, load, body)
+            if exc is not None:
+                return self._fail(message, body, exc, text, started), header
+            if header is None:
+                header = dict(_guard(_settings, envelope["job"])[0] or {}, until=envelope.get("until"))
+        spent = self._spent(message, header) if outcome is None else None
+        if spent is not None:
+            return self._fail(message, body, spent, None, started, envelope, header, load_for_failed=True), header
+        if outcome is None:
+            envelope, exc, text = self._attempt(message, header, body, envelope)
+        else:
+            exc, text, steer = outcome
+            if steer:
+                _guard(setattr, envelope["job"], "_queue_steer", steer)
+        return self._settle(message, header, body, envelope, exc, text, started), header
+
+    def _open(self, message):
+        """Verify a message's payload; a payload signed for another queue or job is refused."""
+        header, body = open_payload(message.payload)
+        if header is not None:
+            for key, have in (("queue", message.queue), ("name", message.name)):
+                if header.get(key) not in (None, have) and have:
+                    raise BadPayload(f"the payload was signed for {key} {header[key]!r}, not {have!r}: "
+                                     "a moved or replayed payload is not run")
+        return header, body
+
+    def _spent(self, message, header):
+        """MaxAttemptsExceeded if the message may not run again (an attempt died with its worker)."""
+        tries = (header or {}).get("tries") or self.worker.attempts
+        until = (header or {}).get("until")
+        if until is None and message.attempts > tries:
+            return MaxAttemptsExceeded(f"{message.name} was taken {message.attempts} times but may be tried {tries}: "
+                                       "an earlier attempt ended with its worker (killed, or the connection lost)")
+        if until is not None and self.worker.driver.clock.time() > until + (_LATE if message.attempts > 1 else 0.0):
+            return MaxAttemptsExceeded(f"{message.name} came up for attempt {message.attempts} after its "
+                                       "retry_until deadline had passed")
+        return None
+
+    def _attempt(self, message, header, body, envelope=None):
+        """Unpickle and run the job once in this thread, with its timeout; return (envelope or
+        None, exception or None, traceback text or None)."""
+        own = timeout = (header or {}).get("timeout") or self.worker.timeout
+        longest = self.worker.driver.longest_job(message.queue)
+        if longest and (not timeout or timeout > longest[0]):
+            timeout = longest[0]
+        self.current = _Running(message, time.monotonic(), timeout)
+        loaded = []
+        try:
+            _, exc, text = self._timed(timeout, self._run, message, envelope or body, loaded, arm=bool(own))
+            if isinstance(exc, JobTimeout) and longest and timeout == longest[0]:
+                exc = JobTimeout(f"the job ran {timeout:g} s: {longest[1]}")
+                text = _format(exc)
+            elif exc is not None and timeout and time.monotonic() - self.current.started >= timeout and \
+                    not isinstance(exc, JobTimeout):  # stopped by the alarm the keeper set again, through the job's handler
+                exc, text = JobTimeout(f"the job ran past its timeout of {timeout:g} s; it ended with {_summary(exc)}"), text
+            self._settling = self.current  # renewed by the keeper until the next pop() deletes it
+            return (loaded[0] if loaded else None), exc, text
+        except _ColdShutdown:
+            message.attempts -= 1  # the interrupted attempt does not count
+            self.worker.driver.release(message, 0)
+            log.info("%s #%s put back on %r: the worker was stopped", message.name, message.id, message.queue)
+            raise
+        finally:
+            self.current = None
+
+    def _timed(self, timeout, fn, *args, arm=True):
+        """_guard(fn, *args) under a timeout: SIGALRM raises JobTimeout inside it (main thread
+        only), and again every second until it gives up. arm=False: no alarm is set (the limit
+        is a backend's, far off: the keeper sets the alarm if the job gets there)."""
+        main = (self.worker.concurrency == 1 and hasattr(signal, "setitimer")
+                and threading.current_thread() is threading.main_thread())
+        alarm = bool(timeout) and main and arm
+        if alarm:  # the C module's signal(): the signal module's converts each answer to an enum, slowly
+            import _signal
+            previous = _signal.signal(_signal.SIGALRM, self._on_alarm)
+            _signal.setitimer(_signal.ITIMER_REAL, timeout, 1.0)
+        self._thread = None if main else threading.get_ident()  # for the keeper's timeouts of a lane
+        self._armed = time.monotonic() if main and timeout else 0.0
+        self._in_job, self._limit = True, timeout
+        try:
+            return _guard(fn, *args)
+        except JobTimeout as late:  # raised in this thread by the keeper just as the job returned
+            return None, late, _format(late)
+        finally:
+            with self._alarm_lock:  # the keeper sets the alarm again only while the job runs
+                self._in_job = False
+                if alarm or self._rearmed:
+                    import _signal
+                    _signal.setitimer(_signal.ITIMER_REAL, 0)
+                    self._rearmed = False
+            if alarm:
+                _signal.signal(_signal.SIGALRM, previous)
+
+    def _interrupt(self, exc_type):
+        """Raise exc_type in this lane's thread if it runs a job (as SIGALRM does in the main one)."""
+        thread = self._thread
+        if self._in_job and thread is not None:
+            import ctypes
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc_type))
+
+    def _on_alarm(self, signum, frame):
+        # an alarm a job left behind (in another lane, say) does not time out this one
+        if self._in_job and self._limit and self._armed and time.monotonic() - self._armed >= self._limit - 0.01:
+            raise JobTimeout(f"the job ran past its timeout of {self._limit:g} s")
+
+    def _run(self, message, body, loaded):
+        """The user code of one attempt: unpickling, the before hooks, the job's callback. The
+        job learns its attempt number and id (Queueable.attempts, job_id)."""
+        envelope = body if isinstance(body, dict) else load(body)
+        loaded.append(envelope)
+        job = envelope["job"]
+        try:
+            job.attempts, job.job_id, job._queue_steer = message.attempts, message.id, None
+        except Exception:
+            pass  # a job object that takes no attributes
+        if _hooks["before"]:
+            _call_hooks("before", job)
+        middleware = getattr(job, "middleware", None)
+        middleware = list(middleware() or ()) if callable(middleware) else []
+        if not middleware:
+            return self._call(job)
+        return self._through(job, middleware)
+
+    def _call(self, job):
+        """The job's callback; an `async def` one runs on this lane's own event loop, under the
+        job's timeout: a job that blocks its loop (time.sleep in a coroutine) holds up only its
+        own lane, whose keeper-raised timeout ends it."""
+        result = getattr(job, self.worker.callback)()
+        if not (hasattr(result, "__await__") and hasattr(result, "send")):  # not a coroutine
+            return result
+        if _running_loop() is not None:  # called inside an event loop (run_now from async code): another thread's
+            return _in_a_thread(lambda: _lane_loop().run_until_complete(_bounded(result, self._limit)))
+        loop = _lane_loop()
+        try:
+            return loop.run_until_complete(_bounded(result, self._limit))
+        except Exception:
+            raise  # the job's own exception: the loop is as it was (clients bound to it go on working)
+        except BaseException:
+            _drop_lane_loop(loop)  # stopped from outside (a timeout, a cold shutdown): what it left must not run on
+            raise
+
+    def _through(self, job, middleware):
+        """Run the job through its middleware: one that says wait releases the job for that long."""
+        entered, error = [], None
+        try:
+            for step in middleware:
+                wait = step.enter(job)
+                if wait is not None:
+                    job._queue_steer = ("release", wait, "middleware")
+                    return None
+                entered.append(step)
+            return self._call(job)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            for step in reversed(entered):
+                step.exit(job, error)
+
+    def _settle(self, message, header, body, envelope, exc, text, started):
+        """Ack a job that succeeded (pushing the next link of its chain first), release one that
+        failed with tries left after its backoff, fail the others for good; a job that called
+        release(), fail() or delete() gets what it asked for."""
+        job = envelope["job"] if envelope else None
+        steer = getattr(job, "_queue_steer", None)
+        if steer:
+            return self._steer(message, header, body, envelope, steer, exc, text, started)
+        if exc is None:
+            links = envelope.get("chain")
+            if links:  # the next job of a chain, pushed before this one is acked (at least once)
+                self.worker.driver.push(links[:1], chain=links[1:], chain_queue=header.get("chain_queue"))
+            self.worker.driver.ack(message)
+            _call_hooks("after", job)
+            return self._finish(message, started, "done")
+        backoff = _backoff(header.get("backoff") or self.worker.backoff, message.attempts)
+        if header.get("until") is not None:  # retry_until: fail now if the next attempt would start too late
+            exhausted = self.worker.driver.clock.time() + backoff > header["until"]
+        else:
+            exhausted = message.attempts >= (header.get("tries") or self.worker.attempts)
+        final = isinstance(exc, BadPayload) and not isinstance(exc, CodeMissing)  # nothing to try again
+        most = header.get("max_exceptions")
+        if most and not exhausted and not final:
+            exhausted = self._count_exception(message) >= most
+        if exhausted or final:
+            return self._fail(message, body, exc, text, started, envelope)
+        return self._release(message, job, backoff, started, exc)
+
+    def _steer(self, message, header, body, envelope, steer, exc, text, started):
+        """What a job asked for in handle(): release(delay), fail(exc) or delete()."""
+        action, value = steer[:2]
+        if exc is not None:
+            log.warning("%s #%s raised after it called %s(): %s", message.name, message.id, action, _summary(exc))
+        if action == "release":
+            delay, error, _ = _guard(seconds, value, self.worker.driver.clock.tz)
+            if steer[2:] == ("middleware",):
+                message.attempts -= 1  # a job its middleware holds back spends none of its tries
+            return self._release(message, envelope["job"], delay or 0.0, started, error)
+        if action == "fail":
+            failure = value if isinstance(value, BaseException) else JobFailed(
+                f"{message.name} failed itself" + (f": {_text(value)}" if value is not None else ""))
+            return self._fail(message, body, failure, _format(failure), started, envelope)
+        self.worker.driver.ack(message)
+        return self._finish(message, started, "deleted")
+
+    def _release(self, message, job, delay, started, exc=None):
+        self.worker.driver.release(message, delay)
+        _call_hooks("released", job, delay)
+        return self._finish(message, started, "released", exc)
+
+    def _count_exception(self, message):
+        """How many attempts of this job raised, this one included (for max_exceptions): a counter
+        in the state table of the failed store's database, seen by every worker."""
+        return self.worker.driver.state_store().add_to(f"exceptions:{self.worker.driver.name}:{message.queue}:{message.id}", 1, 7 * 86400)
+
+    def _fail(self, message, body, exc, text, started, envelope=None, header=None, load_for_failed=False):
+        """Fail a message for good: first into the failed store and acked (so that failed() runs
+        at most once, even if it ends the worker), then failed(exc) and the failing hooks."""
+        summary = _summary(exc)
+        if not self.worker.driver.fail(message, _record(summary, text)):
+            return self._finish(message, started, "failed", exc)  # failed before: failed() ran then
+        if envelope is None and load_for_failed:  # the job was not run: load it for failed()
+            envelope = self._timed((header or {}).get("timeout") or self.worker.timeout, load, body)[0]
+        job = envelope["job"] if envelope else None
+        if job is not None:
+            _, failed_exc, failed_text = _guard(_call_failed, job, exc, self.worker.callback)
+            if failed_exc is not None:
+                log.error("%s.failed() raised: %s", message.name, failed_text)
+            _call_hooks("failing", job, exc)
+        return self._finish(message, started, "failed", exc)
+
+    def _finish(self, message, started, status, exc=None):
+        ms = (time.monotonic() - started) * 1000
+        if status == "done":
+            log.info("%s #%s done in %.1f ms", message.name, message.id, ms)
+        else:
+            reason = f": {_summary(exc)}" if exc is not None else ""
+            log.warning("%s #%s %s after %.1f ms (attempt %d)%s", message.name, message.id, status, ms,
+                        message.attempts, reason)
+        return status
 
 
 class _Tally:
