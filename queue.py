@@ -1529,7 +1529,15 @@ class Driver:
         """The driver whose own stores keep this driver's failed jobs and state: itself where it
         can keep them (`failed` is its own name, or unset on a driver that keeps its own), else
         the database driver on the DATABASES connection `failed` names; unset, the default
-        driver's keeper where that driver keeps its own (a Redis-only app), else the database driver."""
+        driver's keeper where that driver keeps its own (a Redis-only app), else the database driver.
+        Found once per process (a worker asks for every job)."""
+        kept = self.__dict__.get("_kept")
+        if kept is None or kept[0] != os.getpid() or kept[1] is not _drivers.get(kept[2]):
+            keeper = self._find_keeper()
+            kept = self._kept = (os.getpid(), keeper, next((k for k, v in _drivers.items() if v is keeper), None))
+        return kept[1]
+
+    def _find_keeper(self):
         where = self.options.get("failed")
         if where == self.name or (where is None and self.own_stores):
             if not self.own_stores:
@@ -4994,7 +5002,7 @@ class BeanstalkdDriver(Driver):
         return self.where
 
     def client(self, watch=()):
-        """[this thread's greenstalk client watching `watch` (a tuple of tubes), its lock]."""
+        """[this thread's greenstalk client watching `watch` (a tuple of tubes), its lock, the tube it uses]."""
         clients = self._local.__dict__.setdefault("clients", {})
         if watch not in clients:
             greenstalk = _import_optional("greenstalk", "beanstalkd")
@@ -5003,7 +5011,7 @@ class BeanstalkdDriver(Driver):
                                            watch=list(watch) or "default")
             except OSError as exc:
                 raise ConnectionFailed(f"cannot reach beanstalkd at {self.where}: {exc}") from None
-            clients[watch] = [client, threading.Lock()]
+            clients[watch] = [client, threading.Lock(), "default"]
         return clients[watch]
 
     def run(self, work, retry=True):
@@ -5029,7 +5037,7 @@ class BeanstalkdDriver(Driver):
                 raise QueueError(f"beanstalkd at {self.where} refused: {type(exc).__name__} {exc}") from None
 
     def _drop(self):
-        for client, _ in getattr(self._local, "clients", {}).values():
+        for client, *_ in getattr(self._local, "clients", {}).values():
             _guard(client.close)
         self._local.clients = {}
 
@@ -5058,10 +5066,16 @@ class BeanstalkdDriver(Driver):
                 _guard(lambda: self.client()[0].delete(job_id))
             raise
 
+    def _use(self, queue):
+        """This thread's pushing client, using the tube `queue` (one round trip only to change it)."""
+        entry = self.client()
+        if entry[2] != queue:
+            entry[0].use(queue)
+            entry[2] = queue
+        return entry[0]
+
     def _put(self, queue, body, delay):
-        client = self.client()[0]
-        if client.using() != queue:
-            client.use(queue)
+        client = self._use(queue)
         return client.put(body, priority=1024, delay=math.ceil(max(0.0, delay)), ttr=self.retry_after)
 
     def pop(self, queues, wait=0.0):
@@ -5076,7 +5090,7 @@ class BeanstalkdDriver(Driver):
 
     def _reserve(self, watch, timeout):
         greenstalk = _import_optional("greenstalk", "beanstalkd")
-        client, lock = self.client(watch)
+        client, lock, _ = self.client(watch)
         with lock:
             try:
                 job = client.reserve(timeout=timeout)
@@ -5135,8 +5149,7 @@ class BeanstalkdDriver(Driver):
         locks, count = bool(self.state_store().entries("unique:")), 0
 
         def take():
-            client = self.client()[0]
-            client.use(self.check_queue(queue))
+            client = self._use(self.check_queue(queue))
             for peek in (client.peek_ready, client.peek_delayed):
                 try:
                     job = peek()

@@ -6,10 +6,14 @@
     python benchmarks/bench.py --driver mysql --jobs 20000 --json
     python benchmarks/bench.py --driver postgres
     python benchmarks/bench.py --driver sqlite --rss   # also a 100,000-job worker for peak RSS
+    python benchmarks/bench.py --driver redis,beanstalkd,sqs   # sqs at --sqs-jobs (1000: moto is slow)
 
 Everything runs in a temporary project (queue.py copied in, config.py written, jobs/__init__.py with
 two benchmark hooks); jobs are benchjobs.Noop, importable by subprocess workers through PYTHONPATH.
-MySQL and PostgreSQL tables and RabbitMQ queues get unique names and are dropped afterwards. See README.md.
+MySQL and PostgreSQL tables and RabbitMQ queues get unique names and are dropped afterwards; Redis (the
+shared server on 127.0.0.1:6379) is used only on keys of a prefix of this run's, deleted afterwards;
+beanstalkd and SQS (moto_server) run as servers of this run's own, on free ports, killed afterwards.
+See README.md.
 """
 import argparse
 import cProfile
@@ -29,12 +33,12 @@ import time
 import uuid
 
 import common
-from common import AMQP, BENCHMARKS as HERE, MYSQL, close_quietly, pg_connect, pg_kwargs
+from common import AMQP, BENCHMARKS as HERE, MYSQL, REDIS, close_quietly, pg_connect, pg_kwargs
 
 queue = common.import_queue(HERE)  # ROOT first: `import queue` must find our queue.py, not the stdlib's
 from benchjobs import Noop, noop  # noqa: E402
 
-DRIVERS = ("sqlite", "async", "mysql", "postgres", "amqp")
+DRIVERS = ("sqlite", "async", "mysql", "postgres", "amqp", "redis", "beanstalkd", "sqs")
 BATCH = 1000
 QUEUE = "bench"
 
@@ -57,6 +61,21 @@ def batches(n, size=BATCH):
     return [min(size, n - i) for i in range(0, n, size)]
 
 
+def free_port():
+    """A TCP port of 127.0.0.1 free just now (for a server of this run's own)."""
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def quantiles(values, *qs):
+    """The qs quantiles of values (0.5: the median; else the value at index int(len * q))."""
+    values = sorted(values)
+    return tuple(statistics.median(values) if q == 0.5 else values[min(len(values) - 1, int(len(values) * q))]
+                 for q in qs)
+
+
 class Bench:
     """One run: the temporary project, the rows measured so far, and the clean-up to do."""
 
@@ -68,6 +87,10 @@ class Bench:
         self.uid = uuid.uuid4().hex[:8]
         self.table = f"bench_{self.uid}"
         self.amqp_queue = f"bench_{self.uid}"
+        self.redis_prefix = f"bench_{self.uid}:"          # every Redis key of this run starts with it
+        self.sqs_prefix = f"bench_{self.uid}_"            # every SQS queue name of this run too
+        self.beanstalkd_port = free_port()                # our own servers, started by their benchmark
+        self.sqs_port = free_port()
         self.folder = tempfile.mkdtemp(prefix="queue-bench-")
         self.syncs = args.synchronous
         self._make_project()
@@ -88,7 +111,13 @@ class Bench:
                    "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
                                 "state_table": self.table + "_state", "retry_after": 90, "queue": QUEUE},
                    "amqp": dict(AMQP, queue=self.amqp_queue, queue_type=self.args.amqp_queue_type),
-                   "async": {}}
+                   "async": {},
+                   # failed jobs and state in Redis too (the driver's default), under the same prefix
+                   "redis": dict(REDIS, prefix=self.redis_prefix, queue=QUEUE),
+                   # failed jobs and state: the database driver's connection (SQLite, above)
+                   "beanstalkd": {"host": "127.0.0.1", "port": self.beanstalkd_port, "queue": QUEUE},
+                   "sqs": {"endpoint": f"http://127.0.0.1:{self.sqs_port}", "region": "us-east-1", "key": "test",
+                           "secret": "test", "prefix": self.sqs_prefix, "queue": QUEUE}}
         common.make_project(drivers, databases, folder=self.folder, jobs_init=JOBS_INIT)
 
     def env(self, **extra):
@@ -1007,11 +1036,11 @@ def raw_pika_latency(bench, params, queue_name, count=200):
     return statistics.median(latencies), latencies[int(len(latencies) * 0.9)]
 
 
-def push_to_start_latency(bench, driver, queue_name, count=200, connection=None, each=False):
-    """(p50, p90) milliseconds from the start of push() to the start of handle() in an idle worker
-    (`work` at its default poll). The job carries its push time and records its own latency, so
-    this process only idles. each=True: push the next job only once the last one has started
-    (and 50 ms more, so that the worker is idle again); else 20 ms apart."""
+def push_to_start_latency(bench, driver, queue_name, count=200, connection=None, each=False, qs=(0.5, 0.9)):
+    """The qs quantiles (default (p50, p90)) of the milliseconds from the start of push() to the
+    start of handle() in an idle worker (`work` at its default poll). The job carries its push time
+    and records its own latency, so this process only idles. each=True: push the next job only once
+    the last one has started (and 50 ms more, so that the worker is idle again); else 20 ms apart."""
     import benchjobs
     path = os.path.join(bench.folder, f"stamps-{driver}-{connection}")
     log = open(os.path.join(bench.folder, f"latency-worker-{driver}-{connection}.log"), "w+")
@@ -1056,8 +1085,7 @@ def push_to_start_latency(bench, driver, queue_name, count=200, connection=None,
         proc.terminate()
         proc.wait(30)
         log.close()
-    latencies = sorted(v for n, v in recorded().items() if n >= 0)
-    return statistics.median(latencies), latencies[int(len(latencies) * 0.9)]
+    return quantiles([v for n, v in recorded().items() if n >= 0], *qs)
 
 
 def amqp_ours_status(bench):
@@ -1077,6 +1105,557 @@ def amqp_ours_status(bench):
     if message is not None:
         return "error: pop() on an empty queue returned a message"
     return "ok"
+
+
+# Servers of this run's own (beanstalkd, moto_server) ##########################################
+BEANSTALKD = shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
+
+
+def start_server(bench, what, argv, port, timeout=30):
+    """Start a server of this run's own (argv, listening on 127.0.0.1:port), wait until it accepts
+    connections, and have bench.close() kill it (after our clients are closed). Return the Popen."""
+    log = open(os.path.join(bench.folder, f"{what}.log"), "w+")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def stop():
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        log.close()
+    bench.cleanups.append((f"{what} (pid {proc.pid})", stop))
+    try:
+        common.wait_for(lambda: common.server_up("127.0.0.1", port, 0.2), timeout, f"{what} on port {port}",
+                        every=0.1, proc=proc)
+    except RuntimeError as exc:
+        log.seek(0)
+        raise RuntimeError(f"{exc}: {log.read()[-300:]}") from None
+    return proc
+
+
+# The queue servers: shared parts #############################################################
+def backend_rows(bench, label, d, raw, count, clear, left):
+    """Our push single / push batch / drain on driver d (queue QUEUE, in this process), each beside
+    raw's floor, run alternately (bench.pair). count(): the ready jobs of our queue; clear(): empty
+    it; left(): what a drain left behind on the server (falsy: nothing). Return the two drain rates."""
+    n = bench.n
+
+    def ours_push(fn):
+        def run():
+            clear()
+            seconds = fn(bench, d.name)
+            got = count()
+            if got != n:
+                raise RuntimeError(f"{label}: {got} jobs on the queue after the pushes, not {n}")
+            return seconds
+        return run
+
+    def ours_drain():
+        clear()
+        push_batch(bench, d.name)
+        seconds, jobs = worker_drain(bench, d)
+        rest = left()
+        if rest:
+            raise RuntimeError(f"{label}: the drain left {rest}")
+        return seconds, jobs
+
+    single, floor_single = bench.pair(f"{label} push single", ours_push(push_single), raw.push_single)
+    bench.add(label, "push single", single, floor_single, note=raw.single_note + raw.n_note)
+    batch, floor_batch = bench.pair(f"{label} push batch", ours_push(push_batch), raw.push_batch)
+    bench.add(label, f"push batch ({BATCH}), per job", batch, floor_batch,
+              note=f"{raw.batch_note}; batch/single: ours x{batch / single:.1f}, floor x{floor_batch / floor_single:.1f}")
+    drain, floor_drain = bench.pair(f"{label} drain", ours_drain, raw.drain)
+    bench.add(label, "drain (Worker.run, 1 thread)", drain, floor_drain, note=raw.drain_note)
+    clear()
+    return drain, floor_drain
+
+
+def cli_drain_row(bench, label, driver, floor_drain, clear, left):
+    """N pushed jobs drained by one `python queue.py work --stop-when-empty --driver DRIVER`."""
+    say(f"{label}: 1 worker process")
+    clear()
+    push_batch(bench, driver)
+    wall, _, loops = bench.worker("--stop-when-empty", "--driver", driver, "--queue", QUEUE, mark=True)
+    rest = left()
+    if rest:
+        raise RuntimeError(f"{label}: the worker process left {rest}")
+    note = f"wall incl. start-up; from first loop: {bench.n / (wall - min(loops)):,.0f}/s; " if loops else "wall; "
+    bench.add(label, "drain, 1 worker process (CLI)", bench.n / wall, floor_drain,
+              note=note + "floor: the raw drain above")
+
+
+def latency_rows(bench, label, ours, floor, what):
+    """The p50 and p99 rows of an idle push-to-start (ours, floor: (p50, p90, p99) ms)."""
+    (p50, p90, p99), (f50, f90, f99) = ours, floor
+    bench.add(label, "idle push-to-start p50", round(p50, 2), round(f50, 2), unit="ms",
+              note=f"p90 {p90:.2f} ms (floor {f90:.2f}); {what}")
+    bench.add(label, "idle push-to-start p99", round(p99, 2), round(f99, 2), unit="ms", note="the same pushes")
+
+
+def raw_latency(bench, label, script, argv, push, count=200, each=False):
+    """(p50, p90, p99) ms from a raw push to a bare consumer process: `python -c script *argv PATH`
+    appends one latency in ms per message to PATH once it has written PATH.ready; push(stamp)
+    sends one message whose body is `stamp` (time.time() as text, read just before the send).
+    Pushes are 20 ms apart, or (each=True) each 50 ms after the last one was consumed."""
+    path = os.path.join(bench.folder, f"raw-{label}-stamps")
+    log = open(os.path.join(bench.folder, f"raw-{label}-consumer.log"), "w+")
+    proc = subprocess.Popen([sys.executable, "-c", script, *argv, path], env=bench.env(), stdin=subprocess.DEVNULL,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+    def lines():
+        if not os.path.exists(path):
+            return 0
+        with open(path) as f:
+            return sum(1 for _ in f)
+    try:
+        common.wait_for(lambda: os.path.exists(path + ".ready"), 30, f"the raw {label} consumer", proc=proc)
+        time.sleep(0.2)  # let it reach its first wait
+        for number in range(count):
+            time.sleep(0.05 if each else 0.02)
+            push(repr(time.time()))
+            if each:
+                common.wait_for(lambda: lines() > number, 30, f"raw {label} message {number}", every=0.002, proc=proc)
+        common.wait_for(lambda: lines() >= count, 30, f"every raw {label} message", proc=proc)
+    except RuntimeError as exc:
+        log.seek(0)
+        raise RuntimeError(f"{exc}: {log.read()[-300:]}") from None
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    with open(path) as f:
+        return quantiles([float(line) for line in f], 0.5, 0.9, 0.99)
+
+
+# Redis #######################################################################################
+REDIS_EMPTY_WAIT = 0.01  # seconds the floor's last BLMOVE (on the empty list) waits
+
+
+class RawRedis:
+    """The redis-py floor on one client of the same server, on keys of this run's prefix: LPUSH
+    per job, a pipeline of LPUSHes per batch, and the reliable-queue drain: BLMOVE the next job to
+    a processing list, run it, then LREM it from there in one pipeline with the next BLMOVE."""
+
+    single_note = "floor: LPUSH per job"
+    batch_note = f"floor: a pipeline of {BATCH} LPUSHes"
+    drain_note = (f"floor: BLMOVE to a processing list, run, LREM pipelined with the next BLMOVE "
+                  f"(the last, empty one waits {REDIS_EMPTY_WAIT * 1000:g} ms)")
+    n_note = ""
+
+    def __init__(self, bench, redis):
+        self.n = bench.n
+        self.client = redis.Redis(**REDIS, socket_timeout=30)
+        self.ready = f"{bench.redis_prefix}floor"
+        self.processing = self.ready + ":processing"
+        self.body = b"Noop\0" + queue.pack(Noop())  # what our driver stores of a job
+
+    def clear(self):
+        self.client.delete(self.ready, self.processing)
+
+    def count(self):
+        return self.client.llen(self.ready)
+
+    def fill(self):
+        for size in batches(self.n):
+            pipe = self.client.pipeline(transaction=False)
+            for _ in range(size):
+                pipe.lpush(self.ready, self.body)
+            pipe.execute()
+
+    def push_single(self):
+        self.clear()
+        lpush, key, body = self.client.lpush, self.ready, self.body
+        start = time.perf_counter()
+        for _ in range(self.n):
+            lpush(key, body)
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def push_batch(self):
+        self.clear()
+        start = time.perf_counter()
+        self.fill()
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def drain(self):
+        self.clear()
+        self.fill()
+        pipe = self.client.pipeline(transaction=False)
+        jobs, done = 0, None
+        start = time.perf_counter()
+        while True:
+            if done is not None:
+                pipe.lrem(self.processing, 1, done)
+            pipe.blmove(self.ready, self.processing, REDIS_EMPTY_WAIT, "RIGHT", "LEFT")
+            body = pipe.execute()[-1]
+            if body is None:
+                break
+            noop()
+            done = body
+            jobs += 1
+        seconds = time.perf_counter() - start
+        assert jobs == self.n and self.count() == 0 and self.client.llen(self.processing) == 0
+        return seconds, jobs
+
+
+RAW_REDIS_CONSUMER = """
+import json, sys, time, redis
+server, ready, processing, path = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+client = redis.Redis(**server, socket_timeout=30)
+pipe = client.pipeline(transaction=False)
+out = open(path, "a")
+open(path + ".ready", "w").close()
+done = None
+while True:
+    if done is not None:
+        pipe.lrem(processing, 1, done)
+    pipe.blmove(ready, processing, 1, "RIGHT", "LEFT")
+    done = pipe.execute()[-1]
+    if done is not None:
+        out.write(f"{(time.time() - float(done)) * 1000:.4f}\\n"); out.flush()
+"""
+
+
+def delete_redis_keys(prefix):
+    """Delete every key of the shared Redis that starts with `prefix` (this run's), on a client of
+    its own; never FLUSHDB."""
+    import redis
+    client = redis.Redis(**REDIS, socket_timeout=30)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i:i + 500])
+        left = sum(1 for _ in client.scan_iter(match=prefix + "*", count=1000))
+        if left:
+            raise RuntimeError(f"{left} key(s) {prefix}* still there")
+    finally:
+        client.close()
+
+
+def bench_redis(bench):
+    import redis
+    say(f"redis: N={bench.n}, keys {bench.redis_prefix}* on {REDIS['host']}:{REDIS['port']}")
+    bench.cleanups.append((f"Redis keys {bench.redis_prefix}*", lambda: delete_redis_keys(bench.redis_prefix)))
+    d = queue.driver("redis")
+    keys = d.keys(QUEUE) + [d.keys(QUEUE)[0] + ":pushed"]
+    side = redis.Redis(**REDIS, socket_timeout=30)
+    bench.cleanups.append(("a redis-py client", lambda: close_quietly(side)))
+    raw = RawRedis(bench, redis)
+    bench.cleanups.append(("a redis-py client", lambda: close_quietly(raw.client)))
+
+    def clear():
+        side.delete(*keys)
+
+    def count():
+        return side.llen(keys[0])
+
+    def left():
+        """What a drain left: ready, delayed, reserved ids, stored jobs, attempt counts."""
+        pipe = side.pipeline(transaction=False)
+        pipe.llen(keys[0]).zcard(keys[1]).zcard(keys[2]).hlen(keys[3]).hlen(keys[4])
+        return {k: v for k, v in zip(("ready", "delayed", "reserved", "jobs", "tries"), pipe.execute()) if v}
+
+    drain, floor_drain = backend_rows(bench, "redis", d, raw, count, clear, left)
+    cli_drain_row(bench, "redis", "redis", floor_drain, clear, left)
+    clear()
+    say("redis: idle push-to-start latency")
+    ours = push_to_start_latency(bench, "redis", QUEUE, qs=(0.5, 0.9, 0.99))
+    clear()
+    raw.clear()
+    floor = raw_latency(bench, "redis", RAW_REDIS_CONSUMER, [json.dumps(REDIS), raw.ready, raw.processing],
+                        lambda stamp: raw.client.lpush(raw.ready, stamp))
+    raw.clear()
+    latency_rows(bench, "redis", ours, floor,
+                 f"push() call to handle() start in an idle `work` process at its defaults (poll {d.options['poll']} s, "
+                 f"block_for {d.options['block_for']}), 200 pushes 20 ms apart; floor: LPUSH to a bare BLMOVE+LREM process")
+
+
+# beanstalkd ##################################################################################
+def tube_counts(client, tube):
+    """{ready, reserved, delayed, buried} of a tube (nothing if the server has no such tube)."""
+    import greenstalk
+    try:
+        s = client.stats_tube(tube)
+    except greenstalk.NotFoundError:
+        return {}
+    return {k: int(s[f"current-jobs-{k}"]) for k in ("ready", "reserved", "delayed", "buried") if int(s[f"current-jobs-{k}"])}
+
+
+def empty_tube(client):
+    """Reserve and delete (on `client`, watching one tube) until that tube has no ready job."""
+    import greenstalk
+    while True:
+        try:
+            job = client.reserve(timeout=0)
+        except greenstalk.TimedOutError:
+            return
+        client.delete(job)
+
+
+class RawBeanstalkd:
+    """The greenstalk floor on one connection to the same server, a tube of its own, the same body
+    as our driver's, its priority and TTR: put per job; reserve (timeout 0) + delete per job."""
+
+    single_note = "floor: greenstalk put per job"
+    batch_note = "floor: put per job (beanstalkd has no batch command)"
+    drain_note = "floor: greenstalk reserve + delete per job"
+    n_note = ""
+
+    def __init__(self, bench, greenstalk, address, ttr):
+        self.greenstalk, self.n, self.ttr = greenstalk, bench.n, ttr
+        self.tube = f"floor_{bench.uid}"
+        self.client = greenstalk.Client(address, encoding=None, use=self.tube, watch=self.tube)
+        self.body = b"\0".join([b"Noop", b"0", QUEUE.encode(), queue.pack(Noop())])
+
+    def clear(self):
+        empty_tube(self.client)
+
+    def count(self):
+        return tube_counts(self.client, self.tube).get("ready", 0)
+
+    def fill(self):
+        put, body, ttr = self.client.put, self.body, self.ttr
+        for _ in range(self.n):
+            put(body, priority=1024, ttr=ttr)
+
+    def push_single(self):
+        self.clear()
+        start = time.perf_counter()
+        self.fill()
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    push_batch = push_single  # no batch command: the same loop, measured on its own
+
+    def drain(self):
+        self.clear()
+        self.fill()
+        reserve, delete, timed_out = self.client.reserve, self.client.delete, self.greenstalk.TimedOutError
+        jobs = 0
+        start = time.perf_counter()
+        while True:
+            try:
+                job = reserve(timeout=0)
+            except timed_out:
+                break
+            noop()
+            delete(job)
+            jobs += 1
+        seconds = time.perf_counter() - start
+        assert jobs == self.n and not tube_counts(self.client, self.tube)
+        return seconds, jobs
+
+
+RAW_BEANSTALKD_CONSUMER = """
+import sys, time, greenstalk
+port, tube, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+client = greenstalk.Client(("127.0.0.1", port), encoding=None, watch=tube)
+out = open(path, "a")
+open(path + ".ready", "w").close()
+while True:
+    try:
+        job = client.reserve(timeout=1)
+    except greenstalk.TimedOutError:
+        continue
+    out.write(f"{(time.time() - float(job.body)) * 1000:.4f}\\n"); out.flush()
+    client.delete(job)
+"""
+
+
+def bench_beanstalkd(bench):
+    import greenstalk
+    port = bench.beanstalkd_port
+    binlog = tempfile.mkdtemp(prefix="beanstalkd-binlog-", dir=bench.folder)
+    start_server(bench, "beanstalkd", [BEANSTALKD, "-l", "127.0.0.1", "-p", str(port), "-b", binlog], port)
+    say(f"beanstalkd: N={bench.n}, its own server on port {port} (binlog in {binlog})")
+    address = ("127.0.0.1", port)
+    d = queue.driver("beanstalkd")
+    side = greenstalk.Client(address, encoding=None, use=QUEUE, watch=QUEUE)
+    bench.cleanups.append(("a greenstalk client", lambda: close_quietly(side)))
+    raw = RawBeanstalkd(bench, greenstalk, address, d.retry_after)
+    bench.cleanups.append(("a greenstalk client", lambda: close_quietly(raw.client)))
+
+    def clear():
+        empty_tube(side)
+
+    def count():
+        return tube_counts(side, QUEUE).get("ready", 0)
+
+    def left():
+        return tube_counts(side, QUEUE)
+
+    drain, floor_drain = backend_rows(bench, "beanstalkd", d, raw, count, clear, left)
+    cli_drain_row(bench, "beanstalkd", "beanstalkd", floor_drain, clear, left)
+    clear()
+    say("beanstalkd: idle push-to-start latency")
+    ours = push_to_start_latency(bench, "beanstalkd", QUEUE, qs=(0.5, 0.9, 0.99))
+    clear()
+    floor = raw_latency(bench, "beanstalkd", RAW_BEANSTALKD_CONSUMER, [str(port), raw.tube],
+                        lambda stamp: raw.client.put(stamp.encode(), priority=1024, ttr=raw.ttr))
+    latency_rows(bench, "beanstalkd", ours, floor,
+                 f"push() call to handle() start in an idle `work` process at its defaults (poll {d.options['poll']} s: "
+                 "reserve-with-timeout 1), 200 pushes 20 ms apart; floor: put to a bare reserve+delete process")
+
+
+# SQS (moto_server) ###########################################################################
+class RawSQS:
+    """The boto3 floor on a client of its own (the same botocore settings as our driver's) to the
+    same server, a queue of its own with our driver's attributes, the same base64 body (without
+    our four message attributes): send_message per job, send_message_batch of 10, receive_message
+    (1 message, no wait) + delete_message per job."""
+
+    single_note = "floor: boto3 send_message per job"
+    batch_note = "floor: send_message_batch of 10"
+    drain_note = "floor: receive_message (1 message) + delete_message per job"
+
+    def __init__(self, bench, d):
+        import base64
+        self.n = bench.n
+        self.n_note = f"; N={self.n} (--sqs-jobs)"
+        self.kwargs = sqs_client_kwargs(d)
+        self.client = new_sqs_client(self.kwargs)
+        self.url = self.client.create_queue(
+            QueueName=f"{d.options['prefix']}floor",
+            Attributes={"VisibilityTimeout": str(d.retry_after), "MessageRetentionPeriod": "1209600"})["QueueUrl"]
+        self.body = base64.b64encode(queue.pack(Noop())).decode()
+
+    def clear(self):
+        clear_sqs_queue(self.client, self.url)
+
+    def count(self):
+        return sqs_counts(self.client, self.url).get("ready", 0)
+
+    def push_single(self):
+        self.clear()
+        send, url, body = self.client.send_message, self.url, self.body
+        start = time.perf_counter()
+        for _ in range(self.n):
+            send(QueueUrl=url, MessageBody=body)
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def fill(self):
+        for i in range(0, self.n, 10):
+            entries = [{"Id": str(j), "MessageBody": self.body} for j in range(min(10, self.n - i))]
+            failed = self.client.send_message_batch(QueueUrl=self.url, Entries=entries).get("Failed")
+            if failed:
+                raise RuntimeError(f"SQS refused a message: {failed[0]}")
+
+    def push_batch(self):
+        self.clear()
+        start = time.perf_counter()
+        self.fill()
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def drain(self):
+        self.clear()
+        self.fill()
+        receive, delete, url = self.client.receive_message, self.client.delete_message, self.url
+        jobs = 0
+        start = time.perf_counter()
+        while True:
+            got = receive(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=0).get("Messages")
+            if not got:
+                break
+            noop()
+            delete(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
+            jobs += 1
+        seconds = time.perf_counter() - start
+        assert jobs == self.n and not sqs_counts(self.client, self.url)
+        return seconds, jobs
+
+
+def sqs_client_kwargs(d):
+    """boto3.client('sqs', **these) as our driver makes its client (JSON-able, for a subprocess)."""
+    o = d.options
+    return {"endpoint_url": o["endpoint"], "region_name": o["region"], "aws_access_key_id": o["key"],
+            "aws_secret_access_key": o["secret"]}
+
+
+def new_sqs_client(kwargs):
+    import boto3
+    from botocore.config import Config
+    return boto3.client("sqs", config=Config(retries={"max_attempts": 1}, connect_timeout=5, read_timeout=30), **kwargs)
+
+
+def sqs_counts(client, url):
+    """{ready, delayed, reserved} of an SQS queue (only those not 0)."""
+    names = {"ready": "ApproximateNumberOfMessages", "delayed": "ApproximateNumberOfMessagesDelayed",
+             "reserved": "ApproximateNumberOfMessagesNotVisible"}
+    a = client.get_queue_attributes(QueueUrl=url, AttributeNames=list(names.values()))["Attributes"]
+    return {k: int(a[v]) for k, v in names.items() if int(a[v])}
+
+
+def clear_sqs_queue(client, url):
+    """PurgeQueue, then wait until it shows (AWS takes up to 60 s; moto at once)."""
+    client.purge_queue(QueueUrl=url)
+    common.wait_for(lambda: not sqs_counts(client, url), 90, f"the purge of {url}", every=0.2)
+
+
+RAW_SQS_CONSUMER = """
+import json, sys, time, boto3
+kwargs, url, path = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+client = boto3.client("sqs", **kwargs)
+out = open(path, "a")
+open(path + ".ready", "w").close()
+while True:
+    got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=1, WaitTimeSeconds=1).get("Messages")
+    if not got:
+        continue
+    out.write(f"{(time.time() - float(got[0]['Body'])) * 1000:.4f}\\n"); out.flush()
+    client.delete_message(QueueUrl=url, ReceiptHandle=got[0]["ReceiptHandle"])
+"""
+
+
+def bench_sqs(bench):
+    saved, bench.n = bench.n, bench.args.sqs_jobs
+    try:
+        _bench_sqs(bench)
+    finally:
+        bench.n = saved
+
+
+def _bench_sqs(bench):
+    port = bench.sqs_port
+    start_server(bench, "moto_server", [MOTO_SERVER, "-H", "127.0.0.1", "-p", str(port)], port)
+    say(f"sqs: N={bench.n} (--sqs-jobs), its own moto_server on port {port}, queues {bench.sqs_prefix}*")
+    d = queue.driver("sqs")
+    url = d.url(QUEUE)
+    side = new_sqs_client(sqs_client_kwargs(d))
+    raw = RawSQS(bench, d)
+
+    def clear():
+        clear_sqs_queue(side, url)
+
+    def count():
+        return sqs_counts(side, url).get("ready", 0)
+
+    def left():
+        return sqs_counts(side, url)
+
+    drain, floor_drain = backend_rows(bench, "sqs", d, raw, count, clear, left)
+    cli_drain_row(bench, "sqs", "sqs", floor_drain, clear, left)
+    clear()
+    say("sqs: idle push-to-start latency")
+    count_latency = 50
+    ours = push_to_start_latency(bench, "sqs", QUEUE, count=count_latency, each=True, qs=(0.5, 0.9, 0.99))
+    clear()
+    floor = raw_latency(bench, "sqs", RAW_SQS_CONSUMER, [json.dumps(raw.kwargs), raw.url],
+                        lambda stamp: raw.client.send_message(QueueUrl=raw.url, MessageBody=stamp),
+                        count=count_latency, each=True)
+    latency_rows(bench, "sqs", ours, floor,
+                 f"push() call to handle() start in an idle `work` process at its defaults (poll {d.options['poll']} s: "
+                 f"long polls of 1 s), {count_latency} pushes, each 50 ms after the last started (p99: the max); "
+                 "floor: send_message to a bare receive (WaitTimeSeconds 1) + delete process")
+
+
+MOTO_SERVER = shutil.which("moto_server") or "moto_server"
 
 
 # Output ######################################################################################
@@ -1100,8 +1679,9 @@ def table(rows, meta):
     def line(cells):
         return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    out = [f"queue.py {meta['queue_py']} benchmark: N={meta['jobs']} jobs/measurement, batch {BATCH}, repeat {meta['repeat']} (median), "
-           f"Python {meta['python']}, SQLite {meta['sqlite']}, {meta['cpus']} CPUs"]
+    sqs = f" (sqs: {meta['sqs_jobs']})" if "sqs" in meta["drivers"] and meta["sqs_jobs"] != meta["jobs"] else ""
+    out = [f"queue.py {meta['queue_py']} benchmark: N={meta['jobs']}{sqs} jobs/measurement, batch {BATCH}, "
+           f"repeat {meta['repeat']} (median), Python {meta['python']}, SQLite {meta['sqlite']}, {meta['cpus']} CPUs"]
     if meta.get("profile"):
         out.append("(--profile was on: our figures include cProfile overhead)")
     out += [line(header), line(["-" * w for w in widths])] + [line(cells) for cells in lines]
@@ -1110,9 +1690,13 @@ def table(rows, meta):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="queue.py jobs/s beside the raw floor of the same backend")
-    parser.add_argument("--driver", action="append", choices=DRIVERS,
-                        help="run this driver (repeatable; default: every available one)")
+    parser.add_argument("--driver", action="append",
+                        help=f"run this driver: {', '.join(DRIVERS)} (repeatable, or a comma list; "
+                             "default: every available one)")
     parser.add_argument("--jobs", type=int, default=5000, help="jobs per measurement (default 5000)")
+    parser.add_argument("--sqs-jobs", type=int, default=None,
+                        help="jobs per measurement of the sqs driver (default: --jobs, at most 1000: "
+                             "moto_server answers about a hundred requests a second)")
     default_sync = queue._SQLite.defaults["synchronous"]
     parser.add_argument("--synchronous", default=default_sync,
                         help="SQLite synchronous setting(s) of the driver, and of its floor: normal, full, "
@@ -1129,17 +1713,34 @@ def parse_args(argv=None):
                         default=queue.AMQPDriver.defaults["queue_type"],
                         help="RabbitMQ queue type of our driver and of its floor (default: the driver's)")
     args = parser.parse_args(argv)
+    if args.driver:
+        args.driver = [d.strip() for value in args.driver for d in value.split(",") if d.strip()]
+        for d in args.driver:
+            if d not in DRIVERS:
+                parser.error(f"--driver: {d!r} is not one of {', '.join(DRIVERS)}")
+    if args.sqs_jobs is None:
+        args.sqs_jobs = min(args.jobs, 1000)
     args.synchronous = [s.strip() for s in args.synchronous.split(",") if s.strip()]
     for s in args.synchronous:
         if s not in ("off", "normal", "full", "extra"):
             parser.error(f"--synchronous: {s!r} is not off, normal, full or extra")
-    if args.jobs < 1 or args.repeat < 1:
-        parser.error("--jobs and --repeat must be at least 1")
+    if args.jobs < 1 or args.repeat < 1 or args.sqs_jobs < 1:
+        parser.error("--jobs, --sqs-jobs and --repeat must be at least 1")
     return args
 
 
 def available(name):
-    """(True, '') or (False, why) for a driver's server and client package."""
+    """(True, '') or (False, why) for a driver's server (or, for beanstalkd and sqs, the program
+    this run starts as its own server) and client package."""
+    if name in ("beanstalkd", "sqs"):
+        package, program = {"beanstalkd": ("greenstalk", BEANSTALKD), "sqs": ("boto3", MOTO_SERVER)}[name]
+        try:
+            __import__(package)
+        except ImportError:
+            return False, f"{package} not installed"
+        if not (os.path.exists(program) or shutil.which(program)):
+            return False, f"{program} not installed"
+        return True, ""
     return common.available(name)
 
 
@@ -1147,12 +1748,12 @@ def main(argv=None):
     args = parse_args(argv)
     chosen = args.driver or list(DRIVERS)
     bench = Bench(args)
-    meta = {"queue_py": common.queue_py_id(queue), "jobs": args.jobs, "batch": BATCH,
+    meta = {"queue_py": common.queue_py_id(queue), "jobs": args.jobs, "sqs_jobs": args.sqs_jobs, "batch": BATCH,
             "repeat": args.repeat, "synchronous": args.synchronous,
             "python": platform.python_version(), "sqlite": sqlite3.sqlite_version, "cpus": os.cpu_count(),
             "worker_log": args.worker_log, "profile": bool(args.profile), "drivers": []}
     runners = {"sqlite": bench_sqlite, "async": bench_async, "mysql": bench_mysql, "postgres": bench_postgres,
-               "amqp": bench_amqp}
+               "amqp": bench_amqp, "redis": bench_redis, "beanstalkd": bench_beanstalkd, "sqs": bench_sqs}
     started = time.perf_counter()
     try:
         for name in DRIVERS:

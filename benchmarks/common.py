@@ -22,11 +22,14 @@ BENCHMARKS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCHMARKS)
 TESTS = os.path.join(ROOT, "tests")
 
-# The servers (README: "Servers on this machine"); psycopg 3 for PostgreSQL, pika for RabbitMQ.
+# The servers (README: "Servers on this machine"); psycopg 3 for PostgreSQL, pika for RabbitMQ,
+# redis-py for Redis (a shared server: a script uses keys of a prefix of its own, never FLUSHDB).
 MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": "", "database": "test"}
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "password": "", "database": "test"}
 AMQP = {"host": "127.0.0.1", "port": 5672, "username": "guest", "password": "guest"}
-SERVERS = {"mysql": ("MariaDB", MYSQL), "postgres": ("PostgreSQL", POSTGRES), "amqp": ("RabbitMQ", AMQP)}
+REDIS = {"host": "127.0.0.1", "port": 6379}
+SERVERS = {"mysql": ("MariaDB", MYSQL), "postgres": ("PostgreSQL", POSTGRES), "amqp": ("RabbitMQ", AMQP),
+           "redis": ("Redis", REDIS)}
 
 # A fixed test key, written into every temporary config.py, so that subprocess workers verify the
 # payloads this process pushes (never a real project's key).
@@ -68,7 +71,7 @@ def available(backend):
         return True, ""
     name, server = SERVERS[backend]
     try:
-        __import__({"mysql": "pymysql", "postgres": "psycopg", "amqp": "pika"}[backend])
+        __import__({"mysql": "pymysql", "postgres": "psycopg", "amqp": "pika", "redis": "redis"}[backend])
     except ImportError as exc:
         return False, f"{exc.name} not installed"
     if not server_up(server["host"], server["port"]):

@@ -120,7 +120,7 @@ class Project:
         self.table = f"soak_{self.id}"
         self.prefix = f"soak_{self.id}:"
         if args.driver == "redis":
-            drivers = {"default": "redis", "redis": {"host": "127.0.0.1", "port": 6379, "prefix": self.prefix}}
+            drivers = {"default": "redis", "redis": dict(common.REDIS, prefix=self.prefix)}
             databases = {}
         else:
             drivers = {"default": "database",
@@ -195,7 +195,7 @@ class Project:
                 common.drop_tables("mysql", self.table, self.table + "_failed", self.table + "_state")
             elif self.args.driver == "redis":
                 import redis
-                client = redis.Redis(host="127.0.0.1", port=6379, socket_timeout=10)
+                client = redis.Redis(**common.REDIS, socket_timeout=10)
                 keys = list(client.scan_iter(match=self.prefix + "*", count=1000))
                 for i in range(0, len(keys), 500):
                     client.delete(*keys[i:i + 500])
@@ -302,20 +302,26 @@ def analyse(args, runs, pushed, left, began, ended, cpu, codes, deaths):
     total_runs = sum(e["runs"] for e in entries)
     total_pushed = sum(v for v in pushed.values()) if pushed else None
     counts = [e["runs"] for e in entries]
+    wall = ended - began
+    lag_text = f"{percentile(lags, 50):.1f} / {percentile(lags, 99):.1f} / {lags[-1]:.1f} ms" if lags else "-"
+    split = "/".join(str(n) for n in sorted(per_pid.values(), reverse=True))
+    cpu_text = " / ".join(f"{v:.1f}" for v in sorted(cpu.values(), reverse=True)) + " %"
     summary = [
-        ("soak", "wall (from all workers registered to SIGTERM)", f"{ended - began:.1f} s", f"{args.workers} workers, {args.entries} entries every=1"),
-        ("soak", "runs (all entries)", total_runs, f"{total_runs / max(1e-9, ended - began):.1f}/s; ideal about {args.entries}/s"),
-        ("soak", "runs per entry min / max", f"{min(counts)} / {max(counts)}", "whole seconds between first and last run + 1 = runs when none missed"),
+        ("soak", "wall (from all workers registered to SIGTERM)", f"{wall:.1f} s",
+         f"{args.workers} workers, {args.entries} entries every=1"),
+        ("soak", "runs (all entries)", total_runs, f"{total_runs / max(1e-9, wall):.1f}/s; ideal about {args.entries}/s"),
+        ("soak", "runs per entry min / max", f"{min(counts)} / {max(counts)}",
+         "whole seconds between first and last run + 1 = runs when none missed"),
         ("soak", "duplicated slots", dups, "must be 0"),
         ("soak", "missed slots", missed, "must be 0 (between an entry's first and last run)"),
-        ("soak", "first run after start, max over entries", f"{max(e['first'] for e in ran):.1f} s" if ran else "-", "slot second - registration time"),
+        ("soak", "first run after start, max over entries", f"{max(e['first'] for e in ran):.1f} s" if ran else "-",
+         "slot second - registration time"),
         ("soak", "pushed (`queue.py schedule` runs) / ran", f"{total_pushed} / {total_runs}" if pushed else "-",
          f"{left.get('ready', '?')} ready, {left.get('reserved', '?')} reserved at the end (queued at the SIGTERM)"),
-        ("soak", "lag past the whole second p50 / p99 / max", f"{percentile(lags, 50):.1f} / {percentile(lags, 99):.1f} / {lags[-1]:.1f} ms" if lags else "-",
+        ("soak", "lag past the whole second p50 / p99 / max", lag_text,
          "handle() start - int(time); scheduler wakes at +5 ms"),
-        ("soak", "runs per worker", "/".join(str(n) for n in sorted(per_pid.values(), reverse=True)), f"{len(per_pid)} worker(s) ran ticks"),
-        ("soak", "worker CPU (utime+stime) per worker", " / ".join(f"{v:.1f}" for v in sorted(cpu.values(), reverse=True)) + " %",
-         "of one core, over the soak (schedule + ticks + logging)"),
+        ("soak", "runs per worker", split, f"{len(per_pid)} worker(s) ran ticks"),
+        ("soak", "worker CPU (utime+stime) per worker", cpu_text, "of one core, over the soak (schedule + ticks + logging)"),
     ]
     return summary, entries, failures
 
@@ -360,7 +366,8 @@ def cost(args):
     finally:
         project.close()
     (a, ta, wa, pa, _), (b, tb, wb, pb, life) = measured["a"], measured["b"]
-    rows.append(("cost", "(a) idle worker, --no-schedule", f"{a:.2f} %", f"{ta} ticks in {wa:.1f} s; pushed {pa} (0 expected)"))
+    rows.append(("cost", "(a) idle worker, --no-schedule", f"{a:.2f} %",
+                 f"{ta} ticks in {wa:.1f} s; pushed {pa} (0 expected)"))
     rows.append(("cost", f"(b) idle worker keeping {args.cost_entries} entries", f"{b:.2f} %",
                  f"{tb} ticks in {wb:.1f} s; pushed {pb} onto {PARKED!r} in its {life:.1f} s of life "
                  f"(start-up included; at most {args.cost_entries * math.ceil(life)})"))
@@ -390,17 +397,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    backend = {"sqlite": "sqlite", "mysql": "mysql", "redis": "redis"}[args.driver]
-    if backend == "mysql":
-        ok, why = common.available("mysql")
-    else:
-        ok, why = (True, "")
-        if backend == "redis":
-            try:
-                import redis  # noqa: F401
-                ok, why = common.server_up("127.0.0.1", 6379), "Redis unreachable on 127.0.0.1:6379"
-            except ImportError:
-                ok, why = False, "redis-py not installed"
+    ok, why = common.available(args.driver)  # sqlite: always; mysql, redis: the client package and the server
     if not ok:
         say(f"{args.driver}: cannot run ({why})")
         return 2
