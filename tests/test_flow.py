@@ -33,7 +33,7 @@ from flowjobs import events, most_running, most_surely_within
 from helpers import dialect, log_lines, sql, stop, wait_worker
 from testjobs import wait_for
 
-pytestmark = backends("sqlite", "mysql", "amqp", "redis", "memory", "beanstalkd", "sqs")
+pytestmark = backends("sqlite", "mysql", "amqp", "redis", "memory", "beanstalkd")  # sqs: its state is the database driver's, tested here on sqlite
 on_the_databases = backends("sqlite", "mysql")  # the tests of the database driver only
 
 

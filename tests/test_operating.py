@@ -18,7 +18,7 @@ from testjobs import values, wait_for
 parser = pytest.importorskip("prometheus_client.parser")
 
 
-@backends("sqlite", "mysql", "redis", "beanstalkd", "sqs")
+@backends("sqlite", "mysql", "redis", "beanstalkd")
 def test_status_lists_live_workers_and_a_dead_one_drops_out(project, tmp_path, spawn):
     gate, held = str(tmp_path / "gate"), str(tmp_path / "held")
     queue.push(testjobs.Gate(held, gate, "held"))

@@ -18,7 +18,7 @@ from helpers import push_records, table_empty
 from test_cli import JOB_FILES
 from testjobs import lines, runs, values, wait_for
 
-pytestmark = backends(*SQL_BACKENDS, "redis", "beanstalkd", "sqs")
+pytestmark = backends(*SQL_BACKENDS, "redis", "beanstalkd")
 
 BARRIER = '''
 import os

@@ -203,7 +203,7 @@ def test_metrics_and_the_cli_show_the_schedule(sqlite_project, tmp_path):
 
 
 # Real workers #################################################################################
-@backends("sqlite", "mysql", "redis")
+@backends("sqlite", "mysql")  # redis: the same claims, tested in TestSlots and benchmarks/schedule_soak.py
 def test_workers_push_each_second_once_while_one_is_killed_and_restarted(project, tmp_path, spawn):
     path = str(tmp_path / "record")
     with open(os.path.join(project.folder, "jobs", "__init__.py"), "w") as f:
