@@ -5096,11 +5096,14 @@ class BeanstalkdDriver(Driver):
                 job = client.reserve(timeout=timeout)
             except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
                 return None
-            reserves = int(client.stats_job(job)["reserves"])
-        name, before, queue_name, payload = job.body.split(b"\0", 3)
-        attempts = int(before) + reserves
-        return Message(str(job.id), queue_name.decode(), name.decode(), payload, attempts,
-                       receipt=(client, lock, job, attempts))
+            stats = client.stats_job(job)
+        reserves, tube = int(stats["reserves"]), stats["tube"]
+        try:
+            name, before, queue_name, payload = job.body.split(b"\0", 3)
+            name, queue_name, attempts = name.decode(), queue_name.decode(), int(before) + reserves
+        except ValueError:  # a body this driver did not write: its payload check fails it (failed store)
+            name, queue_name, payload, attempts = "", tube if isinstance(tube, str) else tube.decode(), job.body, reserves
+        return Message(str(job.id), queue_name, name, payload, attempts, receipt=(client, lock, job, attempts))
 
     def _with(self, message, action):
         client, lock, job, _ = message.receipt
@@ -5118,8 +5121,12 @@ class BeanstalkdDriver(Driver):
         else (a middleware release, which spends no try) a new job with the attempts so far, then
         the old one deleted."""
         if message.attempts == message.receipt[3]:
-            self.run(lambda: self._with(message, lambda c, job: c.release(job, priority=1024,
-                                                                           delay=math.ceil(max(0.0, delay)))))
+            try:
+                self.run(lambda: self._with(message, lambda c, job: c.release(job, priority=1024,
+                                                                               delay=math.ceil(max(0.0, delay)))),
+                         retry=False)
+            except ConnectionFailed as exc:  # the connection and its reservation are gone: the job is back already
+                log.warning("beanstalkd %s: %s: %r is ready again at once", self.where, _summary(exc), message)
             return
         self.put([Message(None, message.queue, message.name, message.payload, message.attempts, delay)])
         self.ack(message)
@@ -5302,16 +5309,23 @@ class SQSDriver(Driver):
             attributes = {k: v.get("StringValue", "") for k, v in m.get("MessageAttributes", {}).items()}
             if self._put_off(queue_name, m, attributes):
                 continue
-            attempts = int(attributes.get("attempts", 0)) + int(m["Attributes"]["ApproximateReceiveCount"])
-            return Message(m["MessageId"], queue_name, attributes.get("name", ""), base64.b64decode(m["Body"]),
+            received = int(m["Attributes"]["ApproximateReceiveCount"])
+            try:
+                attempts, payload = int(attributes.get("attempts", 0)) + received, base64.b64decode(m["Body"], validate=True)
+            except ValueError:  # a message this driver did not write: its payload check fails it (failed store)
+                attempts, payload = received, m["Body"].encode("utf-8", "surrogateescape")
+            return Message(m["MessageId"], queue_name, attributes.get("name", ""), payload,
                            attempts, receipt=(m["ReceiptHandle"], attempts, m["Body"], attributes))
 
     def _put_off(self, queue_name, m, attributes):
         """A message not due yet (a delay past 15 minutes) is sent again with the delay left; one
         pushed before a clear is deleted. True if it was."""
-        due, left = float(attributes.get("due", 0)), float(attributes.get("due", 0)) - self.clock.time()
-        cleared = self._cleared(queue_name)
-        if cleared is not None and float(attributes.get("pushed", 0)) < cleared:
+        try:
+            due, pushed = float(attributes.get("due", 0)), float(attributes.get("pushed", 0))
+        except ValueError:  # not written by this driver: taken now, failed by its payload check
+            return False
+        left, cleared = due - self.clock.time(), self._cleared(queue_name)
+        if cleared is not None and pushed < cleared:
             self.run(lambda c: c.delete_message(QueueUrl=self.url(queue_name), ReceiptHandle=m["ReceiptHandle"]))
             return True
         if due and left > 1:

@@ -78,3 +78,18 @@ def test_a_server_that_does_not_answer_is_one_line(tmp_path):
     project = Project(tmp_path, drivers, {"sqlite": {"driver": "sqlite", "database": "queue.sqlite3"}})
     for command in (["status"], ["work"], ["clear", "--force"]):
         one_line_error(project.cli(*command, timeout=20), "beanstalkd", "127.0.0.1")
+
+
+def test_a_job_body_the_driver_did_not_write_goes_to_the_failed_store(own_server, tmp_path):
+    import greenstalk
+    project, _ = own_server
+    path = str(tmp_path / "record")
+    port = project.drivers["beanstalkd"]["port"]
+    with greenstalk.Client(("127.0.0.1", port), encoding=None, use="jobs") as client:
+        client.put(b"not ours at all")
+        client.put(b"Record\0not-a-number\0jobs\0payload")
+    queue.push(testjobs.Record(path, "after"))
+    ok(project.cli("work", "--stop-when-empty"))
+    assert values(path) == ["after"], "the worker went on past them"
+    rows = queue.driver().failed_store().failed_jobs()
+    assert len(rows) == 2 and all("BadPayload" in row["exception"] for row in rows)

@@ -6,18 +6,21 @@ from a record that the jobs keep themselves (not through queue.py).
     python benchmarks/chaos/chaos.py --driver database --connection mysql --jobs 10000
     python benchmarks/chaos/chaos.py --driver amqp --jobs 10000
     python benchmarks/chaos/chaos.py --driver redis --jobs 10000
+    python benchmarks/chaos/chaos.py --driver beanstalkd --jobs 5000
+    python benchmarks/chaos/chaos.py --driver sqs --jobs 2000
     python benchmarks/chaos/chaos.py --driver database --connection mysql --jobs 0 --bad 1000
     python benchmarks/chaos/chaos.py --driver database --connection sqlite --jobs 300 --poison 60
 
 What one run does, in a temporary project (queue.py copied in, config.py with a short
 retry_after and a fixed KEY, its own MySQL tables or RabbitMQ queues, removed afterwards; on
-redis, a redis-server of its own, see below):
+redis, beanstalkd and sqs, a server of its own, see below):
 1. pushes N uniquely numbered jobs (benchmarks/chaos/chaosjobs.py): mostly short sleeps, plus jobs that
    raise once, always raise, run past their timeout once or always, and a few that run longer than
    retry_after (the database reservation, or amqp heartbeats, must not lapse while they live);
 2. with --bad B, injects B forged, wrongly signed, truncated, bit-flipped, extended and random
-   payloads straight into the backend (INSERT into the jobs table, a raw publish with pika, or
-   HSET + RPUSH into the redis driver's keys),
+   payloads straight into the backend (INSERT into the jobs table, a raw publish with pika,
+   HSET + RPUSH into the redis driver's keys, a raw put into the beanstalkd tube, or a raw
+   send_message_batch into the SQS queue),
    plus correctly signed jobs whose class is missing, whose unpickling or __init__ raises, that
    call sys.exit() or os._exit(); every forged pickle would create a marker file if unpickled,
    and one correctly signed marker (the control) proves that the markers work;
@@ -43,8 +46,8 @@ redis, a redis-server of its own, see below):
    --kill-every seconds SIGKILLs a random worker and starts a replacement, and starts a new
    worker for any worker that exits, as a supervisor would;
 4. once, when 40% of the jobs are done, restarts the server (MariaDB, PostgreSQL or RabbitMQ;
-   Redis is SIGKILLed and started again on the same port and dir) or, on SQLite, SIGKILLs every
-   worker at once (--no-restart: neither);
+   Redis and beanstalkd are SIGKILLed and started again on the same port and dir) or, on SQLite,
+   SIGKILLs every worker at once (--no-restart: neither; sqs: never);
 5. waits (bounded) until every job is done or in the failed store, stops the workers with
    SIGTERM, and counts.
 
@@ -84,8 +87,46 @@ appendfsync always no acknowledged write is lost, so the restart explains no dou
 job's delete travels with its worker's next pop (as on the database driver), so a job whose worker
 was killed after it and before that pop runs again after its lease, which a worker death explains.
 
+On beanstalkd (--driver beanstalkd) the run starts `beanstalkd -l 127.0.0.1 -p PORT -b DIR -z
+20000000` of its own (a free port as for redis, a binlog dir in the project folder, a max job
+size of 20 MB rather than its default 64 KB; no poison kind has a large payload, HugeError's
+10 MB is its exception's message, kept in the failed store, so none is skipped). DRIVERS: the
+beanstalkd driver (retry_after = its TTR, poll 1: a reserve-with-timeout of 1 s) and, for its
+failed jobs and state, the database driver on the project's SQLite. The restart is a SIGKILL of
+that server and a start on the same port and binlog dir; the workers must reconnect on their
+own, and kills pause around it as on redis (QUIET_AFTER_RESTART). beanstalkd writes every put and
+delete to its binlog before it answers, so the crash loses no answered write, but it drops every
+connection and with them the reservations: the binlog gives every reserved job back ready at
+once, and the delete of a worker that ran it across the crash is refused. So the restart
+explains a double run (and two runs at once) of a job whose earlier run began before the server
+answered again and ended no earlier than a second before the crash. A SIGKILLed worker's
+reserved job is back at once too (its connection closes), not after the TTR.
+
+On sqs (--driver sqs) the run starts moto's standalone server `moto_server -H 127.0.0.1 -p PORT`
+of its own (killed at the end), with DRIVERS["sqs"] = endpoint, region us-east-1, key and secret
+"test", a prefix of the run's own, retry_after (= the visibility timeout), poll 1 (long polls of
+1 s); failed jobs and state in the project's SQLite. There is no server restart: moto keeps
+everything in memory, so a restart would lose every queue and message (it tests loss, not
+recovery). A standard SQS queue is at-least-once by design: a double run with no worker death to
+explain it is counted in a row of its own (not a violation, not hidden), and so is a second run
+that began while the first ran within the visibility timeout of the first receive (a second
+delivery); one that began later is a reservation that lapsed while its job ran (the driver
+renews it every retry_after / 3 s): "ran in two workers at once", a violation. (moto 5.2's own
+DeleteMessage is not thread-safe: two at once can put back the message the other deleted, which
+is then delivered again: such double runs come from moto, not SQS.) A receive is an attempt
+(SQS's ApproximateReceiveCount): a worker killed while its receive_message is under way, or after
+it and before the job began, spends an attempt that leaves no `start` line. A job failed with
+MaxAttemptsExceeded that was taken more often than it began counts as failed after its workers
+died, as long as such receives are no more than the main workers SIGKILLed outside a job (a row
+that must be 0). moto answers in a time that grows with the queue's length (each receive and send
+reads every message's state a few times): on a loaded 2-core machine 2000 jobs take about 4
+minutes, 5000 an estimated hour (1.4 jobs a second at a 5000-job backlog), so the default
+--timeout on sqs allows 0.5 s a job.
+
 Why each worker ended: SIGKILLed by the harness (it knows which), os._exit() by the jobs that do
-so on purpose (exit status 77), exit 1 at start while the server was down, or else on its own: a
+so on purpose (exit status 77), exit 1 at start while the server was down, exit 1 after it had
+reached the server, lost it and given up ("queue.py: error: lost the connection ..." after "...;
+trying again" lines: redis, beanstalkd, sqs; must be 0: a worker must reconnect), or else on its own: a
 worker death caused by a job when the job record names one (the job running in that pid last:
 a `start` without its `end`, a poison job's __setstate__ under way, a failed() call, a poison or
 failed job that had just ended; for a death by SIGALRM, the last alarm/itimer job of that pid),
@@ -105,6 +146,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import random
@@ -140,7 +182,9 @@ MUST_BE_ZERO = ("lost", "wrong", "failed twice", "failed() > 1", "worker deaths"
 OVERRUN = 3.0      # seconds past its timeout within which an attempt of a poison kind with a timeout must end
 TERM_LIMIT = 10.0  # seconds within which a worker SIGTERMed during a sigignrun job must exit
 STALL_STARTS = 50  # a worker that began nothing after a poison job while the others began this many: stalled
-QUIET_AFTER_RESTART = 3.0  # redis: no SIGKILL from the crash until this long after the server answers again
+QUIET_AFTER_RESTART = 3.0  # redis, beanstalkd: no SIGKILL from the crash until this long after the server answers again
+BEANSTALKD_MAX_JOB = 20_000_000  # beanstalkd -z: bytes of its largest job (its default is 65,535)
+OWN_SERVER = ("redis", "beanstalkd", "sqs")  # drivers whose runs start a server of their own
 
 
 def say(*parts):
@@ -172,7 +216,7 @@ def free_port(host="127.0.0.1"):
                 continue
         if not port_open(port, host):
             return port
-    raise RuntimeError("no free TCP port found for redis-server")
+    raise RuntimeError("no free TCP port found for the run's own server")
 
 
 def stamp():
@@ -216,6 +260,22 @@ class Project:
                        "redis": {"host": "127.0.0.1", "port": self.redis_port, "retry_after": r, "attempts": 5,
                                  "prefix": REDIS_PREFIX, "failed": "redis"}}
             databases = {}
+        elif args.driver in ("beanstalkd", "sqs"):  # a server of the run's own; failed jobs and state in SQLite
+            self.server_port = free_port()
+            self.server_dir = os.path.join(self.folder, args.driver)  # beanstalkd: its binlog; both: the server's log
+            os.makedirs(self.server_dir)
+            drivers = {"default": args.driver,
+                       "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
+                                    "state_table": self.table + "_state", "attempts": 5, "poll": 0.1, "retry_after": r}}
+            if args.driver == "beanstalkd":
+                drivers["beanstalkd"] = {"host": "127.0.0.1", "port": self.server_port, "retry_after": r, "attempts": 5,
+                                         "poll": 1}
+            else:
+                self.sqs_prefix = f"chaos_{tag}_"
+                drivers["sqs"] = {"endpoint": f"http://127.0.0.1:{self.server_port}", "region": "us-east-1",
+                                  "key": "test", "secret": "test", "prefix": self.sqs_prefix, "retry_after": r,
+                                  "attempts": 5, "poll": 1}
+            databases = {"sqlite": common.database("sqlite")}
         else:
             drivers = {"default": args.driver,
                        "database": {"connection": args.connection, "table": self.table,
@@ -358,6 +418,10 @@ def make_bad(count, first_number, rng, project, backend):
             add(category, b"Q1" + rng.randbytes(32) + body, properties="none")
         elif category == "badheader":  # amqp: x-attempts that is not a number
             add(category, b"Q1" + rng.randbytes(32) + body, properties="badheader")
+        elif category in ("nofields", "badattempts", "notbase64", "noattributes"):
+            # beanstalkd: a body without the driver's fields, or attempts that are not a number;
+            # sqs: a body that is not base64, no message attributes, attempts that are not a number
+            add(category, b"Q1" + rng.randbytes(32) + body, properties=category)
         elif category == "text":  # sqlite: the payload column holds TEXT, not a BLOB
             add(category, "Q1 this payload is text", properties="text")
         elif category == "integer":  # sqlite: the payload column holds a small INTEGER
@@ -699,6 +763,166 @@ class RedisBackend(Backend):
         self.stop(signal.SIGKILL)
 
 
+class _OwnServerBackend(Backend):
+    """A server program of the run's own (beanstalkd, moto_server): on the project's free port,
+    its output in a log of the project folder, killed at the end. A restart is a crash: SIGKILL,
+    a second down, a start on the same port (and dir)."""
+
+    title = None  # the server's name in messages
+
+    def __init__(self, project):
+        super().__init__(project)
+        self.port, self.dir = project.server_port, project.server_dir
+        self.proc = None
+        self.starts = 0
+
+    def command(self):
+        raise NotImplementedError
+
+    def start(self):
+        """Start the server and wait until it answers."""
+        argv = self.command()
+        self.starts += 1
+        log = open(os.path.join(self.dir, f"server-{self.starts}.log"), "w")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)  # a ^C to chaos.py reaches it only through close()
+        log.close()
+        self.wait_until_it_answers(self.title, seconds=60)
+
+    def running(self):
+        if self.proc is None or self.proc.poll() is not None:
+            raise ConnectionError(f"our {self.title} is not running")
+
+    def stop(self, sig=signal.SIGKILL):
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self):
+        down = time.time()
+        self.stop(signal.SIGKILL)  # a crash
+        time.sleep(1.0)  # down for a moment: workers must notice
+        self.start()
+        return down, time.time()
+
+    def ensure_up(self):
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        else:
+            self.wait_until_it_answers(self.title, seconds=60)
+
+    def cleanup(self):
+        """Kill the server; its dir goes with the project folder (kept with --keep)."""
+        self.stop(signal.SIGKILL)
+
+
+class BeanstalkdBackend(_OwnServerBackend):
+    """beanstalkd of the run's own: `beanstalkd -l 127.0.0.1 -p PORT -b DIR -z MAX_JOB` (a binlog in
+    the project folder; max-job-size BEANSTALKD_MAX_JOB, not the default 64 KB). Killed by SIGKILL,
+    it keeps every job whose put or delete it answered: it writes each to the binlog (a write() to
+    the kernel, no buffer of its own) before it replies. The reservations go with the connections."""
+
+    title = "beanstalkd"
+    garbage = ("nofields", "badattempts")
+
+    def command(self):
+        binary = shutil.which("beanstalkd") or "/usr/bin/beanstalkd"
+        if not os.path.exists(binary):
+            raise RuntimeError("beanstalkd is not installed (apt-get install beanstalkd)")
+        return [binary, "-l", "127.0.0.1", "-p", str(self.port), "-b", self.dir, "-z", str(BEANSTALKD_MAX_JOB)]
+
+    def connect(self):
+        import greenstalk
+        self.running()
+        client = greenstalk.Client(("127.0.0.1", self.port), encoding=None)
+        try:
+            client.stats()
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def inject(self, bads):
+        """Each bad payload as a ready job in the tube, as the driver puts one (README, "### beanstalkd";
+        queue.py's BeanstalkdDriver.put): the body 'class name NUL attempts NUL queue NUL payload';
+        garbage: "nofields" a body of the payload alone, "badattempts" attempts that are not a number."""
+        client = self.connect()
+        try:
+            client.use(self.project.queue)
+            for b in bads:
+                payload = b.payload if isinstance(b.payload, bytes) else str(b.payload).encode()
+                if b.properties == "nofields":
+                    body = payload
+                else:
+                    attempts = b"many" if b.properties == "badattempts" else b"0"
+                    body = b"\0".join([b.name.encode(), attempts, self.project.queue.encode(), payload])
+                client.put(body, priority=1024, delay=0, ttr=max(1, math.ceil(self.project.args.retry_after)))
+        finally:
+            client.close()
+
+
+class SQSBackend(_OwnServerBackend):
+    """moto's standalone server (`moto_server -H 127.0.0.1 -p PORT`), the only SQS endpoint this
+    machine reaches. It keeps everything in memory, so it is never restarted (a restart would lose
+    every queue and message: no test of recovery, only of loss)."""
+
+    title = "moto_server"
+    garbage = ("notbase64", "noattributes", "badattempts")
+
+    def command(self):
+        binary = shutil.which("moto_server")
+        if binary is None:
+            raise RuntimeError("moto_server is not installed (pip install 'moto[server]')")
+        return [binary, "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def connect(self):
+        import boto3
+        from botocore.config import Config
+        self.running()
+        client = boto3.client("sqs", endpoint_url=f"http://127.0.0.1:{self.port}", region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test",
+                              config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=30))
+        client.list_queues()
+        return client
+
+    def inject(self, bads):
+        """Each bad payload as a message of the queue, as the driver sends one (README, "### Amazon SQS";
+        queue.py's SQSDriver.put): the payload in base64, attributes name, attempts, pushed, due;
+        garbage: "notbase64" a body that is not base64 (what a foreign producer may send),
+        "noattributes" none of the four attributes, "badattempts" attempts that are not a number."""
+        import base64
+        client = self.connect()
+        try:
+            url = client.get_queue_url(QueueName=self.project.sqs_prefix + self.project.queue)["QueueUrl"]
+            entries, now = [], time.time()
+            for b in bads:
+                payload = b.payload if isinstance(b.payload, bytes) else str(b.payload).encode()
+                body = base64.b64encode(payload).decode()
+                if b.properties == "notbase64":  # b64decode leaves out the characters that are not
+                    body = "not base64!"                # base64: nine left, which no base64 string has
+                attributes = {"name": b.name, "attempts": "many" if b.properties == "badattempts" else "0",
+                              "pushed": repr(now), "due": repr(now)}
+                entry = {"Id": str(len(entries)), "MessageBody": body or "=", "MessageAttributes": {
+                    k: {"DataType": "String", "StringValue": v} for k, v in attributes.items()}}
+                if b.properties == "noattributes":
+                    del entry["MessageAttributes"]
+                entries.append(entry)
+                if len(entries) == 10:
+                    client.send_message_batch(QueueUrl=url, Entries=entries)
+                    entries = []
+            if entries:
+                client.send_message_batch(QueueUrl=url, Entries=entries)
+        finally:
+            client.close()
+
+
 def broker_queue_names(timeout=15):
     """(source, the names of the broker's queues in vhost /), or (None, None) if it does not
     answer: `rabbitmqctl -q list_queues name` (exact), else the management API (guest/guest)."""
@@ -851,7 +1075,7 @@ class Worker:
         self.started = time.time()
         self.ended = None
         self.status = None   # exit status once reaped
-        self.cause = None    # "killed", "termed", "os._exit", "server down", "unexpected", "stopped", "hung"
+        self.cause = None    # "killed", "termed", "os._exit", "server down", "gave up", "unexpected", "stopped", "hung"
 
 
 class Supervisor:
@@ -937,6 +1161,8 @@ class Supervisor:
                 worker.cause = "os._exit"
             elif status == 1 and self._server_was_down(worker):
                 worker.cause = "server down"
+            elif status == 1 and self._gave_up(worker):
+                worker.cause = "gave up"
             else:
                 worker.cause = "unexpected"
             self.deaths.append((worker.pid, worker.ended, worker.cause))
@@ -949,10 +1175,27 @@ class Supervisor:
 
     def _server_was_down(self, worker):
         """A worker that exits 1 with one line 'queue.py: error: cannot connect ...': it started
-        while the server was down (ours restarted, or someone else's restart on a shared host)."""
+        while the server was down (ours restarted, or someone else's restart on a shared host).
+        Not one that had reached the server: the redis, beanstalkd and sqs drivers then log
+        '...; trying again' before they give up (see _gave_up)."""
+        lines = self._log_lines(worker)
+        return self._connection_error(lines) and not any(line.endswith("; trying again") for line in lines)
+
+    def _gave_up(self, worker):
+        """A worker that had reached the server, lost it, tried again ('...; trying again') and
+        exited 1 with 'queue.py: error: lost the connection ...': it did not reconnect."""
+        lines = self._log_lines(worker)
+        return self._connection_error(lines) and any(line.endswith("; trying again") for line in lines)
+
+    @staticmethod
+    def _log_lines(worker):
         with open(worker.log, errors="replace") as f:
-            lines = [line for line in f.read().splitlines() if line.strip()]
-        return bool(lines) and lines[-1].startswith("queue.py: error:") and "connect" in lines[-1]
+            return [line for line in f.read().splitlines() if line.strip()]
+
+    @staticmethod
+    def _connection_error(lines):
+        return bool(lines) and lines[-1].startswith("queue.py: error:") and (
+            "connect" in lines[-1].lower() or "cannot reach" in lines[-1])
 
     def stop(self, timeout=15.0):
         """SIGTERM every live worker (they finish the current job and exit 0); SIGKILL laggards."""
@@ -1106,7 +1349,8 @@ class Chaos:
         self.rng = random.Random(args.seed)
         self.project = Project(args)
         backend = {"sqlite": SQLiteBackend, "mysql": MySQLBackend, "postgres": PostgresBackend}[args.connection]
-        backend = {"amqp": AMQPBackend, "redis": RedisBackend}.get(args.driver, backend)
+        backend = {"amqp": AMQPBackend, "redis": RedisBackend, "beanstalkd": BeanstalkdBackend,
+                   "sqs": SQSBackend}.get(args.driver, backend)
         self.backend = backend(self.project)
         self.restart_window = [None, None]
         self.supervisor = Supervisor(self.project, self.rng, args.concurrency)
@@ -1118,13 +1362,15 @@ class Chaos:
     def run(self):
         args, project = self.args, self.project
         queue.configure(project.config_path)
-        if args.driver == "redis":
+        if args.driver in OWN_SERVER:
             self.backend.start()
-            say(f"redis-server {self.backend.proc.pid} on 127.0.0.1:{self.backend.port}, dir {self.backend.dir}")
-        elif args.connection in ("mysql", "postgres"):
-            queue.driver("database").create_tables()
-        else:
-            queue.driver("database").stats()  # creates the SQLite tables
+            say(f"{getattr(self.backend, 'title', 'redis-server')} {self.backend.proc.pid} on 127.0.0.1:"
+                f"{self.backend.port}, dir {self.backend.dir}")
+        if args.driver != "redis":  # redis keeps its failed jobs and state itself
+            if args.connection in ("mysql", "postgres"):
+                queue.driver("database").create_tables()
+            else:
+                queue.driver("database").stats()  # creates the SQLite tables
         if args.driver == "amqp":  # the broker's queues, before anything of this run exists
             self.queues = BrokerQueues(project)
             self.queues.begin()
@@ -1189,7 +1435,7 @@ class Chaos:
                 sup.term(int(line.split()[2]))
             sup.check_termed()
             # the kills; they stop once everything is accounted for (then only late reruns are awaited);
-            # on redis, none during its restart and QUIET_AFTER_RESTART s after it (see _kills_paused)
+            # on redis and beanstalkd, none during its restart and QUIET_AFTER_RESTART s after it (see _kills_paused)
             if args.kill_every and now >= next_kill and all_accounted_at is None and not self._kills_paused(restarter):
                 sup.kill_random()
                 next_kill = now + args.kill_every
@@ -1250,12 +1496,13 @@ class Chaos:
                    if b.number is None and b.category != "control")
 
     def _kills_paused(self, restarter):
-        """redis: True from the crash until QUIET_AFTER_RESTART s after the server answers again.
-        The workers that live through the crash must reconnect on their own: a replacement
-        started meanwhile would load the driver's Lua scripts into the new server (they do not
-        survive a restart) before the old workers use theirs again, and hide a worker that cannot
-        reload its own."""
-        if self.args.driver != "redis" or restarter is None:
+        """redis, beanstalkd: True from the crash until QUIET_AFTER_RESTART s after the server
+        answers again. The workers that live through the crash must reconnect on their own: a
+        replacement started meanwhile would load the driver's Lua scripts into the new server (they
+        do not survive a restart) before the old workers use theirs again, and hide a worker that
+        cannot reload its own; on beanstalkd, replacements would take the jobs while a worker that
+        cannot reconnect went unseen (and one started while the server is down exits at once)."""
+        if self.args.driver not in ("redis", "beanstalkd") or restarter is None:
             return False
         up = self.restart_window[1]
         return restarter.is_alive() or up is None or time.time() < up + QUIET_AFTER_RESTART
@@ -1272,7 +1519,8 @@ class Chaos:
             return thread
 
         def restart():
-            name = {"amqp": "RabbitMQ", "redis": "Redis"}.get(args.driver) or SERVER_NAMES[args.connection]
+            name = {"amqp": "RabbitMQ", "redis": "Redis", "beanstalkd": "beanstalkd"}.get(args.driver) or \
+                SERVER_NAMES[args.connection]
             say(f"restarting {name}")
             self.restart_window[0] = time.time()
             try:
@@ -1318,6 +1566,7 @@ class Chaos:
         killed = {pid: at for pid, at, cause in sup.deaths if cause == "killed"}
         window = self.restart_window if self.restart_window[0] is not None else None
         amqp = args.driver == "amqp"
+        beanstalkd, sqs = args.driver == "beanstalkd", args.driver == "sqs"
 
         # the failed store: our numbered jobs (by their verified payload), bad payloads by name or payload
         failed_by_number = collections.defaultdict(list)
@@ -1365,12 +1614,17 @@ class Chaos:
             """amqp: the run overlapped the broker restart (its connection, and deliveries, lost);
             PostgreSQL: it ended within a second before the crash, whose lost asynchronous commits
             (a worker's, by design: synchronous_commit off) took its ack, so it ran again.
+            beanstalkd: it began before the server answered again and ended no earlier than a second
+            before the crash: the crash dropped its worker's connection and with it the reservation (the
+            binlog gives the job back ready), so a delete sent then, or after, is refused.
             Redis (appendfsync always): never; no answered write is lost in its crash, and a
             finished job's delete rides on its worker's next pop, so a rerun needs a worker death."""
             if window is None:
                 return False
             if crash:
                 return window[0] - 1.0 <= end <= window[1]
+            if beanstalkd:
+                return start <= window[1] and end >= window[0] - 1.0
             return amqp and start <= window[1] + 10 and end >= window[0] - 1
 
         def death_excuses(pid, at):
@@ -1402,6 +1656,24 @@ class Chaos:
 
         c = collections.Counter()
         problems = collections.defaultdict(list)
+
+        # sqs: a receive is an attempt (SQS's ApproximateReceiveCount), and a worker SIGKILLed while
+        # its receive_message is under way (moto answers slowly), or after it and before the job
+        # began, takes an attempt that leaves no `start` line. The main workers killed outside a job
+        # bound how many such receives there can be.
+        spans_by_pid = collections.defaultdict(list)
+        for number, pid, attempt, start, end, outcome in runs:
+            spans_by_pid[pid].append((start, ended.get(pid, self.ended) if end is None else end))
+        killed_outside_a_job = sum(1 for pid, at in killed.items()
+                                   if not any(start <= at <= end + 0.01 for start, end in spans_by_pid.get(pid, ())))
+
+        def receives_unbegun(failures, spans):
+            """sqs: the receives of a job failed with MaxAttemptsExceeded ("... was taken N times")
+            before the one that failed it, less its attempts that began; 0 elsewhere."""
+            taken = [int(m.group(1)) for m in (re.search(r"was taken (\d+) times", f) for f in failures) if m]
+            if not sqs or not taken or not all(f.startswith("MaxAttemptsExceeded") for f in failures):
+                return 0
+            return max(0, max(taken) - 1 - len(spans))
         expected = {item.number: item for item in self.items}
         for b in self.bads:
             if b.number is not None:
@@ -1475,7 +1747,9 @@ class Chaos:
                     wrong = True  # in the failed store, but not for the reason its kind must be
                 elif item.expect == "done" and not completions:
                     cut = any(pid in killed and outcome == "died" for _, _, pid, outcome in spans)
-                    if cut and all(f.startswith("MaxAttemptsExceeded") for f in failures):
+                    unbegun = receives_unbegun(failures, spans)
+                    c["receives that began nothing"] += unbegun
+                    if (cut or unbegun) and all(f.startswith("MaxAttemptsExceeded") for f in failures):
                         p["cut"] += 1
                     elif args.concurrency > 1 and failures and cls.main_thread_only and any(
                             outcome == "ValueError" for _, _, _, outcome in spans):
@@ -1527,8 +1801,11 @@ class Chaos:
                     c["completed"] += 1 if completions else 0
                     if failures and not completions:
                         cut = any(pid in deaths and outcome == "died" for _, _, pid, outcome in spans)
-                        if cut and all(f.startswith("MaxAttemptsExceeded") for f in failures):
+                        unbegun = receives_unbegun(failures, spans)
+                        c["receives that began nothing"] += unbegun
+                        if (cut or unbegun) and all(f.startswith("MaxAttemptsExceeded") for f in failures):
                             c["failed after their workers died"] += 1
+                            c["failed after receives that began nothing"] += 1 if unbegun else 0
                         else:
                             c["failed unexpectedly"] += 1
                             problems["failed unexpectedly"].append((number, item.kind, failures[0]))
@@ -1548,7 +1825,11 @@ class Chaos:
                         reasons.add("restart")
                     else:
                         reasons.add("none")
-                if "none" in reasons:
+                if "none" in reasons and sqs:  # a standard queue is at-least-once: counted apart, not hidden
+                    c["sqs: delivered again, no worker death"] += 1
+                    problems["sqs: double runs with no worker death (at-least-once)"].append(
+                        (number, item.kind, completions, spans))
+                elif "none" in reasons:
                     c["unexplained double runs"] += 1
                     problems["unexplained double runs"].append((number, item.kind, completions, spans))
                 else:
@@ -1557,6 +1838,12 @@ class Chaos:
                 if y[0] < x[1] - 1e-3 and x[2] != y[2]:
                     if across_restart(x[0], x[1]):
                         c["concurrent across the broker restart"] += 1
+                    elif sqs and y[0] - x[0] < args.retry_after - 0.5:
+                        # handed out again within the first receive's visibility timeout: a second
+                        # delivery (at-least-once), not a reservation that lapsed (that one is below)
+                        c["sqs: delivered twice at once"] += 1
+                        problems["sqs: runs at once within the visibility timeout (at-least-once)"].append(
+                            (number, item.kind, x, y))
                     else:
                         c["ran in two workers at once"] += 1
                         problems["ran in two workers at once"].append((number, item.kind, x, y))
@@ -1756,6 +2043,13 @@ class Chaos:
              ("expected to complete", c["expect done"], None),
              ("  completed", c["completed"], None),
              ("  failed after their workers died (MaxAttemptsExceeded)", c["failed after their workers died"], None),
+             *([("    of them taken by receives that began nothing (sqs: a receive is an attempt)",
+                 c["failed after receives that began nothing"], None),
+                ("    such receives (failed jobs, poison included)", c["receives that began nothing"], None),
+                ("    main workers SIGKILLed outside a job (in or after a receive, or starting)", killed_outside_a_job,
+                 None),
+                ("    such receives beyond those kills (unexplained)",
+                 max(0, c["receives that began nothing"] - killed_outside_a_job), 0)] if sqs else []),
              ("  failed unexpectedly", c["failed unexpectedly"], 0),
              ("expected to fail (raise, time out, exit, cannot load)", c["expect failed"], None),
              ("  in the failed store", c["failed as expected"], None),
@@ -1765,10 +2059,16 @@ class Chaos:
                if self.queues is not None else []),
              ("run to completion more than once", c["double runs"], None),
              ("  explained by a worker death before the ack", c["explained by a death"], None),
-             ("  explained by the server restart (amqp; PostgreSQL's crash)", c["explained by the broker restart"], None),
+             ("  explained by the server restart (amqp; PostgreSQL's crash; beanstalkd's)",
+              c["explained by the broker restart"], None),
+             *([("  no worker death to explain it (sqs: at-least-once by design)",
+                 c["sqs: delivered again, no worker death"], None)] if sqs else []),
              ("  unexplained", c["unexplained double runs"], 0),
-             ("ran in two workers at once", c["ran in two workers at once"], 0),
-             ("  across the broker restart (amqp)", c["concurrent across the broker restart"], None),
+             ("ran in two workers at once" + (" (the second after the visibility timeout)" if sqs else ""),
+              c["ran in two workers at once"], 0),
+             ("  across the server restart (amqp, beanstalkd)", c["concurrent across the broker restart"], None),
+             *([("  sqs: within the visibility timeout (a second delivery: at-least-once)",
+                 c["sqs: delivered twice at once"], None)] if sqs else []),
              ("long jobs (2.2 x retry_after)", c["long jobs"], None),
              ("  run exactly once", c["long jobs run exactly once"], None),
              ("timeouts not enforced (slow job done at attempt 1)", c["timeouts not enforced"], 0),
@@ -1776,6 +2076,7 @@ class Chaos:
              ("  SIGKILLed by the chaos loop", causes["killed"], None),
              ("  ended by os._exit() jobs", causes["os._exit"], None),
              ("  exited 1 at start: server unreachable", causes["server down"], None),
+             ("  exited 1 after it lost the server and did not reconnect", causes["gave up"], 0),
              ("  deaths caused by a job (not os._exit; kinds below)", len(job_deaths), 0),
              ("  other exits (crashes)", len(other_exits), 0),
              ("  ignored SIGTERM at the end", len(self.hung), 0),
@@ -1872,11 +2173,15 @@ class Chaos:
         args = self.args
         target = (f"{args.driver}/{args.connection}" if args.driver == "database" else
                   "redis (failed store and state in Redis, appendfsync always)" if args.driver == "redis" else
+                  "beanstalkd (its own, with a binlog; failed store and state in SQLite)" if args.driver == "beanstalkd"
+                  else "sqs (moto_server; failed store and state in SQLite)" if args.driver == "sqs" else
                   f"amqp (failed store: {args.connection})")
-        restart = ("none" if args.no_restart else
+        restart = ("none (moto_server keeps everything in memory: a restart loses every queue and message)"
+                   if args.driver == "sqs" else "none" if args.no_restart else
                    "every worker killed at once" if args.driver == "database" and args.connection == "sqlite" else
                    f"{SERVER_NAMES[args.connection]} restarted" if args.driver == "database" else
-                   "Redis SIGKILLed and restarted" if args.driver == "redis" else "RabbitMQ restarted")
+                   "Redis SIGKILLed and restarted" if args.driver == "redis" else
+                   "beanstalkd SIGKILLed and restarted" if args.driver == "beanstalkd" else "RabbitMQ restarted")
         if self.restart_window[0] is not None and self.restart_window[1] is not None and restart.endswith("restarted"):
             restart += f" ({self.restart_window[1] - self.restart_window[0]:.1f} s down)"
         print(f"queue.py chaos: {target}, {args.jobs} jobs, {args.bad} bad payloads, {args.poison} poison jobs, "
@@ -1963,33 +2268,41 @@ class Chaos:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--driver", choices=("database", "amqp", "redis"), default="database",
-                   help="database (--connection), amqp (RabbitMQ), or redis (a redis-server of the run's own)")
+    p.add_argument("--driver", choices=("database", "amqp", "redis", "beanstalkd", "sqs"), default="database",
+                   help="database (--connection), amqp (RabbitMQ), redis (a redis-server of the run's own), "
+                   "beanstalkd (a beanstalkd of the run's own) or sqs (a moto_server of the run's own; never "
+                   "restarted)")
     p.add_argument("--vhost", default="", help="amqp: the RabbitMQ vhost to run in (default /)")
     p.add_argument("--connection", choices=("sqlite", "mysql", "postgres"), default="sqlite",
-                   help="database connection (for amqp: where the failed store lives; redis: not used)")
+                   help="database connection (for amqp: where the failed store lives; redis: not used; "
+                   "beanstalkd, sqs: always sqlite)")
     p.add_argument("--jobs", type=int, default=10000, help="numbered jobs to push (default 10000)")
     p.add_argument("--workers", type=int, default=3, help="worker processes (default 3; one more runs the long jobs)")
     p.add_argument("--concurrency", type=int, default=1, help="jobs at once in each worker (`work --concurrency`)")
     p.add_argument("--kill-every", type=float, default=1.0, help="seconds between SIGKILLs (0: none; default 1)")
     p.add_argument("--no-restart", action="store_true",
-                   help="no server restart (SQLite: no kill-all; Redis: no SIGKILL of its server)")
+                   help="no server restart (SQLite: no kill-all; Redis, beanstalkd: no SIGKILL of its server; "
+                   "sqs: always, moto_server keeps everything in memory)")
     p.add_argument("--bad", type=int, default=0, help="hostile payloads to inject (the bad-input run; default 0)")
     p.add_argument("--poison", type=int, default=None,
                    help="poison jobs to push among the others (default: 2%% of --jobs; 0: none); kinds: "
                    + ", ".join(cls.kind for cls in chaosjobs.POISON))
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument("--retry-after", type=float, default=5.0, help="retry_after (and amqp heartbeat) in seconds")
-    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="give up after this many seconds (default: 90 s + 0.05 s a job, on sqs 0.5 s, a bad "
+                   "payload 5 jobs, + 0.5 s a poison job)")
     p.add_argument("--skip", default="", help="bad-payload categories to leave out, comma separated "
                    "(forged, wrongkey, truncated, flipped, extended, random, empty, missing, unloadable, "
-                   "initraises, exit, die; sqlite: text, integer; amqp: bare, badheader), or poison kinds")
+                   "initraises, exit, die; sqlite: text, integer; amqp: bare, badheader; beanstalkd: nofields, "
+                   "badattempts; sqs: notbase64, noattributes, badattempts), or poison kinds")
     p.add_argument("--jitter", action=argparse.BooleanOptionalAction, default=None,
                    help="jobs that raise or time out get random backoffs of their own, and 5%% of the short "
                    "jobs are pushed with a random delay (default: on for amqp, off otherwise)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--keep", action="store_true",
-                   help="keep the temporary project folder (with redis: the server's dir, its AOF and logs)")
+                   help="keep the temporary project folder (with redis: the server's dir, its AOF and logs; "
+                   "beanstalkd: its binlog and log; sqs: moto_server's log)")
     args = p.parse_args(argv)
     if args.poison is None:
         args.poison = max(0, round(0.02 * args.jobs))
@@ -1998,10 +2311,15 @@ def parse_args(argv=None):
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if args.seed is None:
         args.seed = random.randrange(1_000_000)
+    if args.driver in ("beanstalkd", "sqs"):
+        if args.connection != "sqlite":
+            p.error(f"--driver {args.driver} keeps its failed jobs and state in SQLite: --connection sqlite only")
+        args.no_restart = args.no_restart or args.driver == "sqs"  # moto_server would lose everything
     if args.jitter is None:
         args.jitter = args.driver == "amqp"
-    if args.timeout is None:
-        args.timeout = 90 + 0.05 * (args.jobs + 5 * args.bad) + 0.5 * args.poison
+    if args.timeout is None:  # sqs: moto_server takes about 0.1 to 0.5 s a job (it scans the queue per request)
+        per_job = 0.5 if args.driver == "sqs" else 0.05
+        args.timeout = 90 + per_job * (args.jobs + 5 * args.bad) + 0.5 * args.poison
     return args
 
 
