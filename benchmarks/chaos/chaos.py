@@ -252,18 +252,16 @@ class Project:
         else:
             self.queue, self.long_queue = "chaos", "chaos-long"
         r = args.retry_after
-        if args.driver == "redis":  # a server of its own (RedisBackend starts it), failed jobs and state in it
-            self.redis_port = free_port()
-            self.redis_dir = os.path.join(self.folder, "redis")
-            os.makedirs(self.redis_dir)
+        if args.driver in ("redis", "beanstalkd", "sqs"):  # a server of the run's own (an _OwnServerBackend)
+            self.server_port = free_port()
+            self.server_dir = os.path.join(self.folder, args.driver)  # its log (redis: its AOF; beanstalkd: its binlog)
+            os.makedirs(self.server_dir)
+        if args.driver == "redis":  # failed jobs and state in it
             drivers = {"default": "redis",
-                       "redis": {"host": "127.0.0.1", "port": self.redis_port, "retry_after": r, "attempts": 5,
+                       "redis": {"host": "127.0.0.1", "port": self.server_port, "retry_after": r, "attempts": 5,
                                  "prefix": REDIS_PREFIX, "failed": "redis"}}
             databases = {}
-        elif args.driver in ("beanstalkd", "sqs"):  # a server of the run's own; failed jobs and state in SQLite
-            self.server_port = free_port()
-            self.server_dir = os.path.join(self.folder, args.driver)  # beanstalkd: its binlog; both: the server's log
-            os.makedirs(self.server_dir)
+        elif args.driver in ("beanstalkd", "sqs"):  # failed jobs and state in SQLite
             drivers = {"default": args.driver,
                        "database": {"connection": "sqlite", "table": self.table, "failed_table": self.table + "_failed",
                                     "state_table": self.table + "_state", "attempts": 5, "poll": 0.1, "retry_after": r}}
@@ -676,93 +674,6 @@ class AMQPBackend(Backend):
             conn.close()
 
 
-class RedisBackend(Backend):
-    """A redis-server of the run's own (never the shared one on 6379): the project's port, a
-    temporary --dir in the project folder, every write fsynced to the AOF before it is answered.
-    The restart is a crash: SIGKILL, a second down, a start on the same port and dir."""
-
-    def __init__(self, project):
-        super().__init__(project)
-        self.port, self.dir = project.redis_port, project.redis_dir
-        self.proc = None
-        self.starts = 0
-
-    def start(self):
-        """Start the server (port and dir of the project) and wait until it answers PING (its
-        AOF loaded)."""
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed")
-        self.starts += 1
-        log = open(os.path.join(self.dir, f"server-{self.starts}.log"), "w")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--appendonly", "yes",
-             "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "no",
-             "--logfile", ""], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)  # a ^C to chaos.py reaches it only through close()
-        log.close()
-        self.wait_until_it_answers("Redis", seconds=60)
-
-    def connect(self):
-        import redis
-        if self.proc is None or self.proc.poll() is not None:
-            raise ConnectionError("our redis-server is not running")
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=2)
-        client.ping()  # raises while the server loads its AOF (BusyLoadingError)
-        return client
-
-    def keys(self, queue_name):
-        """The redis driver's keys of a queue (README, "### Redis"; queue.py's RedisDriver.keys):
-        <prefix>{queue} the ready list, :jobs the hash id -> class name NUL payload, :notify."""
-        base = f"{REDIS_PREFIX}{{{queue_name}}}"
-        return base, base + ":jobs", base + ":notify"
-
-    def inject(self, bads):
-        """Each bad payload as a ready job: HSET <jobs> id 'name NUL payload', RPUSH <ready> id."""
-        ready, jobs, notify = self.keys(self.project.queue)
-        client = self.connect()
-        try:
-            pipe = client.pipeline(transaction=True)
-            for b in bads:
-                job_id = uuid.uuid4().hex
-                payload = b.payload if isinstance(b.payload, bytes) else str(b.payload).encode()
-                pipe.hset(jobs, job_id, b.name.encode() + b"\0" + payload)
-                pipe.rpush(ready, job_id)
-            pipe.rpush(notify, "1")
-            pipe.execute()
-        finally:
-            client.close()
-
-    def stop(self, sig=signal.SIGKILL):
-        if self.proc is not None and self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def restart(self):
-        down = time.time()
-        self.stop(signal.SIGKILL)  # a crash: only what is in the AOF survives
-        time.sleep(1.0)  # down for a moment: workers must notice
-        self.start()
-        return down, time.time()
-
-    def ensure_up(self):
-        if self.proc is None or self.proc.poll() is not None:
-            self.start()
-        else:
-            self.wait_until_it_answers("Redis", seconds=60)
-
-    def cleanup(self):
-        """Kill the server; its dir goes with the project folder (kept with --keep)."""
-        self.stop(signal.SIGKILL)
-
-
 class _OwnServerBackend(Backend):
     """A server program of the run's own (beanstalkd, moto_server): on the project's free port,
     its output in a log of the project folder, killed at the end. A restart is a crash: SIGKILL,
@@ -821,6 +732,51 @@ class _OwnServerBackend(Backend):
     def cleanup(self):
         """Kill the server; its dir goes with the project folder (kept with --keep)."""
         self.stop(signal.SIGKILL)
+
+
+class RedisBackend(_OwnServerBackend):
+    """A redis-server of the run's own (never the shared one on 6379): the project's port, a
+    temporary --dir in the project folder, every write fsynced to the AOF before it is answered.
+    The restart is a crash: SIGKILL, a second down, a start on the same port and dir."""
+
+    title = "Redis"
+
+    def command(self):
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed")
+        return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir, "--appendonly", "yes",
+                "--appendfsync", "always", "--save", "", "--daemonize", "no", "--protected-mode", "no", "--logfile", ""]
+
+    def connect(self):
+        import redis
+        if self.proc is None or self.proc.poll() is not None:
+            raise ConnectionError("our redis-server is not running")
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=2)
+        client.ping()  # raises while the server loads its AOF (BusyLoadingError)
+        return client
+
+    def keys(self, queue_name):
+        """The redis driver's keys of a queue (README, "### Redis"; queue.py's RedisDriver.keys):
+        <prefix>{queue} the ready list, :jobs the hash id -> class name NUL payload, :notify."""
+        base = f"{REDIS_PREFIX}{{{queue_name}}}"
+        return base, base + ":jobs", base + ":notify"
+
+    def inject(self, bads):
+        """Each bad payload as a ready job: HSET <jobs> id 'name NUL payload', RPUSH <ready> id."""
+        ready, jobs, notify = self.keys(self.project.queue)
+        client = self.connect()
+        try:
+            pipe = client.pipeline(transaction=True)
+            for b in bads:
+                job_id = uuid.uuid4().hex
+                payload = b.payload if isinstance(b.payload, bytes) else str(b.payload).encode()
+                pipe.hset(jobs, job_id, b.name.encode() + b"\0" + payload)
+                pipe.rpush(ready, job_id)
+            pipe.rpush(notify, "1")
+            pipe.execute()
+        finally:
+            client.close()
 
 
 class BeanstalkdBackend(_OwnServerBackend):
