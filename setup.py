@@ -30,7 +30,7 @@ setup(
         "redis": ["redis>=4.2"],
         "beanstalkd": ["greenstalk>=2.0"],
         "sqs": ["boto3>=1.26"],
-        "test": ["pytest>=7", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "redis>=4.2", "greenstalk>=2.0",
+        "test": ["pytest>=7", "pytest-xdist>=3", "pymysql>=1.0", "pika>=1.2", "psycopg[binary]>=3.1", "redis>=4.2", "greenstalk>=2.0",
                  "boto3>=1.26", "moto[server]>=5", "hypothesis>=6",
                  # real apps started by their launchers (tests/test_launchers.py)
                  "flask>=2", "gunicorn>=21", "uvicorn>=0.20", "fastapi>=0.100", "django>=4",

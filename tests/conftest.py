@@ -7,6 +7,7 @@ that backend's project fixture below; project.backend names it.
 
 Server tests skip when a server is unreachable, except under CI=true, where that is a failure.
 """
+import fcntl
 import os
 import shutil
 import socket
@@ -43,6 +44,26 @@ POSTGRES = {"driver": "postgres", "host": "127.0.0.1", "port": 5432, "user": "po
 BACKENDS = ("sqlite", "mysql", "postgres", "memory", "amqp", "redis", "beanstalkd", "sqs")
 SQL_BACKENDS = ("sqlite", "mysql", "postgres")     # the database driver on each dialect
 CLOCKED = ("sqlite", "mysql", "postgres", "memory", "redis")  # reservations lapse on the driver's injectable clock
+
+
+@pytest.fixture(autouse=True)
+def _a_restart_runs_alone(request, tmp_path_factory):
+    """Under pytest-xdist (the README's command runs the suite in several processes), a test that
+    stops a shared server runs while no other test runs, and no other test starts until it ends: a
+    readers-writer lock of two files shared by the run's processes, the writer first in line (it
+    holds the turnstile while it waits, so the readers cannot starve it)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    folder = tmp_path_factory.getbasetemp().parent  # the run's, shared by its workers
+    alone = any(mark == restarts_a_server.mark for mark in request.node.iter_markers("skipif"))
+    with open(folder / "turnstile.lock", "a") as turnstile, open(folder / "servers.lock", "a") as servers:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(servers, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        finally:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        yield
 
 
 def backends(*names):
