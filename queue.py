@@ -5645,7 +5645,7 @@ class Worker:
         import _signal
         self._c_signal = _signal
         # SIGALRM is ours while the worker runs: an alarm a job leaves behind is ignored, never fatal
-        self._alarm_handler = self.lane._on_alarm
+        self._alarm_handler = self.lane.alarm.on_alarm
         self._old_alarm = signal.signal(signal.SIGALRM, self._alarm_handler)
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, []) if hasattr(signal, "pthread_sigmask") else None
         # a job that sets its own SIGTERM/SIGINT handler (SIG_IGN, say) gets it as a handler that the
@@ -5717,7 +5717,6 @@ class Worker:
         (amqp); it also says which signals arrived (a handler does not log). It runs until the
         loop has ended, warm shutdown included."""
         period, told, kept, raised = self.driver.keep_every, 0, {}, {}
-        import _signal
         chores = [[_BEAT_EVERY, 0.0, self._beat], [1.0, 1.0, self._refresh_paused], [_PRUNE_EVERY, 5.0, self._prune]]
         while not self._ended.wait(min(period, 0.25)):
             for signum in self._signals[told:]:
@@ -5737,12 +5736,7 @@ class Worker:
                 late = current is not None and current.timeout and time.monotonic() - current.started > current.timeout
                 if late and time.monotonic() - raised.get(lane, 0.0) >= 1.0:  # then again every second
                     raised[lane] = time.monotonic()
-                    lane._interrupt(JobTimeout)  # a lane off the main thread
-                    if lane._armed:  # the main thread's: an alarm (the job cancelled its own, or had none set)
-                        with lane._alarm_lock:
-                            if lane._in_job and lane.current is current:  # that job, not the next
-                                _signal.setitimer(_signal.ITIMER_REAL, 0.001)
-                                lane._rearmed = True
+                    lane.timer.overdue(current)
             if _leases:
                 _, exc, _ = _guard(_renew_leases)
                 if exc is not None:
@@ -5882,10 +5876,8 @@ class _Lane:
         self._settling = None               # the job that ran last, until the next pop() settles it (hooks run)
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
-        self._thread = None                 # the thread running it (raising its timeout, if not SIGALRM's)
-        self._armed = 0.0                   # when the job with a limit started (main thread)
-        self._alarm_lock = threading.Lock() # the keeper sets the alarm again only while the job runs
-        self._rearmed = False               # it did: the job's end clears it
+        self.alarm, self.deadline = _Alarm(self), _Deadline(self)  # its two ways to stop a job that runs too long
+        self.timer = self.deadline          # the one its thread uses (chosen at its first job)
         self._told_paused = False           # it said that all of its queues are paused
         self.processed = 0                  # jobs it ran
         self.error = None                   # what ended its thread
@@ -6060,44 +6052,28 @@ class _Lane:
             self.current = None
 
     def _timed(self, timeout, fn, *args, arm=True):
-        """_guard(fn, *args) under a timeout: SIGALRM raises JobTimeout inside it (main thread
-        only), and again every second until it gives up. arm=False: no alarm is set (the limit
-        is a backend's, far off: the keeper sets the alarm if the job gets there)."""
-        main = (self.worker.concurrency == 1 and hasattr(signal, "setitimer")
-                and threading.current_thread() is threading.main_thread())
-        alarm = bool(timeout) and main and arm
-        if alarm:  # the C module's signal(): the signal module's converts each answer to an enum, slowly
-            import _signal
-            previous = _signal.signal(_signal.SIGALRM, self._on_alarm)
-            _signal.setitimer(_signal.ITIMER_REAL, timeout, 1.0)
-        self._thread = None if main else threading.get_ident()  # for the keeper's timeouts of a lane
-        self._armed = time.monotonic() if main and timeout else 0.0
+        """_guard(fn, *args) under a timeout: the main thread's alarm (_Alarm) or a lane's deadline
+        (_Deadline) raises JobTimeout inside it, and again every second until it gives up.
+        arm=False: no alarm is set (the limit is a backend's, far off: the keeper sets the alarm if
+        the job gets there)."""
+        if self.timer is self.deadline and self.worker.concurrency == 1 and hasattr(signal, "setitimer") \
+                and threading.current_thread() is threading.main_thread():  # a lane's thread never changes
+            self.timer = self.alarm
+        self.timer.begin(timeout, arm)
         self._in_job, self._limit = True, timeout
         try:
             return _guard(fn, *args)
         except JobTimeout as late:  # raised in this thread by the keeper just as the job returned
             return None, late, _format(late)
         finally:
-            with self._alarm_lock:  # the keeper sets the alarm again only while the job runs
-                self._in_job = False
-                if alarm or self._rearmed:
-                    import _signal
-                    _signal.setitimer(_signal.ITIMER_REAL, 0)
-                    self._rearmed = False
-            if alarm:
-                _signal.signal(_signal.SIGALRM, previous)
+            self.timer.end()
 
     def _interrupt(self, exc_type):
         """Raise exc_type in this lane's thread if it runs a job (as SIGALRM does in the main one)."""
-        thread = self._thread
+        thread = self.deadline.thread
         if self._in_job and thread is not None:
             import ctypes
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc_type))
-
-    def _on_alarm(self, signum, frame):
-        # an alarm a job left behind (in another lane, say) does not time out this one
-        if self._in_job and self._limit and self._armed and time.monotonic() - self._armed >= self._limit - 0.01:
-            raise JobTimeout(f"the job ran past its timeout of {self._limit:g} s")
 
     def _run(self, message, body, loaded):
         """The user code of one attempt: unpickling, the before hooks, the job's callback. The
@@ -6233,6 +6209,70 @@ class _Lane:
             log.warning("%s #%s %s after %.1f ms (attempt %d)%s", message.name, message.id, status, ms,
                         message.attempts, reason)
         return status
+
+
+class _Alarm:
+    """How the main thread's lane stops a job past its timeout: SIGALRM, whose handler raises
+    JobTimeout inside the job, then again every second. The keeper sets the alarm again for a job
+    that cancelled its own, or that had none set (arm=False: a backend's limit, far off)."""
+
+    def __init__(self, lane):
+        self.lane = lane
+        self.started = 0.0           # when the job with a limit started
+        self.lock = threading.Lock() # the keeper sets the alarm again only while the job runs
+        self.rearmed = False         # it did: the job's end clears it
+        self.previous = None         # the SIGALRM handler the job's own alarm replaced, until its end
+
+    def begin(self, timeout, arm):
+        import _signal  # the C module's signal(): the signal module's converts each answer to an enum, slowly
+        if timeout and arm:
+            self.previous = (_signal.signal(_signal.SIGALRM, self.on_alarm),)
+            _signal.setitimer(_signal.ITIMER_REAL, timeout, 1.0)
+        self.started = time.monotonic() if timeout else 0.0
+
+    def end(self):
+        import _signal
+        with self.lock:
+            self.lane._in_job = False
+            if self.previous is not None or self.rearmed:
+                _signal.setitimer(_signal.ITIMER_REAL, 0)
+                self.rearmed = False
+        if self.previous is not None:
+            _signal.signal(_signal.SIGALRM, self.previous[0])
+            self.previous = None
+
+    def overdue(self, current):
+        """The keeper: `current` ran past its timeout (a second ago, again): the alarm, at once."""
+        import _signal
+        with self.lock:
+            if self.started and self.lane._in_job and self.lane.current is current:  # that job, not the next
+                _signal.setitimer(_signal.ITIMER_REAL, 0.001)
+                self.rearmed = True
+
+    def on_alarm(self, signum, frame):
+        # an alarm a job left behind (in another lane, say) does not time out this one
+        lane = self.lane
+        if lane._in_job and lane._limit and self.started and time.monotonic() - self.started >= lane._limit - 0.01:
+            raise JobTimeout(f"the job ran past its timeout of {lane._limit:g} s")
+
+
+class _Deadline:
+    """How a lane off the main thread (`--concurrency N`) stops a job past its timeout: no signal
+    (any lane's job could cancel it); the keeper raises JobTimeout in the lane's thread once the
+    job is past its deadline, then again every second."""
+
+    def __init__(self, lane):
+        self.lane = lane
+        self.thread = None  # the lane's thread, once it ran a job
+
+    def begin(self, timeout, arm):
+        self.thread = threading.get_ident()
+
+    def end(self):
+        self.lane._in_job = False
+
+    def overdue(self, current):
+        self.lane._interrupt(JobTimeout)
 
 
 class _Tally:
