@@ -4977,8 +4977,74 @@ class _RedisFailed(FailedStore):
 # are the server's; a running job is touched so its TTR never lapses. Attempts = the body's + the
 # server's count of reserves, so a job that kills its worker ends in the failed store. Each thread
 # has its own connections (a reserved job belongs to the connection that reserved it: the keeper
-# touches it through that connection, under its lock).
+# touches it through that connection, under its lock). A finished job is deleted with the next
+# reserve, in one round trip (_Beanstalk).
 _TUBE = r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()-]{0,199}$"
+
+
+class _Beanstalk:
+    """One connection to beanstalkd: a greenstalk client on a socket of ours, and the worker's
+    round trips on that same socket as protocol lines (beanstalkd's protocol.txt), pipelined,
+    which greenstalk cannot do: the deletes of the jobs finished since the last reserve go with the
+    next reserve. Between two of its exchanges nothing is left unread, so greenstalk's calls and
+    these take turns on the socket."""
+
+    def __init__(self, greenstalk, address, watch):
+        import socket
+        self.sock = socket.create_connection(address)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self.client = greenstalk.Client(self.sock, encoding=None, watch=list(watch) or "default")
+        self.reader = self.sock.makefile("rb")
+        self.lock = threading.Lock()  # the keeper touches a running job through this connection
+        self.tube = "default"         # the tube it puts into
+        self.done = []                # ids of the jobs finished since its last reserve, not deleted yet
+
+    def reserve(self, timeout):
+        """(id, body, reserves, tube) of the next job of the watched tubes, or None after `timeout`
+        whole seconds; the finished jobs are deleted in the same round trip."""
+        done, self.done = self.done, []
+        self.sock.sendall(b"".join([b"delete %d\r\n" % i for i in done]) + b"reserve-with-timeout %d\r\n" % timeout)
+        for _ in done:
+            self._line()  # DELETED, or NOT_FOUND: its reservation had lapsed, and it runs again
+        head = self._line().split()
+        if head[0] in (b"TIMED_OUT", b"DEADLINE_SOON"):
+            return None
+        job_id, body = int(self._expect(head, b"RESERVED")[1]), self._chunk(head[2])
+        self.sock.sendall(b"stats-job %d\r\n" % job_id)
+        stats = self._chunk(self._expect(self._line().split(), b"OK")[1])
+        reserves, tube = re.search(rb"\nreserves: (\d+)", stats), re.search(rb"\ntube: (\S+)", stats)
+        return job_id, body, int(reserves.group(1)), tube.group(1).decode()
+
+    def flush(self):
+        """Delete the finished jobs now (a worker that stops, or reserves on another connection)."""
+        done, self.done = self.done, []
+        if done:
+            self.sock.sendall(b"".join([b"delete %d\r\n" % i for i in done]))
+            for _ in done:
+                self._line()
+
+    def close(self):
+        _guard(self.flush)
+        _guard(self.reader.close)
+        _guard(self.client.close)
+
+    def _line(self):
+        line = self.reader.readline()
+        if not line.endswith(b"\r\n"):
+            raise ConnectionError("beanstalkd closed the connection")
+        return line
+
+    def _chunk(self, size):
+        data = self.reader.read(int(size) + 2)
+        if len(data) != int(size) + 2:
+            raise ConnectionError("beanstalkd closed the connection")
+        return data[:-2]
+
+    @staticmethod
+    def _expect(head, word):
+        if not head or head[0] != word:
+            raise QueueError(f"beanstalkd answered {b' '.join(head).decode(errors='replace')!r} instead of {word.decode()}")
+        return head
 
 
 class BeanstalkdDriver(Driver):
@@ -5002,16 +5068,14 @@ class BeanstalkdDriver(Driver):
         return self.where
 
     def client(self, watch=()):
-        """[this thread's greenstalk client watching `watch` (a tuple of tubes), its lock, the tube it uses]."""
+        """This thread's connection (_Beanstalk) watching `watch` (a tuple of tubes)."""
         clients = self._local.__dict__.setdefault("clients", {})
         if watch not in clients:
             greenstalk = _import_optional("greenstalk", "beanstalkd")
             try:
-                client = greenstalk.Client((self.options["host"], int(self.options["port"])), encoding=None,
-                                           watch=list(watch) or "default")
+                clients[watch] = _Beanstalk(greenstalk, (self.options["host"], int(self.options["port"])), watch)
             except OSError as exc:
                 raise ConnectionFailed(f"cannot reach beanstalkd at {self.where}: {exc}") from None
-            clients[watch] = [client, threading.Lock(), "default"]
         return clients[watch]
 
     def run(self, work, retry=True):
@@ -5037,8 +5101,8 @@ class BeanstalkdDriver(Driver):
                 raise QueueError(f"beanstalkd at {self.where} refused: {type(exc).__name__} {exc}") from None
 
     def _drop(self):
-        for client, *_ in getattr(self._local, "clients", {}).values():
-            _guard(client.close)
+        for connection in getattr(self._local, "clients", {}).values():
+            connection.close()  # the finished jobs deleted first, if the server still answers
         self._local.clients = {}
 
     def check_queue(self, queue):
@@ -5049,7 +5113,7 @@ class BeanstalkdDriver(Driver):
 
     def max_payload(self):
         if self._limit is None:
-            self._limit = int(self.run(lambda: self.client()[0].stats()["max-job-size"])) - 512
+            self._limit = int(self.run(lambda: self.client().client.stats()["max-job-size"])) - 512
         return self._limit
 
     # the interface
@@ -5063,16 +5127,16 @@ class BeanstalkdDriver(Driver):
                 done.append(self.run(lambda: self._put(m.queue, body, m.delay)))
         except BaseException:
             for job_id in done:
-                _guard(lambda: self.client()[0].delete(job_id))
+                _guard(lambda: self.client().client.delete(job_id))
             raise
 
     def _use(self, queue):
         """This thread's pushing client, using the tube `queue` (one round trip only to change it)."""
-        entry = self.client()
-        if entry[2] != queue:
-            entry[0].use(queue)
-            entry[2] = queue
-        return entry[0]
+        connection = self.client()
+        if connection.tube != queue:
+            connection.client.use(queue)
+            connection.tube = queue
+        return connection.client
 
     def _put(self, queue, body, delay):
         client = self._use(queue)
@@ -5081,6 +5145,9 @@ class BeanstalkdDriver(Driver):
     def pop(self, queues, wait=0.0):
         deadline = self.clock.monotonic() + wait
         if len(queues) > 1:  # strict priority: each tube in order, then wait on all of them
+            for connection in list(self._local.__dict__.get("clients", {}).values()):
+                if connection.done:  # deleted now: the next reserve may be on another connection
+                    _guard(lambda: self.run(connection.flush, retry=False))
             for queue_name in queues:
                 message = self.run(lambda: self._reserve((queue_name,), 0), retry="forever")
                 if message is not None:
@@ -5089,38 +5156,35 @@ class BeanstalkdDriver(Driver):
         return self.run(lambda: self._reserve(tuple(queues), left), retry="forever")
 
     def _reserve(self, watch, timeout):
-        greenstalk = _import_optional("greenstalk", "beanstalkd")
-        client, lock, _ = self.client(watch)
-        with lock:
-            try:
-                job = client.reserve(timeout=timeout)
-            except (greenstalk.TimedOutError, greenstalk.DeadlineSoonError):
-                return None
-            stats = client.stats_job(job)
-        reserves, tube = int(stats["reserves"]), stats["tube"]
+        connection = self.client(watch)
+        with connection.lock:
+            job = connection.reserve(timeout)
+        if job is None:
+            return None
+        job_id, body, reserves, tube = job
         try:
-            name, before, queue_name, payload = job.body.split(b"\0", 3)
+            name, before, queue_name, payload = body.split(b"\0", 3)
             name, queue_name, attempts = name.decode(), queue_name.decode(), int(before) + reserves
         except ValueError:  # a body this driver did not write: its payload check fails it (failed store)
-            name, queue_name, payload, attempts = "", tube if isinstance(tube, str) else tube.decode(), job.body, reserves
-        return Message(str(job.id), queue_name, name, payload, attempts, receipt=(client, lock, job, attempts))
+            name, queue_name, payload, attempts = "", tube, body, reserves
+        job = _import_optional("greenstalk", "beanstalkd").Job(job_id, b"")  # greenstalk's release and touch take one
+        return Message(str(job_id), queue_name, name, payload, attempts, receipt=(connection, job, attempts))
 
     def _with(self, message, action):
-        client, lock, job, _ = message.receipt
-        with lock:
-            return action(client, job)
+        connection, job, _ = message.receipt
+        with connection.lock:
+            return action(connection.client, job)
 
     def ack(self, message, failed=False):
-        try:
-            self.run(lambda: self._with(message, lambda c, job: c.delete(job)), retry=False)
-        except (ConnectionFailed, QueueError):
-            pass  # the connection (and with it the reservation) is gone: the job comes back, and runs again
+        """Deleted with this thread's next reserve on the connection that reserved it (or when the
+        worker stops); until then it stays reserved, touched by the keeper."""
+        message.receipt[0].done.append(message.receipt[1].id)
 
     def release(self, message, delay=0.0):
         """At the server (its count of reserves goes on) when the attempts are those of the pop;
         else (a middleware release, which spends no try) a new job with the attempts so far, then
         the old one deleted."""
-        if message.attempts == message.receipt[3]:
+        if message.attempts == message.receipt[2]:
             try:
                 self.run(lambda: self._with(message, lambda c, job: c.release(job, priority=1024,
                                                                                delay=math.ceil(max(0.0, delay)))),
@@ -5138,7 +5202,7 @@ class BeanstalkdDriver(Driver):
         greenstalk = _import_optional("greenstalk", "beanstalkd")
 
         def count():
-            client = self.client()[0]
+            client = self.client().client
             names = list(queues) if queues else sorted(t.decode() if isinstance(t, bytes) else t for t in client.tubes())
             result = {}
             for name in names:
