@@ -1293,12 +1293,18 @@ class _Estimate(int):
     as ~N, the dashboard likewise, and /metrics says so in queue_count_estimated."""
 
 
-def _skip_scan(table):
-    """SQL that lists the queues of a table from its index on queue, one index seek per queue (a
-    recursive skip scan), instead of reading every row."""
-    return (f"WITH RECURSIVE q (queue) AS (SELECT MIN(queue) FROM {table} UNION ALL SELECT (SELECT MIN(queue) "
-            f"FROM {table} WHERE queue > q.queue) FROM q WHERE q.queue IS NOT NULL) SELECT queue FROM q "
-            "WHERE queue IS NOT NULL")
+def _skip_scan(cur, next_queue):
+    """The queues of a table, from its index on queue: one index seek per queue (a skip scan),
+    instead of reading every row. next_queue: SQL of the first queue after a name (MIN(queue) ...
+    WHERE queue > it). A loop here, not a recursive CTE: MariaDB runs that CTE's subquery as a
+    scan of the whole index (126 ms at a million rows, against 0.2 ms a seek)."""
+    names = []
+    while True:
+        cur.execute(next_queue, (names[-1] if names else "",))  # a queue name is never empty
+        name = cur.fetchone()[0]
+        if name is None:
+            return names
+        names.append(name)
 
 
 def _free_unique_locks(store, payloads):
@@ -2368,11 +2374,6 @@ class _MySQL(_Dialect):
             conn = pymysql.connect(autocommit=True, **kwargs)
         except pymysql.err.MySQLError as exc:
             raise ConnectionFailed(f"cannot connect to MySQL at {self.where}: {exc.args[-1]}") from None
-        for depth in ("max_recursive_iterations", "cte_max_recursion_depth"):  # MariaDB's, MySQL 8's: 1000
-            try:  # a skip scan over the queues (_skip_scan) recurses once per queue
-                conn.query(f"SET SESSION {depth} = 1000000")
-            except pymysql.err.MySQLError:
-                pass  # the other server's variable
         return conn
 
     def error_kind(self, exc):
@@ -2732,11 +2733,11 @@ class _SQLDatabase:
         ready, later = (f"SELECT 1 AS one FROM {t} WHERE queue = {p} AND available_at {op} {p}" for op in ("<=", ">"))
         failed = f"SELECT 1 AS one FROM {f} WHERE queue = {p}"
         return {
-            "queues": _skip_scan(t), "ready": ready, "later": later, "failed_rows": failed,
+            "next_queue": f"SELECT MIN(queue) FROM {t} WHERE queue > {p}", "ready": ready, "later": later, "failed_rows": failed,
             "counts": f"SELECT (SELECT COUNT(*) FROM ({ready}{cap}) a), (SELECT COUNT(*) FROM ({later}{cap}) b), "
                       f"(SELECT COUNT(reserved_at) FROM {t} WHERE queue = {p} AND available_at > {p} "
                       f"AND available_at <= {p}), (SELECT MIN(available_at) FROM {t} WHERE queue = {p})",
-            "failed_queues": _skip_scan(f),
+            "next_failed_queue": f"SELECT MIN(queue) FROM {f} WHERE queue > {p}",
             "failed_count": f"SELECT COUNT(*) FROM ({failed}{cap}) c",
         }
 
@@ -3172,10 +3173,7 @@ class DatabaseDriver(_SQLDatabase, Driver):
         now = self.clock.now()
 
         def count(cur):
-            names = list(queues or ())
-            if not names:
-                cur.execute(self._sql["queues"])
-                names = [row[0] for row in cur.fetchall()]
+            names = list(queues or ()) or _skip_scan(cur, self._sql["next_queue"])
             result = {}
             horizon = self.clock.now(self.retry_after + 1)  # no reservation ends later than this
             for name in names:
@@ -3408,9 +3406,8 @@ class _SQLFailed(FailedStore):
     def failed_counts(self):
         """{queue: number of failed jobs}, counted per queue on the failed table's queue index."""
         def count(cur):
-            cur.execute(self._sql["failed_queues"])
             result = {}
-            for (name,) in cur.fetchall():
+            for name in _skip_scan(cur, self._sql["next_failed_queue"]):
                 cur.execute(self._sql["failed_count"], (name,))
                 result[name] = self.db._past_cap(cur, cur.fetchone()[0], "failed_rows", (name,))
             return result
