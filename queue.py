@@ -1293,14 +1293,17 @@ class _Estimate(int):
     as ~N, the dashboard likewise, and /metrics says so in queue_count_estimated."""
 
 
-def _skip_scan(cur, next_queue):
+def _skip_scan(cur, first_queue, mark):
     """The queues of a table, from its index on queue: one index seek per queue (a skip scan),
-    instead of reading every row. next_queue: SQL of the first queue after a name (MIN(queue) ...
-    WHERE queue > it). A loop here, not a recursive CTE: MariaDB runs that CTE's subquery as a
-    scan of the whole index (126 ms at a million rows, against 0.2 ms a seek)."""
+    instead of reading every row. first_queue: SELECT MIN(queue) FROM the table; mark: the
+    dialect's parameter mark. A loop here, not a recursive CTE: MariaDB runs that CTE's subquery
+    as a scan of the whole index (126 ms at a million rows, against 0.2 ms a seek)."""
     names = []
     while True:
-        cur.execute(next_queue, (names[-1] if names else "",))  # a queue name is never empty
+        if names:
+            cur.execute(f"{first_queue} WHERE queue > {mark}", (names[-1],))
+        else:
+            cur.execute(first_queue)
         name = cur.fetchone()[0]
         if name is None:
             return names
@@ -2733,11 +2736,11 @@ class _SQLDatabase:
         ready, later = (f"SELECT 1 AS one FROM {t} WHERE queue = {p} AND available_at {op} {p}" for op in ("<=", ">"))
         failed = f"SELECT 1 AS one FROM {f} WHERE queue = {p}"
         return {
-            "next_queue": f"SELECT MIN(queue) FROM {t} WHERE queue > {p}", "ready": ready, "later": later, "failed_rows": failed,
+            "first_queue": f"SELECT MIN(queue) FROM {t}", "ready": ready, "later": later, "failed_rows": failed,
             "counts": f"SELECT (SELECT COUNT(*) FROM ({ready}{cap}) a), (SELECT COUNT(*) FROM ({later}{cap}) b), "
                       f"(SELECT COUNT(reserved_at) FROM {t} WHERE queue = {p} AND available_at > {p} "
                       f"AND available_at <= {p}), (SELECT MIN(available_at) FROM {t} WHERE queue = {p})",
-            "next_failed_queue": f"SELECT MIN(queue) FROM {f} WHERE queue > {p}",
+            "first_failed_queue": f"SELECT MIN(queue) FROM {f}",
             "failed_count": f"SELECT COUNT(*) FROM ({failed}{cap}) c",
         }
 
@@ -3173,7 +3176,7 @@ class DatabaseDriver(_SQLDatabase, Driver):
         now = self.clock.now()
 
         def count(cur):
-            names = list(queues or ()) or _skip_scan(cur, self._sql["next_queue"])
+            names = list(queues or ()) or _skip_scan(cur, self._sql["first_queue"], self.dialect.param)
             result = {}
             horizon = self.clock.now(self.retry_after + 1)  # no reservation ends later than this
             for name in names:
@@ -3407,7 +3410,7 @@ class _SQLFailed(FailedStore):
         """{queue: number of failed jobs}, counted per queue on the failed table's queue index."""
         def count(cur):
             result = {}
-            for name in _skip_scan(cur, self._sql["next_failed_queue"]):
+            for name in _skip_scan(cur, self._sql["first_failed_queue"], self.db.dialect.param):
                 cur.execute(self._sql["failed_count"], (name,))
                 result[name] = self.db._past_cap(cur, cur.fetchone()[0], "failed_rows", (name,))
             return result
@@ -5013,17 +5016,25 @@ class _Beanstalk:
         return job_id, body, int(reserves.group(1)), tube.group(1).decode()
 
     def flush(self):
-        """Delete the finished jobs now (a worker that stops, or reserves on another connection)."""
-        done, self.done = self.done, []
-        if done:
-            self.sock.sendall(b"".join([b"delete %d\r\n" % i for i in done]))
-            for _ in done:
-                self._line()
+        """Delete the finished jobs now (a worker that stops, or reserves on another connection),
+        under the lock through which the keeper touches them."""
+        with self.lock:
+            done, self.done = self.done, []
+            if done:
+                self.sock.sendall(b"".join([b"delete %d\r\n" % i for i in done]))
+                for _ in done:
+                    self._line()
 
-    def close(self):
-        _guard(self.flush)
+    def close(self, flush=True):
+        """Close it, deleting the finished jobs first (flush=False: the connection is lost, and
+        their reservations with it); return the ids whose delete could not be sent."""
+        lost = list(self.done)
+        if flush and lost:
+            self.sock.settimeout(5.0)  # a server that vanished without a reset must not hold a stopping worker
+            lost = [] if _guard(self.flush)[1] is None else lost
         _guard(self.reader.close)
         _guard(self.client.close)
+        return lost
 
     def _line(self):
         line = self.reader.readline()
@@ -5097,10 +5108,12 @@ class BeanstalkdDriver(Driver):
             except greenstalk.Error as exc:
                 raise QueueError(f"beanstalkd at {self.where} refused: {type(exc).__name__} {exc}") from None
 
-    def _drop(self):
-        for connection in getattr(self._local, "clients", {}).values():
-            connection.close()  # the finished jobs deleted first, if the server still answers
+    def _drop(self, flush=False):
+        """Close this thread's connections (flush: deleting their finished jobs first); return
+        the ids of finished jobs left undeleted (they run again)."""
+        lost = [i for connection in getattr(self._local, "clients", {}).values() for i in connection.close(flush)]
         self._local.clients = {}
+        return lost
 
     def check_queue(self, queue):
         if not re.match(_TUBE, queue):
@@ -5142,9 +5155,6 @@ class BeanstalkdDriver(Driver):
     def pop(self, queues, wait=0.0):
         deadline = self.clock.monotonic() + wait
         if len(queues) > 1:  # strict priority: each tube in order, then wait on all of them
-            for connection in list(self._local.__dict__.get("clients", {}).values()):
-                if connection.done:  # deleted now: the next reserve may be on another connection
-                    _guard(lambda: self.run(connection.flush, retry=False))
             for queue_name in queues:
                 message = self.run(lambda: self._reserve((queue_name,), 0), retry="forever")
                 if message is not None:
@@ -5154,6 +5164,9 @@ class BeanstalkdDriver(Driver):
 
     def _reserve(self, watch, timeout):
         connection = self.client(watch)
+        for other in list(self._local.clients.values()):  # jobs finished through another connection
+            if other.done and other is not connection:   # (another set of queues): deleted now
+                other.flush()
         with connection.lock:
             job = connection.reserve(timeout)
         if job is None:
@@ -5234,7 +5247,9 @@ class BeanstalkdDriver(Driver):
             _free_unique_locks(self.state_store(), [payload]) if locks else None
 
     def close(self):
-        self._drop()
+        lost = self._drop(flush=True)
+        if lost:
+            raise ConnectionFailed(f"beanstalkd at {self.where} did not take the delete of jobs {lost}: they run again")
 
 
 # The sqs driver ###############################################################################
@@ -5938,7 +5953,7 @@ class _Lane:
         self._in_job = False
         self._limit = None                  # the timeout of the user code running
         self.alarm, self.deadline = _Alarm(self), _Deadline(self)  # its two ways to stop a job that runs too long
-        self.timer = self.deadline          # the one its thread uses (chosen at its first job)
+        self.timer = self.deadline          # the one its running job uses (chosen for each job)
         self._told_paused = False           # it said that all of its queues are paused
         self.processed = 0                  # jobs it ran
         self.error = None                   # what ended its thread
@@ -6117,9 +6132,9 @@ class _Lane:
         (_Deadline) raises JobTimeout inside it, and again every second until it gives up.
         arm=False: no alarm is set (the limit is a backend's, far off: the keeper sets the alarm if
         the job gets there)."""
-        if self.timer is self.deadline and self.worker.concurrency == 1 and hasattr(signal, "setitimer") \
-                and threading.current_thread() is threading.main_thread():  # a lane's thread never changes
-            self.timer = self.alarm
+        main = (self.worker.concurrency == 1 and hasattr(signal, "setitimer")
+                and threading.current_thread() is threading.main_thread())  # the sync driver's lane runs in any thread
+        self.timer = self.alarm if main else self.deadline
         self.timer.begin(timeout, arm)
         self._in_job, self._limit = True, timeout
         try:
@@ -6131,7 +6146,7 @@ class _Lane:
 
     def _interrupt(self, exc_type):
         """Raise exc_type in this lane's thread if it runs a job (as SIGALRM does in the main one)."""
-        thread = self.deadline.thread
+        thread = self.deadline.thread if self.timer is self.deadline else None
         if self._in_job and thread is not None:
             import ctypes
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread), ctypes.py_object(exc_type))

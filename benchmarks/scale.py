@@ -305,8 +305,8 @@ def table(rows, meta):
         if "error" in r:
             lines.append([r["backend"], f"{r['n']:,}" if r.get("n") else "-"] + ["-"] * 9 + [r["error"]])
             continue
-        note = "; ".join(r["problems"]) or f"drain over {r['drain_k']:,} jobs" + \
-            (f"; estimated: {', '.join(r['estimates'])}" if r.get("estimates") else "")
+        note = "; ".join(r["problems"]) or f"drain over {r['drain_k']:,} jobs"
+        note += f"; estimated: {', '.join(r['estimates'])}" if r.get("estimates") else ""
         lines.append([r["backend"], f"{r['n']:,}", f(r.get("push_s"), 1), f(r.get("drain_us"), 0), f(r.get("status_s")),
                       f(r.get("state_s")), f(r.get("metrics_s")), f(r.get("dashboard_mib"), 1), f(r.get("retry_s")),
                       f(r.get("retry_mib"), 1), f(r.get("flush_s")), note])

@@ -7,6 +7,7 @@ that backend's project fixture below; project.backend names it.
 
 Server tests skip when a server is unreachable, except under CI=true, where that is a failure.
 """
+import contextlib
 import fcntl
 import os
 import shutil
@@ -52,11 +53,19 @@ def _a_restart_runs_alone(request, tmp_path_factory):
     stops a shared server runs while no other test runs, and no other test starts until it ends: a
     readers-writer lock of two files shared by the run's processes, the writer first in line (it
     holds the turnstile while it waits, so the readers cannot starve it)."""
+    alone = any(mark == restarts_a_server.mark for mark in request.node.iter_markers("skipif"))
+    with _servers_kept(tmp_path_factory, alone):
+        yield
+
+
+@contextlib.contextmanager
+def _servers_kept(tmp_path_factory, alone=False):
+    """Shared (alone: exclusive) hold of the run's servers while the block runs; nothing outside
+    pytest-xdist, where one process runs one test at a time."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
         yield
         return
     folder = tmp_path_factory.getbasetemp().parent  # the run's, shared by its workers
-    alone = any(mark == restarts_a_server.mark for mark in request.node.iter_markers("skipif"))
     with open(folder / "turnstile.lock", "a") as turnstile, open(folder / "servers.lock", "a") as servers:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         try:
@@ -277,13 +286,14 @@ test_vhost.__test__ = False  # a helper, not a test
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _delete_the_test_vhost_at_the_end():
+def _delete_the_test_vhost_at_the_end(tmp_path_factory):
     """The amqp tests run in a vhost of their own (AMQP["vhost"]), made on first use: its queues,
     its delay ladder and its exchanges go with it at the end, and nothing of a broker shared with
-    an app (the ladder of vhost /, say) is touched."""
+    an app (the ladder of vhost /, say) is touched; not while another process restarts it."""
     yield
-    if _USED_THE_BROKER and server_up(AMQP["host"], AMQP["port"]):
-        _vhost("delete")
+    with _servers_kept(tmp_path_factory):
+        if _USED_THE_BROKER and server_up(AMQP["host"], AMQP["port"]):
+            _vhost("delete")
 
 
 @pytest.fixture

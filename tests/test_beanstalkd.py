@@ -93,3 +93,17 @@ def test_a_job_body_the_driver_did_not_write_goes_to_the_failed_store(own_server
     assert values(path) == ["after"], "the worker went on past them"
     rows = queue.driver().failed_store().failed_jobs()
     assert len(rows) == 2 and all("BadPayload" in row["exception"] for row in rows)
+
+
+def test_a_job_finished_through_another_set_of_queues_is_deleted_by_the_next_pop(beanstalkd_project):
+    """A finished job is deleted with the next reserve (one round trip); one taken by a
+    `--queue high,low` pop is deleted by the next pop on any other set of queues too (a paused
+    queue leaves a worker one), not left reserved until its TTR lapses and it runs again."""
+    d, low, high = queue.driver(), beanstalkd_project.queue, beanstalkd_project.queue + "_high"
+    queue.push(testjobs.Record("/nonexistent", "x"), queue=low, delay=1)
+    message = d.pop([high, low], 5)  # taken by the wait on both tubes, once it is due
+    assert message is not None and message.queue == low
+    d.ack(message)
+    assert d.pop([low], 0) is None
+    assert d.stats([low])[low] == {"ready": 0, "delayed": 0, "reserved": 0}, "the finished job is deleted"
+    d.clear(high)

@@ -69,3 +69,22 @@ def test_a_driver_that_misses_a_required_method_fails_when_its_class_is_made():
                 pass
     assert "pop, ack, release, stats, clear" in str(info.value)
     assert "half-written" not in queue.Driver.registry
+
+
+def test_sync_runs_a_job_with_a_timeout_in_any_thread(sqlite_project, tmp_path):
+    """A sync push runs the job in the pushing thread with its timeout: the main thread's alarm
+    there, a deadline in any other thread (a thread has no signals), whichever pushed first."""
+    path = str(tmp_path / "record")
+    assert queue.push(testjobs.Record(path, "main", timeout=5), driver="sync") is True
+    errors = []
+
+    def push_from_a_thread():
+        try:
+            queue.push(testjobs.Record(path, "thread", timeout=5), driver="sync")
+        except BaseException as exc:
+            errors.append(exc)
+    thread = threading.Thread(target=push_from_a_thread)
+    thread.start()
+    thread.join(30)
+    assert errors == [] and values(path) == ["main", "thread"]
+    assert failures(path) == []
