@@ -192,7 +192,11 @@ class _ColdShutdown(BaseException):
 
 
 def _import_optional(module, extra, package=None):
-    """Import an optional package, or fail with one line naming the pip install to run."""
+    """Import an optional package, or fail with one line naming the pip install to run. (A driver
+    asks for its client's module on every call: one already imported is a dict lookup.)"""
+    found = sys.modules.get(module)
+    if found is not None:
+        return found
     try:
         return importlib.import_module(module)
     except ImportError as exc:

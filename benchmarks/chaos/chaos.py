@@ -1341,9 +1341,12 @@ class Chaos:
         # push the jobs in batches, the poison jobs among them, the bad payloads spread among them;
         # with jitter, the delayed jobs one by one (a delay is per push)
         pushed, pushed_jobs = spread(items, jobs, poison, poison_jobs, self.rng)
-        batches = max(1, -(-len(pushed_jobs) // BATCH))
-        for i in range(batches):
-            part = list(zip(pushed[i * BATCH:(i + 1) * BATCH], pushed_jobs[i * BATCH:(i + 1) * BATCH]))
+        size = max(1, min(BATCH, args.ahead // 2)) if args.ahead else BATCH
+        batches = max(1, -(-len(pushed_jobs) // size))
+
+        def push(i):
+            """Push batch i of `size` jobs (and its share of the bad payloads); return how many."""
+            part = list(zip(pushed[i * size:(i + 1) * size], pushed_jobs[i * size:(i + 1) * size]))
             for queue_name in (project.long_queue, project.queue):
                 group = [job for item, job in part if item.queue == queue_name and item.number not in self.delays]
                 if group:
@@ -1355,10 +1358,18 @@ class Chaos:
             share = bads[i * len(bads) // batches:(i + 1) * len(bads) // batches]
             if share:
                 self.backend.inject(share)
+            return len(part) + len(share)
+        # every batch now (--ahead 0), or the first wave: the rest while the workers run (see the loop)
+        waves = [0, 0]  # batches pushed, payloads pushed
+        while waves[0] < batches and (not args.ahead or waves[1] < args.ahead):
+            waves[1] += push(waves[0])
+            waves[0] += 1
         self.timings["push"] = time.time() - started
-        say(f"pushed {len(jobs)} jobs and {len(poison)} poison jobs, injected {len(bads)} bad payloads "
-            f"in {self.timings['push']:.1f} s" + (f"; jitter: {len(self.backoffs)} jobs with a backoff of their "
-                                                  f"own, {len(self.delays)} pushed with a delay" if args.jitter else ""))
+        say(f"pushed {waves[1]} of {len(pushed_jobs) + len(bads)} jobs, poison jobs and bad payloads in "
+            f"{self.timings['push']:.1f} s" + (f" (then {size} at a time, at most {args.ahead} unsettled)"
+                                              if waves[0] < batches else "") +
+            (f"; jitter: {len(self.backoffs)} jobs with a backoff of their own, {len(self.delays)} pushed with a delay"
+             if args.jitter else ""))
 
         sup = self.supervisor
         for _ in range(args.workers):
@@ -1409,6 +1420,12 @@ class Chaos:
                 continue
             if len(rows) != failed_seen:
                 failed_seen, activity = len(rows), now
+            while waves[0] < batches and waves[1] - len(done_numbers) - len(rows) < args.ahead - size:
+                pushing = time.time()  # the next wave (--ahead): the unsettled jobs are few enough
+                waves[1] += push(waves[0])
+                waves[0] += 1
+                self.timings["push"] += time.time() - pushing
+                activity = now
             if self._accounted(expected, done_numbers, rows):
                 if all_accounted_at is None:
                     all_accounted_at = now
@@ -2239,6 +2256,10 @@ def parse_args(argv=None):
     p.add_argument("--no-restart", action="store_true",
                    help="no server restart (SQLite: no kill-all; Redis, beanstalkd: no SIGKILL of its server; "
                    "sqs: always, moto_server keeps everything in memory)")
+    p.add_argument("--ahead", type=int, default=None,
+                   help="push the jobs in waves while the workers run, keeping at most this many unsettled "
+                        "(0: push every job before the workers start; the default, except on sqs: 400, as "
+                        "moto_server scans its whole queue on every request)")
     p.add_argument("--bad", type=int, default=0, help="hostile payloads to inject (the bad-input run; default 0)")
     p.add_argument("--poison", type=int, default=None,
                    help="poison jobs to push among the others (default: 2%% of --jobs; 0: none); kinds: "
@@ -2262,6 +2283,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.poison is None:
         args.poison = max(0, round(0.02 * args.jobs))
+    if args.ahead is None:
+        args.ahead = 400 if args.driver == "sqs" else 0
     if args.jobs < 0 or args.bad < 0 or args.poison < 0 or args.workers < 1:
         p.error("--jobs, --bad and --poison must not be negative; --workers must be at least 1")
     args.skip = {name.strip() for name in args.skip.split(",") if name.strip()}
