@@ -1230,7 +1230,23 @@ def raw_latency(bench, label, script, argv, push, count=200, each=False):
 REDIS_EMPTY_WAIT = 0.01  # seconds the floor's last BLMOVE (on the empty list) waits
 
 
-class RawRedis:
+class RawServerFloor:
+    """What the raw floors of the redis, beanstalkd and sqs drivers share: N jobs put into their
+    emptied queue, timed (fill: the batch push; a loop of single puts; beanstalkd has no batch)."""
+
+    def timed_fill(self, fill=None):
+        self.clear()
+        start = time.perf_counter()
+        (fill or self.fill)()
+        seconds = time.perf_counter() - start
+        assert self.count() == self.n
+        return seconds
+
+    def push_batch(self):
+        return self.timed_fill()
+
+
+class RawRedis(RawServerFloor):
     """The redis-py floor on one client of the same server, on keys of this run's prefix: LPUSH
     per job, a pipeline of LPUSHes per batch, and the reliable-queue drain: BLMOVE the next job to
     a processing list, run it, then LREM it from there in one pipeline with the next BLMOVE."""
@@ -1262,22 +1278,8 @@ class RawRedis:
             pipe.execute()
 
     def push_single(self):
-        self.clear()
-        lpush, key, body = self.client.lpush, self.ready, self.body
-        start = time.perf_counter()
-        for _ in range(self.n):
-            lpush(key, body)
-        seconds = time.perf_counter() - start
-        assert self.count() == self.n
-        return seconds
-
-    def push_batch(self):
-        self.clear()
-        start = time.perf_counter()
-        self.fill()
-        seconds = time.perf_counter() - start
-        assert self.count() == self.n
-        return seconds
+        lpush, key, body, n = self.client.lpush, self.ready, self.body, self.n
+        return self.timed_fill(lambda: [lpush(key, body) for _ in range(n)])
 
     def drain(self):
         self.clear()
@@ -1394,7 +1396,7 @@ def empty_tube(client):
         client.delete(job)
 
 
-class RawBeanstalkd:
+class RawBeanstalkd(RawServerFloor):
     """The greenstalk floor on one connection to the same server, a tube of its own, the same body
     as our driver's, its priority and TTR: put per job; reserve (timeout 0) + delete per job."""
 
@@ -1420,15 +1422,8 @@ class RawBeanstalkd:
         for _ in range(self.n):
             put(body, priority=1024, ttr=ttr)
 
-    def push_single(self):
-        self.clear()
-        start = time.perf_counter()
-        self.fill()
-        seconds = time.perf_counter() - start
-        assert self.count() == self.n
-        return seconds
-
-    push_batch = push_single  # no batch command: the same loop, measured on its own
+    def push_single(self):  # no batch command: push_batch is the same loop, measured on its own
+        return self.timed_fill()
 
     def drain(self):
         self.clear()
@@ -1501,7 +1496,7 @@ def bench_beanstalkd(bench):
 
 
 # SQS (moto_server) ###########################################################################
-class RawSQS:
+class RawSQS(RawServerFloor):
     """The boto3 floor on a client of its own (the same botocore settings as our driver's) to the
     same server, a queue of its own with our driver's attributes, the same base64 body (without
     our four message attributes): send_message per job, send_message_batch of 10, receive_message
@@ -1529,14 +1524,8 @@ class RawSQS:
         return sqs_counts(self.client, self.url).get("ready", 0)
 
     def push_single(self):
-        self.clear()
-        send, url, body = self.client.send_message, self.url, self.body
-        start = time.perf_counter()
-        for _ in range(self.n):
-            send(QueueUrl=url, MessageBody=body)
-        seconds = time.perf_counter() - start
-        assert self.count() == self.n
-        return seconds
+        send, url, body, n = self.client.send_message, self.url, self.body, self.n
+        return self.timed_fill(lambda: [send(QueueUrl=url, MessageBody=body) for _ in range(n)])
 
     def fill(self):
         for i in range(0, self.n, 10):
@@ -1544,14 +1533,6 @@ class RawSQS:
             failed = self.client.send_message_batch(QueueUrl=self.url, Entries=entries).get("Failed")
             if failed:
                 raise RuntimeError(f"SQS refused a message: {failed[0]}")
-
-    def push_batch(self):
-        self.clear()
-        start = time.perf_counter()
-        self.fill()
-        seconds = time.perf_counter() - start
-        assert self.count() == self.n
-        return seconds
 
     def drain(self):
         self.clear()

@@ -107,3 +107,17 @@ def test_a_job_finished_through_another_set_of_queues_is_deleted_by_the_next_pop
     assert d.pop([low], 0) is None
     assert d.stats([low])[low] == {"ready": 0, "delayed": 0, "reserved": 0}, "the finished job is deleted"
     d.clear(high)
+
+
+def test_a_stop_whose_deletes_the_server_did_not_take_says_which_jobs_run_again(own_server, tmp_path):
+    """A finished job is deleted with the next reserve or when the worker stops: a stop that finds
+    the server gone names the jobs that will run again (the worker logs it), instead of saying nothing."""
+    project, restart = own_server
+    d = queue.driver()
+    queue.push(testjobs.Record(str(tmp_path / "record"), "x"))
+    message = d.pop(["jobs"], 1)
+    d.ack(message)
+    restart()  # the reservation goes with the old server's connection: the job is ready again
+    with pytest.raises(queue.ConnectionFailed, match=rf"jobs \[{message.id}\].*run again"):
+        d.close()
+    assert d.pop(["jobs"], 1).id == message.id
