@@ -193,9 +193,10 @@ class _ColdShutdown(BaseException):
 
 def _import_optional(module, extra, package=None):
     """Import an optional package, or fail with one line naming the pip install to run. (A driver
-    asks for its client's module on every call: one already imported is a dict lookup.)"""
+    asks for its client's module on every call: one already imported is a dict lookup. One that
+    another thread is still importing is in sys.modules half made: import_module waits for it.)"""
     found = sys.modules.get(module)
-    if found is not None:
+    if found is not None and not getattr(getattr(found, "__spec__", None), "_initializing", False):
         return found
     try:
         return importlib.import_module(module)
@@ -4990,34 +4991,59 @@ class _Beanstalk:
     """One connection to beanstalkd: a greenstalk client on a socket of ours, and the worker's
     round trips on that same socket as protocol lines (beanstalkd's protocol.txt), pipelined,
     which greenstalk cannot do: the deletes of the jobs finished since the last reserve go with the
-    next reserve. Between two of its exchanges nothing is left unread, so greenstalk's calls and
-    these take turns on the socket."""
+    next reserve. A connection that watches one tube also uses it, and asks `peek-ready` after each
+    reserve: the next reserve then sends `stats-job` of the job it expects in the same round trip
+    (its answer, read after the reserve's, counts this reserve); when another job came, it asks
+    again. Between two of its exchanges nothing is left unread, so greenstalk's calls and these
+    take turns on the socket."""
 
     def __init__(self, greenstalk, address, watch):
         import socket
         self.sock = socket.create_connection(address)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        self.client = greenstalk.Client(self.sock, encoding=None, watch=list(watch) or "default")
+        self.peeks = len(watch) == 1  # the one tube it watches is the one it uses: peek-ready sees it
+        self.tube = watch[0] if self.peeks else "default"  # the tube it puts into
+        self.client = greenstalk.Client(self.sock, encoding=None, use=self.tube, watch=list(watch) or "default")
         self.reader = self.sock.makefile("rb")
         self.lock = threading.Lock()  # the keeper touches a running job through this connection
-        self.tube = "default"         # the tube it puts into
         self.done = []                # ids of the jobs finished since its last reserve, not deleted yet
+        self.expected = None          # the id at the head of the tube after the last reserve (peeks)
 
     def reserve(self, timeout):
         """(id, body, reserves, tube) of the next job of the watched tubes, or None after `timeout`
         whole seconds; the finished jobs are deleted in the same round trip."""
+        while True:
+            expected, self.expected = self.expected, None
+            job, stats = self._exchange(0 if expected else timeout, expected)
+            if job or not expected or not timeout:
+                break  # else the expected job went to another worker and the tube is empty: wait now
+        if not job:
+            return None
+        job_id, body = job
+        if job_id != expected:
+            self.sock.sendall(b"stats-job %d\r\n" % job_id)
+            stats = self._answer(b"OK")
+        reserves, tube = re.search(rb"\nreserves: (\d+)", stats[-1]), re.search(rb"\ntube: (\S+)", stats[-1])
+        return job_id, body, int(reserves.group(1)), tube.group(1).decode()
+
+    def _exchange(self, timeout, expected):
+        """One round trip: the deletes, the reserve, the expected job's stats, the peek; return
+        ((id, body) or None, the stats or None)."""
         done, self.done = self.done, []
-        self.sock.sendall(b"".join([b"delete %d\r\n" % i for i in done]) + b"reserve-with-timeout %d\r\n" % timeout)
+        lines = [b"delete %d\r\n" % i for i in done] + [b"reserve-with-timeout %d\r\n" % timeout]
+        lines += [b"stats-job %d\r\n" % expected] if expected else []
+        self.sock.sendall(b"".join(lines + [b"peek-ready\r\n"] if self.peeks else lines))
         for _ in done:
             self._line()  # DELETED, or NOT_FOUND: its reservation had lapsed, and it runs again
         head = self._line().split()
-        if head[0] in (b"TIMED_OUT", b"DEADLINE_SOON"):
-            return None
-        job_id, body = int(self._expect(head, b"RESERVED")[1]), self._chunk(head[2])
-        self.sock.sendall(b"stats-job %d\r\n" % job_id)
-        stats = self._chunk(self._expect(self._line().split(), b"OK")[1])
-        reserves, tube = re.search(rb"\nreserves: (\d+)", stats), re.search(rb"\ntube: (\S+)", stats)
-        return job_id, body, int(reserves.group(1)), tube.group(1).decode()
+        job = None
+        if head[0] not in (b"TIMED_OUT", b"DEADLINE_SOON"):
+            job = int(self._expect(head, b"RESERVED")[1]), self._chunk(head[2])
+        stats = self._answer(b"OK") if expected else None
+        if self.peeks:
+            found = self._answer(b"FOUND")
+            self.expected = found and int(found[0])
+        return job, stats
 
     def flush(self):
         """Delete the finished jobs now (a worker that stops, or reserves on another connection),
@@ -5045,6 +5071,13 @@ class _Beanstalk:
         if not line.endswith(b"\r\n"):
             raise ConnectionError("beanstalkd closed the connection")
         return line
+
+    def _answer(self, word):
+        """The next answer: `word` with its fields and data as a list, or None for NOT_FOUND."""
+        head = self._line().split()
+        if head[0] == b"NOT_FOUND":
+            return None
+        return self._expect(head, word)[1:-1] + [self._chunk(head[-1])]
 
     def _chunk(self, size):
         data = self.reader.read(int(size) + 2)

@@ -4,6 +4,7 @@ server that does not answer is one line."""
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -107,6 +108,41 @@ def test_a_job_finished_through_another_set_of_queues_is_deleted_by_the_next_pop
     assert d.pop([low], 0) is None
     assert d.stats([low])[low] == {"ready": 0, "delayed": 0, "reserved": 0}, "the finished job is deleted"
     d.clear(high)
+
+
+def test_a_pop_counts_the_job_it_took_not_the_one_it_expected(beanstalkd_project, beanstalkd_server):
+    """After each reserve a worker's connection peeks at the next ready job and asks for its
+    stats with the next reserve, in the same round trip. When another worker took that job first,
+    the attempts are still those of the job this pop took, and a pop that finds the tube empty
+    then waits its whole timeout for a job, as any pop does."""
+    import greenstalk
+    d, name = queue.driver(), beanstalkd_project.queue
+    other = greenstalk.Client((beanstalkd_server["host"], beanstalkd_server["port"]), encoding=None, use=name, watch=name)
+    try:
+        queue.push(testjobs.Record("/nonexistent", "a"), testjobs.Record("/nonexistent", "b"))
+        first = d.pop([name], 0)  # a; the connection expects b next
+        d.ack(first)
+        held = other.reserve(timeout=0)  # b, taken by another worker
+        queue.push(testjobs.Record("/nonexistent", "c"))
+        tried = other.reserve(timeout=0)  # c, tried once by another worker and given back
+        other.release(tried)
+        message = d.pop([name], 0)
+        assert message.id == str(tried.id) and message.attempts == 2, "c's reserves, not b's"
+        d.ack(message)
+
+        queue.push(testjobs.Record("/nonexistent", "d"), testjobs.Record("/nonexistent", "e"))
+        d.ack(d.pop([name], 0))  # d; e expected next
+        taken = other.reserve(timeout=0)  # e, taken by another worker: the tube is empty
+        late = threading.Timer(0.3, lambda: queue.push(testjobs.Record("/nonexistent", "f")))
+        late.start()
+        message = d.pop([name], 5)
+        late.join()
+        assert message is not None and message.attempts == 1, "the pop waited for f"
+        d.ack(message)
+        for job in (held, taken):
+            other.delete(job)
+    finally:
+        other.close()
 
 
 def test_a_stop_whose_deletes_the_server_did_not_take_says_which_jobs_run_again(own_server, tmp_path):

@@ -5,7 +5,9 @@ import hmac
 import os
 import subprocess
 import sys
+import threading
 import time
+import types
 
 import pytest
 
@@ -236,3 +238,27 @@ def test_a_job_is_stopped_before_rabbitmqs_consumer_timeout(amqp_project, tmp_pa
     [row] = failed_rows()
     assert "JobTimeout" in row["exception"] and "consumer timeout" in row["exception"], row["exception"][:300]
     assert values(path) == ["long"], "it ran once, and was stopped"
+
+
+# Drivers on threads ###########################################################################
+def test_a_client_module_that_another_thread_is_importing_is_waited_for(tmp_path, monkeypatch):
+    """`work --concurrency 4` on beanstalkd: four lanes asked for greenstalk at once, and three got
+    the half-imported module from sys.modules ("partially initialized module 'greenstalk' has no
+    attribute 'Client'"). A driver's client module is now whole before any thread uses it."""
+    control = types.SimpleNamespace(started=threading.Event(), go=threading.Event())
+    monkeypatch.setitem(sys.modules, "slow_client_control", control)
+    (tmp_path / "slow_client.py").write_text(
+        "import slow_client_control as c\nc.started.set()\nc.go.wait(10)\nClient = object\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "slow_client", raising=False)
+    got = []
+    first = threading.Thread(target=lambda: queue._import_optional("slow_client", "slow"))
+    second = threading.Thread(target=lambda: got.append(hasattr(queue._import_optional("slow_client", "slow"), "Client")))
+    first.start()
+    assert control.started.wait(10)
+    second.start()
+    second.join(0.3)  # it must still wait: the module is half made until `go`
+    control.go.set()
+    first.join(10)
+    second.join(10)
+    assert got == [True]
