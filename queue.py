@@ -2140,12 +2140,26 @@ class _Dialect:
         return None
 
     count_cap = None  # counts per queue are exact up to this many, then estimated (None: always exact)
+    id_ranges = "{table} WHERE ({ranges}) AND {where}"  # a read of id ranges, through the primary key
     durable = None    # the statement that makes one transaction of a worker's session wait for the disk
 
-    def estimate(self, cur, select, params):
-        """The server's estimate of how many rows `select` returns."""
-        cur.execute(f"SELECT COUNT(*) FROM ({select}) x", params)
-        return int(cur.fetchone()[0])
+    def estimate(self, cur, select, params, windows=20, most=250):
+        """About how many rows `select` ("SELECT ... FROM table WHERE ...") returns: a count of
+        `windows` runs of consecutive ids spread over the table's ids (each at most `most` ids,
+        read through the primary key), scaled to the whole span. The servers' own estimates were
+        0.5 to 2 times the truth at 100,000 and 1,000,000 rows (MariaDB's EXPLAIN, InnoDB's
+        index dives; PostgreSQL's TABLESAMPLE SYSTEM of 1% of the pages)."""
+        table, where = select.split(" FROM ", 1)[1].split(" WHERE ", 1)
+        cur.execute(f"SELECT MIN(id), MAX(id) FROM {table}")
+        low, high = cur.fetchone()
+        if low is None:
+            return 0
+        span = high - low + 1
+        width = max(1, min(most, span // windows))
+        starts = [low + span * i // windows for i in range(windows)]
+        ranges = " OR ".join(f"id BETWEEN {start:d} AND {start + width - 1:d}" for start in starts)
+        cur.execute("SELECT COUNT(*) FROM " + self.id_ranges.format(table=table, ranges=ranges, where=where), params)
+        return round(int(cur.fetchone()[0]) * span / (width * windows))
 
     def compact(self, driver, cur):
         """Give the space of deleted rows back to the disk (`python queue.py compact`)."""
@@ -2474,12 +2488,8 @@ class _MySQL(_Dialect):
         return conn.query(f"SELECT 1 FROM {self.quote(driver.table)} WHERE queue IN ({names}) AND available_at <= "
                           f"{conn.escape(driver.clock.now())} LIMIT 1 INTO @queue_py_ready") > 0
 
-    count_cap = 10_000  # a million index entries take a second to count: past this, EXPLAIN's estimate
-
-    def estimate(self, cur, select, params):
-        cur.execute(f"EXPLAIN {select}", params)
-        columns = [d[0].lower() for d in cur.description]
-        return int(dict(zip(columns, cur.fetchone())).get("rows") or 0)
+    count_cap = 10_000  # a million index entries take a second to count: past this, an estimate
+    id_ranges = "{table} FORCE INDEX (PRIMARY) WHERE ({ranges}) AND {where}"
 
     def compact(self, driver, cur):
         """Give the space of deleted rows back to the disk: OPTIMIZE TABLE (InnoDB rebuilds
@@ -2592,15 +2602,10 @@ class _Postgres(_Dialect):
         parts = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(writes))
         return f"WITH {parts} {last[0]}", [p for _, params in writes + [last] for p in params]
 
-    count_cap = 10_000  # a million index entries take most of a second to count: past this, a sample's
+    count_cap = 10_000  # a million index entries take most of a second to count: past this, an estimate
+    id_ranges = "(SELECT * FROM {table} WHERE {ranges} OFFSET 0) x WHERE {where}"  # OFFSET 0: the planner may
+    # not add the index of the where to the id ranges (it did, reading 750,000 index entries)
     durable = "SET LOCAL synchronous_commit TO on"
-
-    def estimate(self, cur, select, params):
-        """A count of a 1% sample of the table's pages, times 100 (TABLESAMPLE SYSTEM): right
-        after a burst of pushes too, when the planner's statistics (EXPLAIN) lag behind."""
-        sampled = select.replace(" WHERE ", " TABLESAMPLE SYSTEM (1) REPEATABLE (7) WHERE ", 1)
-        cur.execute(f"SELECT COUNT(*) FROM ({sampled}) x", params)
-        return int(cur.fetchone()[0]) * 100
 
     def compact(self, driver, cur):
         """VACUUM FULL of the three tables: each is written anew, locked meanwhile (PostgreSQL's

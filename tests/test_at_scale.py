@@ -61,3 +61,23 @@ def test_counts_past_the_cap_are_marked_estimates(project):
     assert exact == {"ready": 30, "delayed": 0, "reserved": 0, "failed": 30}
     assert not isinstance(exact["ready"], queue._Estimate)
     assert "~" not in ok(project.cli("status"))
+
+
+@backends("mysql", "postgres")
+def test_an_estimate_is_near_the_count_it_stands_for(project):
+    """Past the count cap, `status` shows an estimate: within 10% of the truth at 100,000 jobs in
+    two queues (MariaDB's EXPLAIN said 50,000 for 75,000 and 49,998 for 25,000; PostgreSQL's 1%
+    TABLESAMPLE of pages said 51,100 for 75,000)."""
+    driver = queue.driver("database")
+    digit = "(" + " UNION ALL ".join(f"SELECT {i} AS d" for i in range(10)) + ")"
+    source = ", ".join(f"{digit} d{i}" for i in range(5))  # 100,000 rows: n = d0 + 10 d1 + ...
+    n = " + ".join(f"{10 ** i} * d{i}.d" for i in range(5))
+    payload = "CAST('x' AS BYTEA)" if project.backend == "postgres" else "'x'"
+    driver._execute(lambda cur: cur.execute(
+        f"INSERT INTO {driver.dialect.quote(driver.table)} (name, queue, payload, attempts, available_at, created_at) "
+        f"SELECT 'Noop', CASE WHEN MOD({n}, 4) = 0 THEN 'other' ELSE 'default' END, {payload}, 0, "
+        f"'2026-01-01 00:00:00', '2026-01-01 00:00:00' FROM {source} ORDER BY {n}"))
+    counts = queue.status()
+    for name, truth in (("default", 75_000), ("other", 25_000)):
+        got = counts[name]["ready"]
+        assert isinstance(got, queue._Estimate) and abs(got - truth) <= truth // 10, (name, got, truth)
