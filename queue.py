@@ -2669,17 +2669,63 @@ _MARK_TTL = 300.0  # seconds a write's marker is kept: far longer than a write i
 _SLOT_MARGIN = 0.05  # seconds a slot's lease outlasts what was asked (see take_slot)
 
 
-_BATCH_WORK = 0.05  # seconds of work a database worker claims at once (see DatabaseDriver.pop)
+_BATCH_WORK = 0.05  # seconds of work a worker claims at once (database and redis: see _Prefetch)
 
 
 class _Claim:
-    """The receipt of the jobs of one database claim: its time (their reserved_at, which start(),
-    keep() and put_back() match) and the thread's jobs claimed ahead (keep() renews them too)."""
+    """The receipt of the jobs of one claim: its stamp (database: their reserved_at, which
+    start(), keep() and put_back() match; redis: when their reservation ends, which keep()
+    moves on) and the thread's jobs claimed ahead (keep() renews them too)."""
 
     __slots__ = ("stamp", "held")
 
     def __init__(self, stamp, held):
         self.stamp, self.held = stamp, held
+
+
+class _Prefetch:
+    """A driver whose pop() claims several jobs at once (database, redis): up to `prefetch`, as
+    many as this thread ran in the last _BATCH_WORK seconds, so short jobs share a claim's round
+    trip while a job that takes that long is claimed alone. Each job's attempt is counted when it
+    starts, so a killed worker's jobs claimed but not started come back with none counted. The
+    driver keeps them in this thread's `held` (the order to run them) and gives them back in
+    put_back() (a worker that stops, or that asks for other queues)."""
+
+    def _held(self):
+        """This thread's jobs claimed ahead, not started yet (in the order to run them)."""
+        held = getattr(self._local, "held", None)
+        if held is None:
+            held = self._local.held = collections.deque()
+        return held
+
+    def _pace(self):
+        """How many jobs to claim now: up to prefetch, as many as ran lately in _BATCH_WORK s
+        (the time from one pop() to the next, averaged over the last few)."""
+        local, now = self._local, self.clock.time()
+        handed, took = getattr(local, "handed", None), getattr(local, "took", None)
+        if handed is not None:
+            spent = now - handed
+            local.took = took = spent if took is None else took * 0.75 + spent * 0.25
+        local.handed = None
+        if took is None or self.prefetch == 1:
+            return 1
+        return max(1, min(self.prefetch, int(_BATCH_WORK / max(took, 1e-6))))
+
+    def _handed(self, message):
+        self._local.handed = self.clock.time()
+        return message
+
+    def _next_held(self, queues):
+        """The next job claimed ahead for `queues` that starts (its attempt counted), or None
+        (none held; or held for other queues, given back)."""
+        held = self._held()
+        if held and queues != getattr(self._local, "held_for", None):
+            self.put_back()
+        while held:
+            message = held.popleft()
+            if self._start(message):
+                return self._handed(message)
+        return None
 
 
 def _in_order(rows, queue_name):
@@ -2977,7 +3023,7 @@ class _SQLDatabase:
         return _Estimate(max(cap + 1, self.dialect.estimate(cur, self._sql[rows], params)))
 
 
-class DatabaseDriver(_SQLDatabase, Driver):
+class DatabaseDriver(_Prefetch, _SQLDatabase, Driver):
     """Jobs in a table (Masonite's layout). A claim is one transaction: it deletes the jobs this
     worker finished since its last claim, selects the next ready jobs in queue priority order (up
     to `prefetch` short ones) and reserves them by moving `available_at` to now + retry_after. A
@@ -3068,13 +3114,10 @@ class DatabaseDriver(_SQLDatabase, Driver):
         _BATCH_WORK seconds (one, for jobs that take that long). With nothing ready, a dialect
         that can be woken (PostgreSQL's LISTEN, SQLite's WAL) waits up to `wait` s for a push."""
         local, d = self._local, self.dialect
-        held, done, count = self._held(), self._acked(), self._pace()
-        if held and queues != local.held_for:
-            self.put_back()
-        while held:
-            message = held.popleft()
-            if self._start(message):
-                return self._handed(message)
+        count, message = self._pace(), self._next_held(queues)
+        if message is not None:
+            return message
+        held, done = self._held(), self._acked()
 
         def session(cur):
             if getattr(local, "worker_conn", None) is not local.conn:
@@ -3097,10 +3140,9 @@ class DatabaseDriver(_SQLDatabase, Driver):
             local.held_for = queues
             return True
         while self._execute(session, retry="forever"):
-            while held:
-                message = held.popleft()
-                if self._start(message):
-                    return self._handed(message)
+            message = self._next_held(queues)
+            if message is not None:
+                return message
         return None
 
     def _start(self, message):
@@ -3114,30 +3156,6 @@ class DatabaseDriver(_SQLDatabase, Driver):
         if started:
             message.attempts += 1
         return started
-
-    def _held(self):
-        """This thread's jobs claimed ahead, not started yet (in the order to run them)."""
-        held = getattr(self._local, "held", None)
-        if held is None:
-            held = self._local.held = collections.deque()
-        return held
-
-    def _pace(self):
-        """How many jobs to claim now: up to prefetch, as many as ran lately in _BATCH_WORK s
-        (the time from one pop() to the next, averaged over the last few)."""
-        local, now = self._local, self.clock.time()
-        handed, took = getattr(local, "handed", None), getattr(local, "took", None)
-        if handed is not None:
-            spent = now - handed
-            local.took = took = spent if took is None else took * 0.75 + spent * 0.25
-        local.handed = None
-        if took is None or self.prefetch == 1:
-            return 1
-        return max(1, min(self.prefetch, int(_BATCH_WORK / max(took, 1e-6))))
-
-    def _handed(self, message):
-        self._local.handed = self.clock.time()
-        return message
 
     def put_back(self):
         """Make this thread's jobs claimed ahead ready again at once (a worker that stops, or
@@ -4416,14 +4434,18 @@ class _Consumer:
 # :reserved (id -> when its lease ends) are sorted sets; :jobs (id -> class name NUL payload) and
 # :tries (id -> attempts so far) are hashes; :notify wakes blocked workers (at most 16 tokens);
 # :pushed remembers the token of each push for two minutes (a push is tried again for at most 30 s),
-# its last 100,000 at most (about 8 MB: 20 s at 5,000 pushes a second).
+# its last 100,000 at most (about 8 MB: 20 s at 5,000 pushes a second). A pop reserves up to
+# `prefetch` jobs (_Prefetch) and counts the first one's attempt; each of the others is counted when
+# it starts, by a script whose reply the worker reads with its next command (the worker sends it
+# on a connection of its thread's own, so that it reaches the server before anything after it; it
+# sets the count rather than adding to it, so that it can be sent again after a lost connection).
 # The state store lives under the tag {state}, the failed store under {failed}. Every move is one
 # Lua script, timed by the driver's clock (synced to the server's). A script may run twice (redis-py
 # sends a command again after a lost reply): a push is stored once (its token), a release moves only
 # a job still reserved, deletes are deletes; a pop sent twice reserves a second job, and the first
 # runs when its lease lapses (one attempt more counted).
 _REDIS_POP = """
-local now, npop, a = ARGV[1], tonumber(ARGV[3]), 4
+local now, npop, want, a = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), 5
 for g = 0, #KEYS / 6 - 1 do
   for i = 1, tonumber(ARGV[a]) do
     local id = ARGV[a + i]
@@ -4438,21 +4460,39 @@ for g = 0, npop - 1 do
     local due = redis.call('ZRANGEBYSCORE', from, '-inf', now, 'LIMIT', 0, 100)
     if #due > 0 then redis.call('ZREM', from, unpack(due)); redis.call('RPUSH', ready, unpack(due)) end
   end
-  while true do
+  local out = {g}
+  while #out < 1 + 3 * want do
     local id = redis.call('LPOP', ready)
     if not id then break end
     local job = redis.call('HGET', jobs, id)
     if job then
       redis.call('ZADD', reserved, ARGV[2], id)
-      return {g, id, job, redis.call('HINCRBY', KEYS[g*6+5], id, 1)}
+      local tries = #out == 1 and redis.call('HINCRBY', KEYS[g*6+5], id, 1) or tonumber(redis.call('HGET', KEYS[g*6+5], id) or '0')
+      out[#out + 1] = id; out[#out + 1] = job; out[#out + 1] = tries
     end
   end
+  if #out > 1 then return out end
   for _, from in ipairs({KEYS[g*6+2], reserved}) do
     local first = redis.call('ZRANGE', from, 0, 0, 'WITHSCORES')
     if first[2] and (not soonest or tonumber(first[2]) < soonest) then soonest = tonumber(first[2]) end
   end
 end
 return {-1, tostring(soonest or '')}
+"""
+_REDIS_START = """
+for i = 3, #ARGV do redis.call('ZREM', KEYS[3], ARGV[i]); redis.call('HDEL', KEYS[1], ARGV[i]); redis.call('HDEL', KEYS[2], ARGV[i]) end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+_REDIS_PUT_BACK = """
+local back = 0
+for i = #ARGV, 2, -1 do
+  if tonumber(redis.call('ZSCORE', KEYS[2], ARGV[i]) or '-1') == tonumber(ARGV[1]) then
+    redis.call('ZREM', KEYS[2], ARGV[i]); redis.call('LPUSH', KEYS[1], ARGV[i]); back = back + 1
+  end
+end
+if back > 0 and redis.call('LLEN', KEYS[3]) < 16 then redis.call('RPUSH', KEYS[3], '1') end
+return back
 """
 _REDIS_PUSH = """
 if redis.call('ZSCORE', KEYS[7], ARGV[2]) then return 0 end
@@ -4496,31 +4536,33 @@ return out
 """
 
 
-class RedisDriver(Driver):
+class RedisDriver(_Prefetch, Driver):
     """Jobs in Redis through redis-py: at least once with a lease, as the database driver. A pop
     is one script that also deletes the jobs this thread finished since its last pop, moves due
-    delayed jobs and lapsed leases to the ready list, and reserves the next job until now +
-    retry_after (keep() renews it while the job runs). An idle worker blocks on the queue's
-    notify list for up to block_for (never past poll, nor past the next delayed job's time)."""
+    delayed jobs and lapsed leases to the ready list, and reserves the next jobs (up to
+    prefetch) until now + retry_after (keep() renews them while a job runs). An idle worker
+    blocks on the queue's notify list for up to block_for (never past poll, nor past the next
+    delayed job's time)."""
 
     name = "redis"
     own_stores = True
     defaults = dict(Driver.defaults, host="127.0.0.1", port=6379, db=0, password=None, username=None, url=None,
-                    retry_after=90, block_for=5, prefix="queues:", cluster=False)
+                    retry_after=90, block_for=5, prefix="queues:", cluster=False, prefetch=20)
     kinds = dict(Driver.kinds, host=_string, port=_port, db=_kind(lambda v: type(v) is int and v >= 0, "a whole number"),
                  password=_maybe_string, username=_maybe_string, url=_maybe_string, retry_after=_lease,
                  block_for=_kind(lambda v: v is None or (_is_number(v) and 0 <= v <= 3600), "None or 0 to 3600 seconds"),
-                 prefix=_string, cluster=_flag)
+                 prefix=_string, cluster=_flag, prefetch=_whole)
     limit_name = "Redis's proto-max-bulk-len"
 
     def __init__(self, options, config):
         super().__init__(options, config)
         o = options
         self.retry_after, self.block_for = float(o["retry_after"]), float(o["block_for"] or 0)
-        self.prefix, self.cluster = o["prefix"], o["cluster"]
+        self.prefix, self.cluster, self.prefetch = o["prefix"], o["cluster"], o["prefetch"]
         self.keep_every = max(0.05, self.retry_after / 3)
         self.where = self._where()
         self._client, self._scripts, self._local = None, {}, threading.local()
+        self._lanes_of = None  # the thread that started a worker's lanes (see close())
         self._known, self._limit, self._synced, self._connected = set(), None, 0.0, False
         self.own_state, self.own_failed = _RedisState(self), _RedisFailed(self)
 
@@ -4675,11 +4717,15 @@ class RedisDriver(Driver):
         return done
 
     def pop(self, queues, wait=0.0):
+        count, message = self._pace(), self._next_held(queues)
+        if message is not None:
+            return message
         deadline = self.clock.monotonic() + wait
         while True:
-            message, soonest = self._pop_once(list(queues))
+            message, soonest = self._pop_once(list(queues), count)
             if message is not None:
-                return message
+                self._local.held_for = queues
+                return self._handed(message)
             left = deadline - self.clock.monotonic()
             if soonest is not None:
                 left = min(left, max(0.0, soonest - self.clock.time()))
@@ -4693,8 +4739,9 @@ class RedisDriver(Driver):
             notify = [self.keys(q)[5] for q in (queues[:1] if self.cluster else queues)]
             self.run(lambda c: c.blpop(notify, timeout=max(0.01, min(left, self.block_for))), retry="forever")
 
-    def _pop_once(self, queues):
-        """(message or None, epoch of the soonest delayed job or lease end of `queues`)."""
+    def _pop_once(self, queues, count=1):
+        """(message or None, epoch of the soonest delayed job or lease end of `queues`); the
+        other jobs taken with the message wait in this thread's held."""
         done, now = self._acked(), self.clock.time()
         until = repr(now + self.retry_after)
         groups = queues + sorted({q for q, _ in done} - set(queues))
@@ -4702,20 +4749,102 @@ class RedisDriver(Driver):
         soonest = None
         for group in calls:
             pops = [q for q in group if q in queues]
-            keys, args = [], [repr(now), until, str(len(pops))]
+            keys, args = [], [repr(now), until, str(len(pops)), str(count)]
             for q in group:
                 ids = [i for name, i in done if name == q]
                 keys += self.keys(q)
                 args += [str(len(ids)), *ids]
-            reply = self.run(lambda c: self.script(c, "_REDIS_POP", keys, args), retry="forever")
+            reply = self.run(lambda c: self._flushed(self.script)(c, "_REDIS_POP", keys, args), retry="forever")
             done[:] = [(q, i) for q, i in done if q not in group]
             if int(reply[0]) >= 0:
-                name, _, payload = reply[2].partition(b"\0")
-                return Message(reply[1].decode(), group[int(reply[0])], name.decode(), payload, int(reply[3]),
-                               receipt=until), None
+                claim, queue_name = _Claim(until, self._held()), group[int(reply[0])]
+                taken = []
+                for job_id, job, tries in zip(*[iter(reply[1:])] * 3):
+                    name, _, payload = job.partition(b"\0")
+                    taken.append(Message(job_id.decode(), queue_name, name.decode(), payload, int(tries), receipt=claim))
+                self._held().extend(taken[1:])  # their attempts are counted when they start (_start)
+                return taken[0], None
             if reply[1]:
                 soonest = min(float(reply[1]), soonest or float("inf"))
         return None, soonest
+
+    def _start(self, message):
+        """Count the attempt of a job claimed ahead as it starts, deleting the jobs of its queue
+        this thread finished, in one script whose reply is read with this thread's next command
+        (on a cluster, at once). A job whose reservation ends within retry_after / 2 (its worker
+        stalled) is given back with the others held, and claimed anew."""
+        if float(message.receipt.stamp) - self.clock.time() < self.retry_after / 2:
+            self._held().appendleft(message)
+            self.put_back()
+            return False
+        done, keys = self._acked(), self.keys(message.queue)
+        command = ["EVAL", _REDIS_START, "3", keys[3], keys[4], keys[2], message.id, str(message.attempts + 1)]
+        command += [i for q, i in done if q == message.queue]
+        done[:] = [(q, i) for q, i in done if q != message.queue]
+        if self.cluster:
+            self.run(lambda c: c.execute_command(*command), retry="forever")
+        else:
+            self._mail().append(command)
+            self.run(self._flushed(None, read=False), retry="forever")
+        message.attempts += 1
+        return True
+
+    def _mail(self):
+        """This thread's commands sent ahead on its own connection: those to send (again, after
+        a lost connection: each may run twice), then those sent whose reply is not read yet."""
+        local = self._local
+        if getattr(local, "unsent", None) is None:
+            local.unsent, local.sent, local.conn = [], [], None
+        return local.unsent
+
+    def _flushed(self, call, read=True):
+        """A function of the client that sends this thread's commands not sent yet and (read)
+        reads the replies of those sent, then returns call(client, ...) (call None: None)."""
+        def flush(client, *args):
+            local, unsent = self._local, self._mail()  # (no health-check PING: it would read a reply of ours)
+            try:
+                if unsent:
+                    if local.conn is None:
+                        try:
+                            local.conn = client.connection_pool.get_connection()
+                        except TypeError:  # redis-py before 5.1 names a command
+                            local.conn = client.connection_pool.get_connection("EVAL")
+                    words = [[word.encode() for word in command] for command in unsent]  # RESP, as redis-py packs it
+                    local.conn.send_packed_command([b"".join(b"*%d\r\n" % len(w) + b"".join(
+                        b"$%d\r\n%s\r\n" % (len(x), x) for x in w) for w in words)], check_health=False)
+                    local.sent += unsent
+                    del unsent[:]
+                while read and local.sent:
+                    local.conn.read_response()
+                    del local.sent[0]
+            except _import_optional("redis", "redis").exceptions.ResponseError:
+                del local.sent[0]  # the server refused it (out of memory, say): not sent again
+                raise
+            except BaseException:
+                self._lose_conn()
+                raise
+            return call(client, *args) if call is not None else None
+        return flush
+
+    def _lose_conn(self, forget=False):
+        """Drop this thread's own connection; what was sent on it is sent again (forget: not)."""
+        local, unsent = self._local, self._mail()
+        unsent[:0] = [] if forget else local.sent
+        local.sent, conn, local.conn = [], local.conn, None
+        if conn is not None:
+            _guard(conn.disconnect)
+            _guard(lambda: self.client().connection_pool.release(conn))
+
+    def put_back(self):
+        """Make this thread's jobs claimed ahead ready again at once, at the head of their queue
+        (they had not started: no attempt of theirs was counted); only those still reserved by
+        this claim (its stamp, which keep() moves on)."""
+        held = self._held()
+        if held:
+            claim, ids, keys = held[0].receipt, [m.id for m in held], self.keys(held[0].queue)
+            held.clear()
+            self.run(lambda c: self._flushed(self.script)(c, "_REDIS_PUT_BACK", [keys[0], keys[2], keys[5]],
+                                                           [claim.stamp, *ids]), retry="forever")
 
     def ack(self, message, failed=False):
         self._acked().append((message.queue, message.id))
@@ -4724,12 +4853,15 @@ class RedisDriver(Driver):
 
     def release(self, message, delay=0.0):
         due = "" if delay <= 0 else repr(self.clock.time() + delay)
-        self.run(lambda c: self.script(c, "_REDIS_RELEASE", self.keys(message.queue),
-                                       [message.id, str(message.attempts), due]), retry="forever")
+        self.run(lambda c: self._flushed(self.script)(c, "_REDIS_RELEASE", self.keys(message.queue),
+                                                       [message.id, str(message.attempts), due]), retry="forever")
 
     def keep(self, message):
-        until = repr(self.clock.time() + self.retry_after)
-        self.run(lambda c: c.zadd(self.keys(message.queue)[2], {message.id: until}, xx=True), retry="forever")
+        """Renew the reservation of the running job and of the jobs claimed with it that wait."""
+        claim, until = message.receipt, repr(self.clock.time() + self.retry_after)
+        ids = [message.id] + [m.id for m in list(claim.held) if m.receipt is claim]
+        self.run(lambda c: c.zadd(self.keys(message.queue)[2], dict.fromkeys(ids, until), xx=True), retry="forever")
+        claim.stamp = until
 
     def stats(self, queues=None):
         now = repr(self.clock.time())
@@ -4757,12 +4889,21 @@ class RedisDriver(Driver):
             if len(jobs) < batch:
                 return count
 
+    def lanes(self, count):
+        self._lanes_of = threading.get_ident() if count > 1 else None  # see close()
+
     def close(self):
-        if self._acked():
-            _guard(lambda: self._pop_once([]))
-        if self._client is not None:
-            _guard(self._client.close)
-            self._client = None
+        """This thread's part (its jobs held, its deletes, its own connection); then the
+        process's client, unless this is a lane of a worker whose other lanes may still use it
+        (the thread that started the lanes closes it, once they have ended)."""
+        _guard(self.put_back)
+        if self._acked() or self._mail() or self._local.sent:
+            _guard(lambda: self._pop_once([]))  # the deletes, and the replies of what was sent ahead
+        self._lose_conn(forget=True)
+        if self._lanes_of not in (None, threading.get_ident()):
+            return
+        self._lanes_of, client, self._client = None, self._client, None
+        _guard(client.close) if client is not None else None
 
 
 _REDIS_STATE = """

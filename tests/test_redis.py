@@ -595,6 +595,54 @@ def test_a_worker_running_when_redis_restarts_goes_on(own_project, redis_server,
     stop(worker)
 
 
+def test_what_a_worker_sent_ahead_and_the_server_never_ran_is_sent_again(own_project, redis_server, tmp_path):
+    """A job claimed ahead counts its attempt, and deletes the job finished before it, with a
+    script the worker sends without waiting for its answer. Sent to a server that then dies
+    before it runs it (SIGSTOP, the send, SIGKILL), it is sent again after the reconnect: the
+    finished job is deleted, not run a second time after its lease."""
+    server = redis_server(*ALWAYS)
+    own_project(server, retry_after=30)
+    d, name = queue.driver(), "default"
+    queue.push(*(testjobs.Record(str(tmp_path / "r"), i) for i in range(4)))
+    d.ack(d.pop([name]))                  # one job (nothing known of their length yet)
+    first = d.pop([name])                 # takes the other three: one runs, two wait
+    assert d.stats([name])[name]["reserved"] == 3
+    d.ack(first)
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        second = d.pop([name])            # sends its start, with the delete of `first`, unanswered
+    finally:
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(10)
+        server.log.close()
+    server.start()
+    assert d.stats([name])[name] == {"ready": 0, "delayed": 0, "reserved": 3}, "the start never ran"
+    d.ack(second)
+    last = d.pop([name])                  # its start goes on the lost connection, then again on a new one
+    assert last.attempts == 1
+    d.ack(last)
+    d.close()
+    assert d.stats([name])[name] == {"ready": 0, "delayed": 0, "reserved": 0}, "every finished job deleted"
+    tries = server.client().hgetall(d.keys(name)[4])
+    assert tries == {}, tries
+
+
+def test_a_worker_of_many_lanes_stops_cleanly_while_its_lanes_wait_on_the_server(own_project, redis_server,
+                                                                                  tmp_path, spawn):
+    """With --concurrency N, the first lane to end closed the process's client (its pool) while the
+    others were blocked on the server: they crashed ("'NoneType' object has no attribute
+    'readline'") or hung past the stop. The thread that started the lanes now closes it, last."""
+    server = redis_server(*NO_DISK)
+    project = own_project(server, block_for=1, poll=1)
+    path = str(tmp_path / "record")
+    for attempt in range(4):
+        worker = spawn(project, "work", "--concurrency", "8")
+        push_elsewhere(project, path, f"job{attempt}")
+        wait_worker(worker, lambda: f"job{attempt}" in values(path), 15, "the worker did not run its job")
+        stop(worker)  # exit 0 within 30 s
+        assert "Traceback" not in worker.output, worker.output
+
+
 def test_an_app_pushes_on_after_redis_restarts(own_project, redis_server, tmp_path):
     server = redis_server(*ALWAYS)
     project = own_project(server)
