@@ -4697,6 +4697,10 @@ class RedisDriver(_Prefetch, Driver):
 
         def push(client):
             calls = [(self.keys(q) + [self.keys(q)[0] + ":pushed"], [repr(now), token, *args]) for q, args in by_queue.items()]
+            if len(calls) == 1 and not new and also is None and not self.cluster:  # one command, our own packing
+                keys, args = calls[0]
+                self._mail().append(["EVALSHA", self.sha(client, "_REDIS_PUSH"), str(len(keys)), *keys, *args])
+                return self._flushed(None)(client)
             if (len(calls) == 1 and not new and also is None) or self.cluster:  # one command each
                 [self.script(client, "_REDIS_PUSH", *call) for call in calls]
                 return client.sadd(self.own_state.key("queues"), *new) if new else None
@@ -4790,8 +4794,10 @@ class RedisDriver(_Prefetch, Driver):
         return True
 
     def _mail(self):
-        """This thread's commands sent ahead on its own connection: those to send (again, after
-        a lost connection: each may run twice), then those sent whose reply is not read yet."""
+        """This thread's commands sent ahead on a connection it holds until their replies are
+        read: those to send (again, after a lost connection: each may run twice), then those sent
+        whose reply is not read yet. (A single push goes this way too: redis-py's packing of its
+        16 words cost more than the rest of the push.)"""
         local = self._local
         if getattr(local, "unsent", None) is None:
             local.unsent, local.sent, local.conn = [], [], None
@@ -4809,7 +4815,7 @@ class RedisDriver(_Prefetch, Driver):
                             local.conn = client.connection_pool.get_connection()
                         except TypeError:  # redis-py before 5.1 names a command
                             local.conn = client.connection_pool.get_connection("EVAL")
-                    words = [[word.encode() for word in command] for command in unsent]  # RESP, as redis-py packs it
+                    words = [[w if type(w) is bytes else w.encode() for w in command] for command in unsent]  # RESP
                     local.conn.send_packed_command([b"".join(b"*%d\r\n" % len(w) + b"".join(
                         b"$%d\r\n%s\r\n" % (len(x), x) for x in w) for w in words)], check_health=False)
                     local.sent += unsent
@@ -4817,6 +4823,9 @@ class RedisDriver(_Prefetch, Driver):
                 while read and local.sent:
                     local.conn.read_response()
                     del local.sent[0]
+                if read and local.conn is not None:  # nothing pending: back to the pool (a thread may end)
+                    conn, local.conn = local.conn, None
+                    client.connection_pool.release(conn)
             except _import_optional("redis", "redis").exceptions.ResponseError:
                 del local.sent[0]  # the server refused it (out of memory, say): not sent again
                 raise
