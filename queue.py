@@ -2146,9 +2146,10 @@ class _Dialect:
     def estimate(self, cur, select, params, windows=20, most=250):
         """About how many rows `select` ("SELECT ... FROM table WHERE ...") returns: a count of
         `windows` runs of consecutive ids spread over the table's ids (each at most `most` ids,
-        read through the primary key), scaled to the whole span. The servers' own estimates were
-        0.5 to 2 times the truth at 100,000 and 1,000,000 rows (MariaDB's EXPLAIN, InnoDB's
-        index dives; PostgreSQL's TABLESAMPLE SYSTEM of 1% of the pages)."""
+        read through the primary key), scaled to the whole span; counted, when fewer than 50 of
+        the rows read are the select's. The servers' own estimates were 0.5 to 2 times the truth
+        at 100,000 and 1,000,000 rows (MariaDB's EXPLAIN, InnoDB's index dives; PostgreSQL's
+        TABLESAMPLE SYSTEM of 1% of the pages)."""
         table, where = select.split(" FROM ", 1)[1].split(" WHERE ", 1)
         cur.execute(f"SELECT MIN(id), MAX(id) FROM {table}")
         low, high = cur.fetchone()
@@ -2159,7 +2160,11 @@ class _Dialect:
         starts = [low + span * i // windows for i in range(windows)]
         ranges = " OR ".join(f"id BETWEEN {start:d} AND {start + width - 1:d}" for start in starts)
         cur.execute("SELECT COUNT(*) FROM " + self.id_ranges.format(table=table, ranges=ranges, where=where), params)
-        return round(int(cur.fetchone()[0]) * span / (width * windows))
+        found = int(cur.fetchone()[0])
+        if found < 50:  # too few to scale (the rows sit between the runs: one old row makes the span long)
+            cur.execute(f"SELECT COUNT(*) FROM ({select}) x", params)
+            return int(cur.fetchone()[0])
+        return round(found * span / (width * windows))
 
     def compact(self, driver, cur):
         """Give the space of deleted rows back to the disk (`python queue.py compact`)."""
@@ -2677,10 +2682,10 @@ class _Claim:
     start(), keep() and put_back() match; redis: when their reservation ends, which keep()
     moves on) and the thread's jobs claimed ahead (keep() renews them too)."""
 
-    __slots__ = ("stamp", "held")
+    __slots__ = ("stamp", "held", "lost")
 
     def __init__(self, stamp, held):
-        self.stamp, self.held = stamp, held
+        self.stamp, self.held, self.lost = stamp, held, set()  # lost (redis): ids keep() found taken
 
 
 class _Prefetch:
@@ -4491,8 +4496,17 @@ for i = #ARGV, 2, -1 do
     redis.call('ZREM', KEYS[2], ARGV[i]); redis.call('LPUSH', KEYS[1], ARGV[i]); back = back + 1
   end
 end
-if back > 0 and redis.call('LLEN', KEYS[3]) < 16 then redis.call('RPUSH', KEYS[3], '1') end
+for i = 1, math.min(back, 16 - redis.call('LLEN', KEYS[3])) do redis.call('RPUSH', KEYS[3], '1') end
 return back
+"""
+_REDIS_RENEW = """
+local renewed = {}
+for i = 3, #ARGV do
+  if tonumber(redis.call('ZSCORE', KEYS[1], ARGV[i]) or '-1') == tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i]); renewed[#renewed + 1] = ARGV[i]
+  end
+end
+return renewed
 """
 _REDIS_PUSH = """
 if redis.call('ZSCORE', KEYS[7], ARGV[2]) then return 0 end
@@ -4563,6 +4577,7 @@ class RedisDriver(_Prefetch, Driver):
         self.where = self._where()
         self._client, self._scripts, self._local = None, {}, threading.local()
         self._lanes_of = None  # the thread that started a worker's lanes (see close())
+        self._leases = threading.RLock()  # a claim's stamp: the keeper moves it, the lanes read it
         self._known, self._limit, self._synced, self._connected = set(), None, 0.0, False
         self.own_state, self.own_failed = _RedisState(self), _RedisFailed(self)
 
@@ -4775,12 +4790,17 @@ class RedisDriver(_Prefetch, Driver):
     def _start(self, message):
         """Count the attempt of a job claimed ahead as it starts, deleting the jobs of its queue
         this thread finished, in one script whose reply is read with this thread's next command
-        (on a cluster, at once). A job whose reservation ends within retry_after / 2 (its worker
-        stalled) is given back with the others held, and claimed anew."""
-        if float(message.receipt.stamp) - self.clock.time() < self.retry_after / 2:
-            self._held().appendleft(message)
-            self.put_back()
-            return False
+        (on a cluster, at once). A job whose reservation ends within 0.6 x retry_after is given
+        back with the others held, and claimed anew (the keeper renews a running job's claim a
+        third of retry_after after it starts: it must not lapse before); one keep() found taken
+        by another worker (this one stalled past its reservation) is not started."""
+        with self._leases:
+            if message.id in message.receipt.lost:
+                return False
+            if float(message.receipt.stamp) - self.clock.time() < 0.6 * self.retry_after:
+                self._held().appendleft(message)
+                self.put_back()
+                return False
         done, keys = self._acked(), self.keys(message.queue)
         command = ["EVAL", _REDIS_START, "3", keys[3], keys[4], keys[2], message.id, str(message.attempts + 1)]
         command += [i for q, i in done if q == message.queue]
@@ -4827,7 +4847,7 @@ class RedisDriver(_Prefetch, Driver):
                     conn, local.conn = local.conn, None
                     client.connection_pool.release(conn)
             except _import_optional("redis", "redis").exceptions.ResponseError:
-                del local.sent[0]  # the server refused it (out of memory, say): not sent again
+                del local.sent[:1]  # the server refused it (out of memory, say): not sent again
                 raise
             except BaseException:
                 self._lose_conn()
@@ -4838,7 +4858,7 @@ class RedisDriver(_Prefetch, Driver):
     def _lose_conn(self, forget=False):
         """Drop this thread's own connection; what was sent on it is sent again (forget: not)."""
         local, unsent = self._local, self._mail()
-        unsent[:0] = [] if forget else local.sent
+        unsent[:] = [] if forget else local.sent + unsent
         local.sent, conn, local.conn = [], local.conn, None
         if conn is not None:
             _guard(conn.disconnect)
@@ -4852,8 +4872,9 @@ class RedisDriver(_Prefetch, Driver):
         if held:
             claim, ids, keys = held[0].receipt, [m.id for m in held], self.keys(held[0].queue)
             held.clear()
-            self.run(lambda c: self._flushed(self.script)(c, "_REDIS_PUT_BACK", [keys[0], keys[2], keys[5]],
-                                                           [claim.stamp, *ids]), retry="forever")
+            with self._leases:  # not while the keeper moves the claim's stamp
+                self.run(lambda c: self._flushed(self.script)(c, "_REDIS_PUT_BACK", [keys[0], keys[2], keys[5]],
+                                                               [claim.stamp, *ids]), retry="forever")
 
     def ack(self, message, failed=False):
         self._acked().append((message.queue, message.id))
@@ -4866,11 +4887,16 @@ class RedisDriver(_Prefetch, Driver):
                                                        [message.id, str(message.attempts), due]), retry="forever")
 
     def keep(self, message):
-        """Renew the reservation of the running job and of the jobs claimed with it that wait."""
+        """Renew the reservation of the running job and of the jobs claimed with it that wait,
+        those still reserved by this claim (its stamp); the others were taken by another worker
+        after this one stalled past its reservation: they are not started (_start)."""
         claim, until = message.receipt, repr(self.clock.time() + self.retry_after)
-        ids = [message.id] + [m.id for m in list(claim.held) if m.receipt is claim]
-        self.run(lambda c: c.zadd(self.keys(message.queue)[2], dict.fromkeys(ids, until), xx=True), retry="forever")
-        claim.stamp = until
+        with self._leases:
+            ids = [message.id] + [m.id for m in list(claim.held) if m.receipt is claim and m.id not in claim.lost]
+            renewed = self.run(lambda c: self.script(c, "_REDIS_RENEW", [self.keys(message.queue)[2]],
+                                                     [claim.stamp, until, *ids]), retry="forever")
+            claim.lost.update(set(ids) - {i.decode() for i in renewed})
+            claim.stamp = until if renewed else claim.stamp
 
     def stats(self, queues=None):
         now = repr(self.clock.time())

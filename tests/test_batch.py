@@ -137,6 +137,31 @@ def test_a_job_started_late_in_its_claim_is_not_taken_by_another_worker(project,
     other.close()
 
 
+def test_a_worker_that_stalled_past_its_claim_neither_renews_nor_starts_what_another_took(project, tmp_path):
+    """A worker stalls past its reservation (a pause, a partition); another takes its jobs. The
+    stalled worker's keeper wakes: it must not renew (or take over) the other worker's
+    reservations, and the stalled worker must not start the jobs it had claimed ahead."""
+    driver, name = queue.driver(), unique("q")
+    queue.push(*(Record(str(tmp_path / "r"), i) for i in range(4)), queue=name)
+    driver.ack(driver.pop([name]))
+    running = driver.pop([name])            # claims the other three: one runs, two wait
+    other = type(driver)(driver.options, driver.config)
+    other.clock.advance(driver.retry_after + 1)  # later: this worker's reservations ran out
+    first = other.pop([name])               # the other worker takes one of them...
+    driver.keep(running)                    # ...as this worker's keeper wakes up
+    other.ack(first)
+    second = other.pop([name])              # and the others, claimed together
+    assert second is not None
+    assert driver.pop([name]) is None, "this worker starts none of the jobs the other one holds"
+    other.ack(second)
+    taken = [first, second] + quick_pops(other, [name], 3)
+    assert sorted(value(m) for m in taken) == ["1", "2", "3"], "the other worker ran each once"
+    driver.ack(running)                     # (it ran here too, during the stall)
+    other.close()
+    driver.close()
+    assert stats(driver, name) == {"ready": 0, "delayed": 0, "reserved": 0}
+
+
 def test_a_claim_keeps_the_priority_order_of_queues(project, tmp_path):
     driver, high, low = queue.driver(), unique("high"), unique("low")
     out = str(tmp_path / "r")
