@@ -262,6 +262,8 @@ def test_tries_backoff_failed_store_and_retry_across_processes(amqp, tmp_path, s
     rows = wait_worker(worker, failed_rows, 30, "the job did not reach the failed store")
     assert len(lines(path)) == 2, "tried `tries` times"
     assert testjobs.gaps(path)[0] >= 0.5, "the backoff was honoured"
+    # failed() runs once the failed store has the job: its record may come a moment after the row
+    wait_worker(worker, lambda: failures(path), 30, "failed() did not run")
     assert failures(path) == ["ValueError: attempt 2 of try fails"]
     [row] = rows
     assert (row["driver"], row["queue"], row["name"]) == ("amqp", amqp.queue, "FailTimes")
