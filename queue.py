@@ -4716,7 +4716,7 @@ class RedisDriver(_Prefetch, Driver):
                 keys, args = calls[0]
                 self._mail().append(["EVALSHA", self.sha(client, "_REDIS_PUSH"), str(len(keys)), *keys, *args])
                 return self._flushed(None)(client)
-            if (len(calls) == 1 and not new and also is None) or self.cluster:  # one command each
+            if self.cluster:  # one command each: a cluster keeps queues in different slots
                 [self.script(client, "_REDIS_PUSH", *call) for call in calls]
                 return client.sadd(self.own_state.key("queues"), *new) if new else None
             pipe = client.pipeline(transaction=True)
@@ -4776,12 +4776,12 @@ class RedisDriver(_Prefetch, Driver):
             reply = self.run(lambda c: self._flushed(self.script)(c, "_REDIS_POP", keys, args), retry="forever")
             done[:] = [(q, i) for q, i in done if q not in group]
             if int(reply[0]) >= 0:
-                claim, queue_name = _Claim(until, self._held()), group[int(reply[0])]
-                taken = []
+                held, queue_name = self._held(), group[int(reply[0])]
+                claim, taken = _Claim(until, held), []
                 for job_id, job, tries in zip(*[iter(reply[1:])] * 3):
                     name, _, payload = job.partition(b"\0")
                     taken.append(Message(job_id.decode(), queue_name, name.decode(), payload, int(tries), receipt=claim))
-                self._held().extend(taken[1:])  # their attempts are counted when they start (_start)
+                held.extend(taken[1:])  # their attempts are counted when they start (_start)
                 return taken[0], None
             if reply[1]:
                 soonest = min(float(reply[1]), soonest or float("inf"))
