@@ -211,8 +211,9 @@ def test_workers_push_each_second_once_while_one_is_killed_and_restarted(project
     queue.driver().state_store().value_of("first-use")  # a new SQLite file: made here, not by 3 workers at once
     workers = [spawn(project, "work") for _ in range(3)]
     wait_for(lambda: len(values(path)) >= 3, 30, message="the schedule did not start")
-    workers[0].proc.send_signal(signal.SIGKILL)
-    workers[0].wait(10)
+    killed = workers[0]
+    killed.proc.send_signal(signal.SIGKILL)
+    killed.wait(10)
     time.sleep(2)  # two slots with one worker down  # noqa: the scenario, not a synchronisation
     workers[0] = spawn(project, "work")
     wait_for(lambda: len(values(path)) >= 10, 30, message="the schedule stopped")
@@ -220,7 +221,11 @@ def test_workers_push_each_second_once_while_one_is_killed_and_restarted(project
         worker.proc.send_signal(signal.SIGTERM)
     for worker in workers:
         worker.wait(30)
+    # Each push is logged by the worker that claimed its slot, once it pushed. The runs cannot say
+    # which slot they are of: a job the killed worker was running runs again retry_after later.
+    pushed = sorted(line.rsplit("the job of ", 1)[1].strip() for worker in [killed, *workers]
+                    for line in worker.lines if "pushed the job of " in line)
+    assert len(pushed) == len(set(pushed)) >= 9, f"a slot was pushed twice (or not logged): {pushed}"
     seconds = [int(run.at) for run in runs(path)]
-    assert len(seconds) == len(set(seconds)), f"a slot was pushed twice: {sorted(seconds)}"
     span = max(seconds) - min(seconds) + 1
-    assert len(seconds) >= span - 2, f"slots missed while two workers lived: {span} s, {len(seconds)} runs"
+    assert len(set(seconds)) >= span - 2, f"slots missed while two workers lived: {span} s, {sorted(seconds)}"
