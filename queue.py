@@ -2129,6 +2129,8 @@ class _Dialect:
             return cur.rowcount == 1
         return driver._transaction(cur, statements)
 
+    sends_ahead = False  # a start may go without waiting for its reply: send_start(), then started()
+
     def wait(self, driver, conn, seconds, mark=None):
         """Wait up to `seconds` for a push (True: something may be ready) since `mark` was taken
         (a claim found nothing after it). False: no way to be woken here; the worker polls."""
@@ -2644,6 +2646,39 @@ class _Postgres(_Dialect):
         self._after_deleting(driver, cur, done, "start", [until, id_, stamp])
         return cur.rowcount == 1
 
+    sends_ahead = True
+
+    def send_start(self, driver, conn, start):
+        """Send a start (_Ahead) without waiting for its reply (read by started()): one prepared
+        statement that deletes the finished ids and sets the attempt count and the reservation."""
+        pgconn = conn.pgconn
+        if getattr(conn, "_queue_start", None) != driver.table:  # prepared once per connection (and table)
+            sql = (f"WITH done AS (DELETE FROM {self.quote(driver.table)} WHERE id = ANY($5::BIGINT[])) "
+                   f"UPDATE {self.quote(driver.table)} SET attempts = $1, available_at = $2 WHERE id = $3 AND reserved_at = $4")
+            self._raise_for(conn, pgconn.prepare(b"queue_start", sql.encode()))
+            conn._queue_start = driver.table
+        pgconn.send_query_prepared(b"queue_start", start.params)
+        conn.wait(self._generators().send(pgconn))
+
+    def started(self, conn):
+        """Read the reply of the start sent ahead on conn: did it count the attempt (its claim held)?"""
+        rows = 0
+        for result in conn.wait(self._generators().fetch_many(conn.pgconn)):
+            self._raise_for(conn, result)
+            rows += result.command_tuples or 0
+        return rows == 1
+
+    @staticmethod
+    def _generators():
+        from psycopg import generators
+        return generators
+
+    @staticmethod
+    def _raise_for(conn, result):
+        from psycopg import errors, pq
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            raise errors.error_from_result(result, encoding=conn.info.encoding)
+
     def _after_deleting(self, driver, cur, done, statement, params):
         """Run one of the driver's statements, deleting the ids in `done` in the same statement
         (WITH done AS (DELETE ...)): one round trip, one commit."""
@@ -2682,10 +2717,21 @@ class _Claim:
     start(), keep() and put_back() match; redis: when their reservation ends, which keep()
     moves on) and the thread's jobs claimed ahead (keep() renews them too)."""
 
-    __slots__ = ("stamp", "held", "lost")
+    __slots__ = ("stamp", "held", "lost", "since")
 
-    def __init__(self, stamp, held):
+    def __init__(self, stamp, held, since=None):
         self.stamp, self.held, self.lost = stamp, held, set()  # lost (redis): ids keep() found taken
+        self.since = since  # database: the epoch of the claim, by the driver's clock
+
+
+class _Ahead:
+    """A database start sent without waiting for its reply (DatabaseDriver._start): the job, the
+    statement's parameters (text) and the connection it went out on."""
+
+    __slots__ = ("id", "params", "conn")
+
+    def __init__(self, id_, params):
+        self.id, self.params, self.conn = id_, [param.encode() for param in params], None
 
 
 class _Prefetch:
@@ -2812,6 +2858,8 @@ class _SQLDatabase:
     # connections and errors
     def _conn(self):
         conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "ahead", None) is not None:
+            self._settle(conn)
         if conn is None:
             conn = self.dialect.connect()
             if not getattr(self, "_checked", False):
@@ -2823,9 +2871,30 @@ class _SQLDatabase:
                 self._create_tables(conn)
                 self._created = True
             self._sync_clock(conn)
+            if getattr(self._local, "ahead", None) is not None:
+                self._settle(conn)
         elif self.dialect.networked and self.clock.monotonic() - (self.clock.synced or 0) > 300:
             self._sync_clock(conn)
         return conn
+
+    def _settle(self, conn):
+        """Read the reply of this thread's start sent ahead (see DatabaseDriver._start), before
+        anything else goes on its connection; sent again first if that connection was lost (it
+        may not have run: it sets the count, so it may run twice)."""
+        ahead = self._local.ahead
+        if ahead.conn is not conn:
+            self.dialect.send_start(self, conn, ahead)
+            ahead.conn = conn
+        try:
+            held = self.dialect.started(conn)
+        except Exception as exc:
+            if self.dialect.error_kind(exc) != "lost":  # refused: sending it again would fail again
+                self._local.ahead = None
+            raise
+        self._local.ahead = None
+        if not held:
+            log.warning("job #%s ran though its claim had lapsed (this worker stalled for %g s): it may run twice",
+                        ahead.id, 0.4 * self.retry_after)
 
     def _sync_clock(self, conn):
         """Set the driver's clock to the server's (every new connection, and every 5 minutes). The
@@ -3131,6 +3200,7 @@ class DatabaseDriver(_Prefetch, _SQLDatabase, Driver):
             self.waiting_for, deadline = queues, time.monotonic() + wait
             while True:  # a wait woken by a push another worker took goes on waiting, never blind
                 mark = d.mark(local.conn) if wait else None  # before the claim: a push after it wakes the wait
+                since = self.clock.time()
                 now, until = self.clock.now(0, self.retry_after)
                 rows = d.claim(self, cur, queues, done, now, until, count)
                 del done[:]
@@ -3139,7 +3209,7 @@ class DatabaseDriver(_Prefetch, _SQLDatabase, Driver):
                     break
             if not rows:
                 return False
-            receipt = _Claim(now, held)
+            receipt = _Claim(now, held, since)
             held.extend(Message(id_, queue_name, name, _as_bytes(payload), attempts, receipt=receipt)
                         for id_, queue_name, name, payload, attempts in rows)
             local.held_for = queues
@@ -3153,14 +3223,27 @@ class DatabaseDriver(_Prefetch, _SQLDatabase, Driver):
     def _start(self, message):
         """Before a claimed job runs, in one transaction: delete the jobs this thread acked (so a
         worker killed during this job runs none of them again), count this job's attempt and
-        renew its reservation. False if its claim lapsed and another worker took it."""
-        done, until = self._acked(), self.clock.now(self.retry_after)
-        started = self._execute(lambda cur: self.dialect.start(self, cur, done, message.id, message.receipt.stamp,
-                                                                until), retry="forever")
+        renew its reservation. False if its claim lapsed and another worker took it. A dialect
+        that sends ahead (PostgreSQL) sends it without waiting while the claim is young (made
+        under 0.4 x retry_after ago: no other worker can hold the job yet), and the job runs
+        meanwhile; its reply is read before this thread's next statement (_settle)."""
+        done, until, claim = self._acked(), self.clock.now(self.retry_after), message.receipt
+        if self.dialect.sends_ahead and self.clock.time() - claim.since < 0.4 * self.retry_after:
+            ahead = _Ahead(message.id, [str(message.attempts + 1), until, str(message.id), claim.stamp,
+                                        "{%s}" % ",".join(map(str, done))])
+            self._execute(lambda cur: self._send_ahead(cur.connection, ahead), retry="forever")
+            started = True
+        else:
+            started = self._execute(lambda cur: self.dialect.start(self, cur, done, message.id, claim.stamp, until),
+                                    retry="forever")
         del done[:]
         if started:
             message.attempts += 1
         return started
+
+    def _send_ahead(self, conn, ahead):
+        self.dialect.send_start(self, conn, ahead)
+        ahead.conn, self._local.ahead = conn, ahead
 
     def put_back(self):
         """Make this thread's jobs claimed ahead ready again at once (a worker that stops, or
@@ -3244,6 +3327,8 @@ class DatabaseDriver(_Prefetch, _SQLDatabase, Driver):
         try:
             self.put_back()
             self._delete_acked()
+            if getattr(self._local, "ahead", None) is not None:
+                self._execute(lambda cur: None, retry="forever")  # the reply of a start sent ahead
         finally:
             self._drop()
 

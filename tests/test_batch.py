@@ -152,6 +152,7 @@ def test_a_worker_that_stalled_past_its_claim_neither_renews_nor_starts_what_ano
     other.ack(first)
     second = other.pop([name])              # and the others, claimed together
     assert second is not None
+    driver.clock.advance(driver.retry_after + 1)  # this worker's thread wakes: its clock went on meanwhile
     assert driver.pop([name]) is None, "this worker starts none of the jobs the other one holds"
     other.ack(second)
     taken = [first, second] + quick_pops(other, [name], 3)

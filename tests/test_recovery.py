@@ -111,6 +111,30 @@ def test_a_worker_killed_mid_job_loses_nothing(project, tmp_path, spawn):
     empty(project)
 
 
+@backends(*SQL_BACKENDS, "redis")  # the drivers that claim jobs ahead and count each as it starts
+def test_a_job_that_kills_its_worker_is_counted_each_time_and_its_neighbours_never(project, tmp_path, spawn):
+    """Its attempt reaches the server before it runs, though the worker does not wait for the
+    reply (PostgreSQL): killed twice, it fails at its third claim; the jobs claimed with it run
+    once each, on their first attempt."""
+    path = str(tmp_path / "record")
+    queue.push(*(testjobs.RecordAttempt(path, f"a{i}") for i in range(40)), testjobs.KillWorker(path, "kill", tries=2),
+               *(testjobs.RecordAttempt(path, f"b{i}") for i in range(10)))
+    for death in (1, 2):
+        worker = spawn(project, "work")
+        assert worker.wait(60) == -signal.SIGKILL, worker.output
+        assert values(path).count(f"kill:{death}") == 1, values(path)
+    last = spawn(project, "work")
+    wait_for(lambda: queue.driver().failed_store().failed_jobs(), 30, message="the job was not failed")
+    wait_for(lambda: len(values(path)) == 52, 30, message=f"jobs left: {values(path)}")
+    last.proc.send_signal(signal.SIGTERM)
+    assert last.wait(30) == 0, last.output
+    assert sorted(values(path)) == sorted([f"a{i}:1" for i in range(40)] + [f"b{i}:1" for i in range(10)]
+                                          + ["kill:1", "kill:2"])
+    [failed] = queue.driver().failed_store().failed_jobs()
+    assert "KillWorker" in failed["name"] and "MaxAttemptsExceeded" in failed["exception"], failed
+    assert all(c == {"ready": 0, "delayed": 0, "reserved": 0} for c in queue.driver().stats().values())
+
+
 @pytest.mark.parametrize("warm_stop", [False, True], ids=["running", "after SIGTERM"])
 def test_a_live_long_job_is_not_run_by_a_second_worker(project, tmp_path, spawn, warm_stop):
     """The reservation is renewed while the job runs, also after a SIGTERM asked its worker to stop."""

@@ -17,6 +17,7 @@ Helpers: ``wait_for(predicate, timeout)`` polls with a deadline; ``lines(path)``
 """
 import collections
 import os
+import signal
 import sys
 import time
 
@@ -170,6 +171,21 @@ class Exit(Job):
     def handle(self):
         self.record()
         sys.exit(3)
+
+
+class KillWorker(Job):
+    """Records the attempt ("<value>:<attempts>"), then SIGKILLs its own worker."""
+
+    def handle(self):
+        self.record(f"{self.value}:{self.attempts}")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RecordAttempt(Job):
+    """Records "<value>:<attempts>" and succeeds."""
+
+    def handle(self):
+        self.record(f"{self.value}:{self.attempts}")
 
 
 def _explode(text):
