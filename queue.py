@@ -4635,6 +4635,28 @@ return out
 """
 
 
+def _resp(words):
+    """Words (bytes or str) in RESP, the protocol of Redis, without the count of a command."""
+    return b"".join([b"$%d\r\n%s\r\n" % (len(w), w) for w in [x if type(x) is bytes else x.encode() for x in words]])
+
+
+class _OwnConn:
+    """A connection of redis-py's pool that one thread keeps (RedisDriver._mail): given back to
+    the pool when the thread ends (its locals go, and this with them) or the driver drops it;
+    a forked child sees another pid and takes its own."""
+
+    def __init__(self, pool):
+        self.pool, self.pid = pool, os.getpid()
+        try:
+            self.conn = pool.get_connection()
+        except TypeError:  # redis-py before 5.1 names a command
+            self.conn = pool.get_connection("EVAL")
+
+    def __del__(self):
+        if self.conn is not None and self.pid == os.getpid():
+            _guard(lambda: self.pool.release(self.conn))
+
+
 class RedisDriver(_Prefetch, Driver):
     """Jobs in Redis through redis-py: at least once with a lease, as the database driver. A pop
     is one script that also deletes the jobs this thread finished since its last pop, moves due
@@ -4661,6 +4683,7 @@ class RedisDriver(_Prefetch, Driver):
         self.keep_every = max(0.05, self.retry_after / 3)
         self.where = self._where()
         self._client, self._scripts, self._local = None, {}, threading.local()
+        self._heads = {}  # (queue, words) -> the packed start of a single push's EVALSHA (see put())
         self._lanes_of = None  # the thread that started a worker's lanes (see close())
         self._leases = threading.RLock()  # a claim's stamp: the keeper moves it, the lanes read it
         self._known, self._limit, self._synced, self._connected = set(), None, 0.0, False
@@ -4746,10 +4769,16 @@ class RedisDriver(_Prefetch, Driver):
             sha = self._scripts[name] = client.script_load(globals()[name])
         return sha
 
-    def keys(self, queue):
-        """The six keys of a queue: ready, delayed, reserved, jobs, tries, and notify."""
-        base = f"{self.prefix}{{{queue}}}"
-        return [base, base + ":delayed", base + ":reserved", base + ":jobs", base + ":tries", base + ":notify"]
+    def keys(self, queue, _known={}):
+        """The six keys of a queue: ready, delayed, reserved, jobs, tries, and notify (a new list)."""
+        keys = _known.get((self.prefix, queue))
+        if keys is None:
+            if len(_known) > 1024:
+                _known.clear()
+            base = f"{self.prefix}{{{queue}}}"
+            keys = _known[self.prefix, queue] = (base, base + ":delayed", base + ":reserved", base + ":jobs",
+                                                   base + ":tries", base + ":notify")
+        return list(keys)
 
     def durability(self):
         """One line when the server keeps its jobs only in memory or in snapshots (None: on disk, or unknown)."""
@@ -4798,8 +4827,12 @@ class RedisDriver(_Prefetch, Driver):
         def push(client):
             calls = [(self.keys(q) + [self.keys(q)[0] + ":pushed"], [repr(now), token, *args]) for q, args in by_queue.items()]
             if len(calls) == 1 and not new and also is None and not self.cluster:  # one command, our own packing
-                keys, args = calls[0]
-                self._mail().append(["EVALSHA", self.sha(client, "_REDIS_PUSH"), str(len(keys)), *keys, *args])
+                (keys, args), key = calls[0], (next(iter(by_queue)), len(calls[0][1]))
+                head = self._heads.get(key)
+                if head is None:  # the same for every push of one job to this queue (a script's SHA is its text's)
+                    words = ["EVALSHA", self.sha(client, "_REDIS_PUSH"), str(len(keys)), *keys]
+                    head = self._heads[key] = b"*%d\r\n" % (len(words) + len(args)) + _resp(words)
+                self._mail().append(head + _resp(args))
                 return self._flushed(None)(client)
             if self.cluster:  # one command each: a cluster keeps queues in different slots
                 [self.script(client, "_REDIS_PUSH", *call) for call in calls]
@@ -4899,10 +4932,11 @@ class RedisDriver(_Prefetch, Driver):
         return True
 
     def _mail(self):
-        """This thread's commands sent ahead on a connection it holds until their replies are
-        read: those to send (again, after a lost connection: each may run twice), then those sent
-        whose reply is not read yet. (A single push goes this way too: redis-py's packing of its
-        16 words cost more than the rest of the push.)"""
+        """This thread's commands sent ahead on a connection of its own (_OwnConn), their replies
+        read with its next command: those to send (again, after a lost connection: each may run
+        twice), then those sent whose reply is not read yet. (A single push goes this way too:
+        redis-py's packing of its 16 words, and taking a connection from the pool and giving it
+        back, cost more than the rest of the push.)"""
         local = self._local
         if getattr(local, "unsent", None) is None:
             local.unsent, local.sent, local.conn = [], [], None
@@ -4915,22 +4949,16 @@ class RedisDriver(_Prefetch, Driver):
             local, unsent = self._local, self._mail()  # (no health-check PING: it would read a reply of ours)
             try:
                 if unsent:
-                    if local.conn is None:
-                        try:
-                            local.conn = client.connection_pool.get_connection()
-                        except TypeError:  # redis-py before 5.1 names a command
-                            local.conn = client.connection_pool.get_connection("EVAL")
-                    words = [[w if type(w) is bytes else w.encode() for w in command] for command in unsent]  # RESP
-                    local.conn.send_packed_command([b"".join(b"*%d\r\n" % len(w) + b"".join(
-                        b"$%d\r\n%s\r\n" % (len(x), x) for x in w) for w in words)], check_health=False)
+                    if local.conn is None or local.own.pid != os.getpid():  # none yet, or a forked child's copy
+                        local.own = _OwnConn(client.connection_pool)
+                        local.conn = local.own.conn
+                    local.conn.send_packed_command([b"".join(c if type(c) is bytes else b"*%d\r\n" % len(c) + _resp(c)
+                                                             for c in unsent)], check_health=False)
                     local.sent += unsent
                     del unsent[:]
                 while read and local.sent:
                     local.conn.read_response()
                     del local.sent[0]
-                if read and local.conn is not None:  # nothing pending: back to the pool (a thread may end)
-                    conn, local.conn = local.conn, None
-                    client.connection_pool.release(conn)
             except _import_optional("redis", "redis").exceptions.ResponseError:
                 del local.sent[:1]  # the server refused it (out of memory, say): not sent again
                 raise
@@ -4946,8 +4974,10 @@ class RedisDriver(_Prefetch, Driver):
         unsent[:] = [] if forget else local.sent + unsent
         local.sent, conn, local.conn = [], local.conn, None
         if conn is not None:
-            _guard(conn.disconnect)
-            _guard(lambda: self.client().connection_pool.release(conn))
+            local.own.conn = None
+            if local.own.pid == os.getpid():  # (a forked child's copy is its parent's socket: left alone)
+                _guard(conn.disconnect)
+                _guard(lambda: local.own.pool.release(conn))
 
     def put_back(self):
         """Make this thread's jobs claimed ahead ready again at once, at the head of their queue

@@ -404,6 +404,34 @@ def test_a_push_whose_reply_was_lost_is_sent_again_and_stored_once(redis_project
     assert sorted(values(path)) == ["first", "second"]
 
 
+def _sockets():
+    """The sockets this process has open."""
+    return sum(1 for fd in os.listdir("/proc/self/fd") if _link(f"/proc/self/fd/{fd}").startswith("socket:"))
+
+
+def _link(path):
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def test_threads_that_push_once_and_end_give_their_connection_back(redis_project, tmp_path):
+    """A thread keeps a connection of its own for its pushes (no pool round per push); when the
+    thread ends, the connection goes back to the pool, so an app that starts a thread per request
+    holds a few connections, not one per thread it ever ran."""
+    import threading
+    q, path = unique("q"), str(tmp_path / "record")
+    queue.push(testjobs.Record(path, "warm"), queue=q)
+    before = _sockets()
+    for i in range(40):
+        thread = threading.Thread(target=queue.push, args=(testjobs.Record(path, f"t{i}"),), kwargs={"queue": q})
+        thread.start()
+        thread.join()
+    assert _sockets() - before <= 2, f"{_sockets() - before} more sockets after 40 threads each pushed once"
+    assert queue.driver().stats([q])[q]["ready"] == 41
+
+
 # 5. Servers that cannot be used, and names Redis cannot keep ##################################
 def _status_within(project, seconds):
     started = time.monotonic()
