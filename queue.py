@@ -2076,6 +2076,8 @@ class _Dialect:
         """The placeholders of an IN list of `count` values."""
         return ", ".join([self.param] * count)
 
+    claim_index = "queue, available_at"  # the claim reads it in order (MySQL's and SQLite's end with the id)
+
     def index(self, table, columns):
         """(statement, clause) that create an index of a table: a statement of its own, or a
         clause inside CREATE TABLE (MySQL 8 has no CREATE INDEX IF NOT EXISTS)."""
@@ -2623,13 +2625,24 @@ class _Postgres(_Dialect):
     def channel(self, driver):
         return self.quote(f"{driver.table}_pushed")
 
+    claim_index = "queue, available_at, id"  # the claim's order, so that it reads only the rows it takes
+
     def worker_session(self, driver, cur):
         """LISTEN for pushes; and a worker's own commits (claims, starts, acks, releases, and
         what its jobs push) do not wait for the disk: a crash can lose only the last of them, a
         suffix in commit order (the WAL's), so a job may run again but none is lost (a push by
-        the app, on its own connection, stays synchronous)."""
+        the app, on its own connection, stays synchronous). No bitmap scans: the planner took
+        one for the claim on a table whose statistics said it was small, which reads every ready
+        row (and every dead index entry, which a bitmap scan never marks dead) to sort them and
+        lock the first few: a claim grew with the backlog, and a drain with its square."""
         cur.execute(f"LISTEN {self.channel(driver)}")
         cur.execute("SET synchronous_commit TO off")
+        cur.execute("SET enable_bitmapscan TO off")
+
+    def upgrade(self, driver, cur):
+        """Tables of queue.py 1.2 or older: the claim's index ends with the id (see claim_index;
+        `table` has just made the new one)."""
+        cur.execute(f"DROP INDEX IF EXISTS {self.quote(driver.table + '_queue_available_at')}")
 
     def notify(self, driver, queue):
         return [("SELECT pg_notify(%s, %s)", (f"{driver.table}_pushed", queue))]
@@ -3034,7 +3047,7 @@ class _SQLDatabase:
         """The statements that create this driver's tables (idempotent)."""
         d = self.dialect
         t, f, s, n = d.quote(self.table), d.quote(self.failed_table or ""), d.quote(self.state_table), d.name_type
-        claim, claim_clause = d.index(self.table, "queue, available_at")
+        claim, claim_clause = d.index(self.table, d.claim_index)
         expiry, expiry_clause = d.index(self.state_table, "expires_at")
         statements = [
             f"CREATE TABLE IF NOT EXISTS {t} (id {d.key}, name {n} NOT NULL, queue {n} NOT NULL, "

@@ -88,6 +88,31 @@ def test_table_sql_on_postgres(postgres_project):
     assert result.returncode == 0, result.stderr
 
 
+def _claim_index_reads(conn, table):
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute("SELECT sum(idx_tup_read) FROM pg_stat_user_indexes WHERE relname = %s AND indexrelname <> %s",
+                       (table, f"{table}_pkey")).fetchone()
+    return row[0]
+
+
+def test_a_claim_reads_the_jobs_it_takes_not_the_whole_backlog(postgres_project):
+    """A backlog pushed at once (one timestamp) into a table the planner believes small: each
+    claim reads about the rows it takes. It read every ready row and every dead index entry
+    (a bitmap scan and a sort, or a sort of the whole group of equal timestamps): 66 index
+    entries a job at 2,000 jobs, 510 at 20,000, so that a drain took the square of its time."""
+    table, jobs = postgres_project.drivers["database"]["table"], 2000
+    queue.push(*(testjobs.Record(os.devnull, f"r{i}") for i in range(jobs)))
+    with pg() as conn:
+        before = _claim_index_reads(conn, table) or 0
+        result = postgres_project.cli("work", "--stop-when-empty", timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert job_count(postgres_project) == 0
+        read = []  # a backend's statistics reach the views shortly after it ends
+        wait_for(lambda: read.append(_claim_index_reads(conn, table) - before) or read[-1] >= jobs, 10,
+                 message=f"index reads not reported: {read[-1:]}")
+    assert read[-1] / jobs < 5, f"{read[-1] / jobs:.1f} index entries read a job"
+
+
 def test_without_psycopg_the_postgres_dialect_is_one_line_naming_the_install(postgres_project):
     result = subprocess.run([sys.executable, "-S", "queue.py", "status"], cwd=postgres_project.folder,
                             capture_output=True, text=True, timeout=60, env=postgres_project.env())
