@@ -113,6 +113,23 @@ def test_a_claim_reads_the_jobs_it_takes_not_the_whole_backlog(postgres_project)
     assert read[-1] / jobs < 5, f"{read[-1] / jobs:.1f} index entries read a job"
 
 
+def test_a_worker_vacuums_its_table_every_ten_thousand_jobs(postgres_project):
+    """Each job leaves three dead rows; autovacuum looks once a minute (and is off on some
+    servers, this machine's among them): a worker VACUUMs the jobs table itself."""
+    table, jobs = postgres_project.drivers["database"]["table"], queue._Postgres.tidy_every + 100
+
+    def vacuums():
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return conn.execute("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = %s", (table,)).fetchone()[0]
+    queue.push(*(testjobs.Noop() for _ in range(jobs)))
+    with pg() as conn:
+        before = vacuums()
+        result = postgres_project.cli("work", "--stop-when-empty", timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert job_count(postgres_project) == 0
+        wait_for(lambda: vacuums() > before, 10, message="the worker did not vacuum its table")
+
+
 def test_without_psycopg_the_postgres_dialect_is_one_line_naming_the_install(postgres_project):
     result = subprocess.run([sys.executable, "-S", "queue.py", "status"], cwd=postgres_project.folder,
                             capture_output=True, text=True, timeout=60, env=postgres_project.env())
