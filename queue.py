@@ -2646,12 +2646,13 @@ class _Postgres(_Dialect):
     tidy_every = 10_000
 
     def tidy(self, driver, cur):
-        """VACUUM the jobs table (skipped when another worker is at it): each job leaves three
-        dead rows (its claim, its start, its delete), autovacuum looks once a minute (if it is
-        on), and a table with half a million of them doubled the server's time per job (claims
-        and starts step over them). It takes about 50 ms for 10,000 jobs (a user that does not
-        own the table gets a warning from the server, and nothing is done)."""
-        cur.execute(f"VACUUM (SKIP_LOCKED) {self.quote(driver.table)}")
+        """VACUUM the jobs and state tables (skipped when another worker is at it): each job
+        leaves three dead rows (its claim, its start, its delete) and a push's marker one,
+        autovacuum looks once a minute (if it is on), and a table with half a million of them
+        doubled the server's time per job (claims and starts step over them). It takes about
+        50 ms for 10,000 jobs (a user that does not own a table gets a warning from the server,
+        and nothing is done)."""
+        cur.execute(f"VACUUM (SKIP_LOCKED) {self.quote(driver.table)}, {self.quote(driver.state_table)}")
 
     def upgrade(self, driver, cur):
         """Tables of queue.py 1.2 or older: the claim's index ends with the id (see claim_index;
