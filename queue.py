@@ -2132,6 +2132,10 @@ class _Dialect:
         return driver._transaction(cur, statements)
 
     sends_ahead = False  # a start may go without waiting for its reply: send_start(), then started()
+
+    def execute(self, cur, sql, params):
+        """Run one statement (a write made one by one_statement())."""
+        cur.execute(sql, params)
     tidy_every = float("inf")  # a worker calls tidy() after it started this many jobs
 
     def tidy(self, driver, cur):
@@ -2688,6 +2692,27 @@ class _Postgres(_Dialect):
         pgconn.send_query_prepared(b"queue_start", start.params)
         conn.wait(self._generators().send(pgconn))
 
+    def execute(self, cur, sql, params):
+        """One statement as a statement prepared on this connection (named by its text), its
+        parameters sent by libpq as text (bytes as binary): psycopg's own adaptation of a
+        push's ten parameters cost it a tenth of its time."""
+        conn = cur.connection
+        prepared = conn.__dict__.setdefault("_queue_prepared", {})
+        name = prepared.get(sql)
+        if name is None:
+            if len(prepared) >= 200 or any(type(p) in (list, tuple, dict) for p in params):
+                return cur.execute(sql, params)
+            name = b"queue_%d" % len(prepared)
+            numbered = iter(range(1, len(params) + 1))
+            self._raise_for(conn, conn.pgconn.prepare(name, re.sub("%s", lambda _: f"${next(numbered)}", sql).encode()))
+            prepared[sql] = name
+        binary = [type(p) in (bytes, bytearray, memoryview) for p in params]
+        values = [p if kind else None if p is None else (("true" if p else "false") if type(p) is bool else str(p)).encode()
+                  for p, kind in zip(params, binary)]
+        conn.pgconn.send_query_prepared(name, values, param_formats=[int(kind) for kind in binary])
+        conn.wait(self._generators().send(conn.pgconn))
+        self.started(conn)
+
     def started(self, conn):
         """Read the reply of the start sent ahead on conn: did it count the attempt (its claim held)?"""
         rows = 0
@@ -3053,7 +3078,7 @@ class _SQLDatabase:
                 return  # the lost try committed
             tried.append(True)
             if single:
-                return cur.execute(*single)
+                return d.execute(cur, *single)
             self._transaction(cur, lambda c: d.script(c, script), begin=False)
         self._execute(write, retry)
 

@@ -113,6 +113,27 @@ def test_a_claim_reads_the_jobs_it_takes_not_the_whole_backlog(postgres_project)
     assert read[-1] / jobs < 5, f"{read[-1] / jobs:.1f} index entries read a job"
 
 
+def test_a_push_whose_reply_is_lost_is_sent_again_and_stored_once(postgres_project, tmp_path):
+    """A push is one prepared statement; its connection dies after the server committed it and
+    before its reply is read: push() reconnects, finds the push's marker, and stores nothing more."""
+    driver, path = queue.driver(), str(tmp_path / "record")
+    queue.push(testjobs.Record(path, "first"))  # connected: a later loss is a lost connection
+    real, lost = driver.dialect.started, []
+
+    def lose_the_reply(conn):
+        if not lost:
+            lost.append(True)
+            wait_for(lambda: job_count(postgres_project) == 2, 10, message="the push did not commit")
+            conn.pgconn.finish()  # the connection is gone, its reply with it
+        return real(conn)
+    driver.dialect.started = lose_the_reply
+    try:
+        queue.push(testjobs.Record(path, "second"))
+    finally:
+        del driver.dialect.started
+    assert lost and job_count(postgres_project) == 2, "sent again after the lost reply: stored once"
+
+
 def test_a_worker_vacuums_its_table_every_ten_thousand_jobs(postgres_project):
     """Each job leaves three dead rows; autovacuum looks once a minute (and is off on some
     servers, this machine's among them): a worker VACUUMs the jobs table itself."""
