@@ -2728,9 +2728,12 @@ class _Postgres(_Dialect):
 
     @staticmethod
     def _raise_for(conn, result):
-        from psycopg import errors, pq
-        if result.status == pq.ExecStatus.FATAL_ERROR:
-            raise errors.error_from_result(result, encoding=conn.info.encoding)
+        """Raise what psycopg would for a failed result (a connection that died: OperationalError)."""
+        import psycopg
+        if result.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+            if conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+                raise psycopg.OperationalError((result.error_message or b"").decode(errors="replace").strip())
+            raise psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
 
     def _after_deleting(self, driver, cur, done, statement, params):
         """Run one of the driver's statements, deleting the ids in `done` in the same statement
