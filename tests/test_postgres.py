@@ -134,6 +134,18 @@ def test_a_push_whose_reply_is_lost_is_sent_again_and_stored_once(postgres_proje
     assert lost and job_count(postgres_project) == 2, "sent again after the lost reply: stored once"
 
 
+def test_a_push_on_a_connection_the_server_ended_reconnects(postgres_project, tmp_path):
+    """The server ends the app's connection (a restart, a pooler, an admin); the next push is of
+    a statement not prepared yet on it: it is a lost connection, tried again, not an error."""
+    driver, path = queue.driver(), str(tmp_path / "record")
+    queue.push(testjobs.Record(path, "first"))
+    pid = driver._conn().info.backend_pid
+    with pg() as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    queue.push(testjobs.Record(path, "second"), testjobs.Record(path, "third"))  # two rows: a new statement
+    assert job_count(postgres_project) == 3
+
+
 def test_a_worker_vacuums_its_table_every_ten_thousand_jobs(postgres_project):
     """Each job leaves three dead rows; autovacuum looks once a minute (and is off on some
     servers, this machine's among them): a worker VACUUMs the jobs table itself."""
