@@ -2656,7 +2656,8 @@ class _Postgres(_Dialect):
         doubled the server's time per job (claims and starts step over them). It takes about
         50 ms for 10,000 jobs (a user that does not own a table gets a warning from the server,
         and nothing is done)."""
-        cur.execute(f"VACUUM (SKIP_LOCKED) {self.quote(driver.table)}, {self.quote(driver.state_table)}")
+        skip = " (SKIP_LOCKED)" if cur.connection.info.server_version >= 120000 else ""  # (PostgreSQL 12+)
+        cur.execute(f"VACUUM{skip} {self.quote(driver.table)}, {self.quote(driver.state_table)}")
 
     def upgrade(self, driver, cur):
         """Tables of queue.py 1.2 or older: the claim's index ends with the id (see claim_index;
@@ -2700,7 +2701,8 @@ class _Postgres(_Dialect):
         prepared = conn.__dict__.setdefault("_queue_prepared", {})
         name = prepared.get(sql)
         if name is None:
-            if len(prepared) >= 200 or any(type(p) in (list, tuple, dict) for p in params):
+            if len(prepared) >= 200 or any(type(p) in (list, tuple, dict) for p in params) \
+                    or conn.info.encoding != "utf-8":  # (psycopg encodes text for the connection's encoding)
                 return cur.execute(sql, params)
             name = b"queue_%d" % len(prepared)
             numbered = iter(range(1, len(params) + 1))
@@ -2944,7 +2946,9 @@ class _SQLDatabase:
         try:
             held = self.dialect.started(conn)
         except Exception as exc:
-            if self.dialect.error_kind(exc) != "lost":  # refused: sending it again would fail again
+            if self.dialect.error_kind(exc) in ("lost", "busy", "locked"):  # rolled back, or maybe never run:
+                ahead.conn = None  # sent again when _execute tries again (on this connection, or a new one)
+            else:  # refused: sending it again would fail again
                 self._local.ahead = None
             raise
         self._local.ahead = None
@@ -4807,6 +4811,7 @@ class RedisDriver(_Prefetch, Driver):
             except errors.ResponseError as exc:
                 if isinstance(exc, errors.NoScriptError) or "NOSCRIPT" in str(exc):
                     self._scripts.clear()  # the server restarted (or failed over) without our scripts: load them again
+                    self._heads.clear()
                     continue
                 self._no_such_db(exc)
                 raise QueueError(f"Redis at {self.where} refused: {exc}") from None
@@ -4893,6 +4898,8 @@ class RedisDriver(_Prefetch, Driver):
                 (keys, args), key = calls[0], (next(iter(by_queue)), len(calls[0][1]))
                 head = self._heads.get(key)
                 if head is None:  # the same for every push of one job to this queue (a script's SHA is its text's)
+                    if len(self._heads) > 1024:
+                        self._heads.clear()
                     words = ["EVALSHA", self.sha(client, "_REDIS_PUSH"), str(len(keys)), *keys]
                     head = self._heads[key] = b"*%d\r\n" % (len(words) + len(args)) + _resp(words)
                 self._mail().append(head + _resp(args))
@@ -5001,8 +5008,8 @@ class RedisDriver(_Prefetch, Driver):
         redis-py's packing of its 16 words, and taking a connection from the pool and giving it
         back, cost more than the rest of the push.)"""
         local = self._local
-        if getattr(local, "unsent", None) is None:
-            local.unsent, local.sent, local.conn = [], [], None
+        if getattr(local, "unsent", None) is None or local.conn is not None and local.own.pid != os.getpid():
+            local.unsent, local.sent, local.conn = [], [], None  # (a forked child: what its parent sent is not its own)
         return local.unsent
 
     def _flushed(self, call, read=True):
@@ -5012,7 +5019,7 @@ class RedisDriver(_Prefetch, Driver):
             local, unsent = self._local, self._mail()  # (no health-check PING: it would read a reply of ours)
             try:
                 if unsent:
-                    if local.conn is None or local.own.pid != os.getpid():  # none yet, or a forked child's copy
+                    if local.conn is None:
                         local.own = _OwnConn(client.connection_pool)
                         local.conn = local.own.conn
                     local.conn.send_packed_command([b"".join(c if type(c) is bytes else b"*%d\r\n" % len(c) + _resp(c)

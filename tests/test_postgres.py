@@ -146,6 +146,41 @@ def test_a_push_on_a_connection_the_server_ended_reconnects(postgres_project, tm
     assert job_count(postgres_project) == 3
 
 
+def test_a_push_through_a_latin1_connection_keeps_its_text(postgres_project, tmp_path, monkeypatch):
+    """A connection whose client encoding is not UTF-8 (PGCLIENTENCODING, a server's default):
+    the queue name arrives as written, so a worker finds the job."""
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    queue._close_drivers()  # connect anew, in that encoding
+    queue.push(testjobs.Record(str(tmp_path / "record"), "x"), queue="café")
+    assert queue.driver().stats(["café"])["café"]["ready"] == 1
+
+
+def test_a_start_sent_ahead_that_the_server_rolled_back_is_sent_again(postgres_project, tmp_path, monkeypatch):
+    """A start sent ahead fails as a serialization failure (a server whose default isolation is
+    REPEATABLE READ, and another transaction that changed the job's row meanwhile): it is sent
+    again, so the job's attempt is counted and the job finished before it deleted."""
+    monkeypatch.setenv("PGOPTIONS", "-c default_transaction_isolation=repeatable\\ read")
+    queue._close_drivers()
+    table, path = postgres_project.drivers["database"]["table"], str(tmp_path / "record")
+    driver = queue.driver()
+    queue.push(testjobs.Record(path, "1"), testjobs.Record(path, "2"))
+    driver._local.took = 0.001  # as after quick jobs: the next claim takes both
+    first = driver.pop(["default"])
+    with pg() as other:
+        other.autocommit = False
+        held = [row[0] for row in other.execute(f"SELECT id FROM {table} WHERE id <> %s", (first.id,)).fetchall()]
+        other.execute(f"UPDATE {table} SET attempts = attempts WHERE id = %s", (held[0],))  # its row, locked
+        driver.ack(first)
+        second = driver.pop(["default"])  # its start goes ahead, and waits for the lock
+        assert second is not None and second.id == held[0]
+        other.commit()  # the start fails: the row changed after its snapshot
+    driver.stats()  # the next statement reads that failure, and sends the start again
+    with pg() as conn:
+        rows = conn.execute(f"SELECT id, attempts FROM {table}").fetchall()
+    assert rows == [(second.id, 1)], rows
+    driver.ack(second)
+
+
 def test_a_worker_vacuums_its_table_every_ten_thousand_jobs(postgres_project):
     """Each job leaves three dead rows; autovacuum looks once a minute (and is off on some
     servers, this machine's among them): a worker VACUUMs the jobs table itself."""

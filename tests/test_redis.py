@@ -681,9 +681,14 @@ def test_an_app_pushes_on_after_redis_restarts(own_project, redis_server, tmp_pa
     project = own_project(server)
     path = str(tmp_path / "record")
     queue.push(testjobs.Record(path, "before"))  # this process's driver has loaded its push script
+    queue.push(testjobs.Record(path, "again"))  # and packed a single push to this queue (its SHA in it)
     server.kill()
     server.start()
-    queue.push(testjobs.Record(path, "after"))  # it reconnects, and loads the script again
-    assert queue.status()["default"]["ready"] == 2
+    import threading
+    pushed = threading.Thread(target=queue.push, args=(testjobs.Record(path, "after"),), daemon=True)
+    pushed.start()  # it reconnects, and loads the script again (it once sent the packed EVALSHA for ever)
+    pushed.join(20)
+    assert not pushed.is_alive(), "the push after the restart never returned"
+    assert queue.status()["default"]["ready"] == 3
     ok(project.cli("work", "--stop-when-empty"))
-    assert values(path) == ["before", "after"]
+    assert values(path) == ["before", "again", "after"]
