@@ -2136,6 +2136,7 @@ class _Dialect:
     def execute(self, cur, sql, params):
         """Run one statement (a write made one by one_statement())."""
         cur.execute(sql, params)
+
     tidy_every = float("inf")  # a worker calls tidy() after it started this many jobs
 
     def tidy(self, driver, cur):
@@ -2682,41 +2683,41 @@ class _Postgres(_Dialect):
     sends_ahead = True
 
     def send_start(self, driver, conn, start):
-        """Send a start (_Ahead) without waiting for its reply (read by started()): one prepared
-        statement that deletes the finished ids and sets the attempt count and the reservation."""
-        pgconn = conn.pgconn
-        if getattr(conn, "_queue_start", None) != driver.table:  # prepared once per connection (and table)
-            sql = (f"WITH done AS (DELETE FROM {self.quote(driver.table)} WHERE id = ANY($5::BIGINT[])) "
-                   f"UPDATE {self.quote(driver.table)} SET attempts = $1, available_at = $2 WHERE id = $3 AND reserved_at = $4")
-            self._raise_for(conn, pgconn.prepare(b"queue_start", sql.encode()))
-            conn._queue_start = driver.table
-        pgconn.send_query_prepared(b"queue_start", start.params)
-        conn.wait(self._generators().send(pgconn))
+        """Send a start (_Ahead) without waiting for its reply (read by started()): one statement
+        that deletes the finished ids and sets the attempt count and the reservation."""
+        t = self.quote(driver.table)
+        self._send(conn, f"WITH done AS (DELETE FROM {t} WHERE id = ANY(%s::BIGINT[])) UPDATE {t} SET attempts = %s, "
+                         "available_at = %s WHERE id = %s AND reserved_at = %s", start.params)
 
     def execute(self, cur, sql, params):
-        """One statement as a statement prepared on this connection (named by its text), its
-        parameters sent by libpq as text (bytes as binary): psycopg's own adaptation of a
-        push's ten parameters cost it a tenth of its time."""
+        """One statement sent by libpq (_send), its parameters as text (bytes as binary):
+        psycopg's own adaptation of a push's ten parameters cost it a tenth of its time."""
         conn = cur.connection
-        prepared = conn.__dict__.setdefault("_queue_prepared", {})
-        name = prepared.get(sql)
-        if name is None:
-            if len(prepared) >= 200 or any(type(p) in (list, tuple, dict) for p in params) \
-                    or conn.info.encoding != "utf-8":  # (psycopg encodes text for the connection's encoding)
-                return cur.execute(sql, params)
-            name = b"queue_%d" % len(prepared)
-            numbered = iter(range(1, len(params) + 1))
-            self._raise_for(conn, conn.pgconn.prepare(name, re.sub("%s", lambda _: f"${next(numbered)}", sql).encode()))
-            prepared[sql] = name
+        if sql not in conn.__dict__.get("_queue_prepared", ()) and (
+                len(conn.__dict__.get("_queue_prepared", ())) >= 200 or conn.info.encoding != "utf-8"
+                or any(type(p) in (list, tuple, dict) for p in params)):  # (psycopg encodes text for the connection)
+            return cur.execute(sql, params)
         binary = [type(p) in (bytes, bytearray, memoryview) for p in params]
         values = [p if kind else None if p is None else (("true" if p else "false") if type(p) is bool else str(p)).encode()
                   for p, kind in zip(params, binary)]
-        conn.pgconn.send_query_prepared(name, values, param_formats=[int(kind) for kind in binary])
-        conn.wait(self._generators().send(conn.pgconn))
+        self._send(conn, sql, values, [int(kind) for kind in binary])
         self.started(conn)
 
+    def _send(self, conn, sql, values, formats=None):
+        """Send a statement (placeholders %s) as one prepared once per connection, its values as
+        libpq takes them; its reply is read by started()."""
+        prepared = conn.__dict__.setdefault("_queue_prepared", {})
+        name = prepared.get(sql)
+        if name is None:
+            name, numbered = b"queue_%d" % len(prepared), iter(range(1, len(values) + 1))
+            self._raise_for(conn, conn.pgconn.prepare(name, re.sub("%s", lambda _: f"${next(numbered)}", sql).encode()))
+            prepared[sql] = name
+        conn.pgconn.send_query_prepared(name, values, param_formats=formats)
+        conn.wait(self._generators().send(conn.pgconn))
+
     def started(self, conn):
-        """Read the reply of the start sent ahead on conn: did it count the attempt (its claim held)?"""
+        """Read the reply of the statement sent on conn; for a start sent ahead, did it count the
+        attempt (its claim held)?"""
         rows = 0
         for result in conn.wait(self._generators().fetch_many(conn.pgconn)):
             self._raise_for(conn, result)
@@ -3295,8 +3296,8 @@ class DatabaseDriver(_Prefetch, _SQLDatabase, Driver):
         meanwhile; its reply is read before this thread's next statement (_settle)."""
         done, until, claim = self._acked(), self.clock.now(self.retry_after), message.receipt
         if self.dialect.sends_ahead and self.clock.time() - claim.since < 0.4 * self.retry_after:
-            ahead = _Ahead(message.id, [str(message.attempts + 1), until, str(message.id), claim.stamp,
-                                        "{%s}" % ",".join(map(str, done))])
+            ahead = _Ahead(message.id, ["{%s}" % ",".join(map(str, done)), str(message.attempts + 1), until,
+                                        str(message.id), claim.stamp])
             self._execute(lambda cur: self._send_ahead(cur.connection, ahead), retry="forever")
             started = True
         else:
